@@ -1,0 +1,35 @@
+/* decoder.h: the compact, attention-free latent-to-RGB decoder (TAESD-style, separable option). */
+#ifndef SG_DECODER_H
+#define SG_DECODER_H
+
+#include "ops.h"
+#include "weights.h"
+
+#define SG_DECODER_MAX_STAGES 6
+
+typedef struct {
+  int latent_channels;                   /* 16 */
+  int out_channels;                      /* 3 */
+  int num_stages;                        /* stages; an upsample ×2 between consecutive stages */
+  int channels[SG_DECODER_MAX_STAGES];   /* width of each stage */
+  int blocks[SG_DECODER_MAX_STAGES];     /* residual blocks per stage */
+  int separable;                         /* 1: DW3x3 + PW1x1 instead of dense 3x3 */
+  double latent_clamp;                   /* x -> c·tanh(x/c) on input (0: none) */
+} sg_decoder_config;
+
+sg_status sg_decoder_config_load(const char *path, sg_decoder_config *config, sg_error *error);
+int64_t sg_decoder_parameter_count(const sg_decoder_config *config);
+/* Upsampling factor 2^(num_stages-1). */
+int sg_decoder_scale(const sg_decoder_config *config);
+
+typedef struct sg_decoder sg_decoder;
+
+sg_status sg_decoder_load(const sg_decoder_config *config, sg_weights *weights,
+                          sg_decoder **out, sg_error *error);
+void sg_decoder_free(sg_decoder *decoder);
+/* latent [latent_channels, h, w] -> image [out_channels, h·scale, w·scale], values ~[0,1]
+ * (not clamped here). */
+sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
+                             const sg_tensor *latent, sg_tensor *image, sg_error *error);
+
+#endif

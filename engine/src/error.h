@@ -1,0 +1,11 @@
+/* error.h: filling sg_error with a status and a formatted message. */
+#ifndef SG_ERROR_H
+#define SG_ERROR_H
+
+#include "snapgen.h"
+
+/* Sets error (may be NULL) and returns status, so callers can write `return sg_fail(...)`. */
+sg_status sg_fail(sg_error *error, sg_status status, const char *format, ...)
+    __attribute__((format(printf, 3, 4)));
+
+#endif

@@ -1,0 +1,1 @@
+/* ops_dnnl.c: (being written) */

@@ -1,0 +1,61 @@
+/* tensor.h: dense tensors (shape, dtype, memory format) and the activation arena. */
+#ifndef SG_TENSOR_H
+#define SG_TENSOR_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "snapgen.h"
+
+#define SG_MAX_DIMS 4
+
+typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2 } sg_dtype;
+
+/* Activations are row-major over dims: images are [C, H, W] (batch 1, NCHW), token sequences are
+ * [tokens, channels]. SG_FORMAT_NHWC marks an image stored channels-last, dims still [C, H, W]. */
+typedef enum { SG_FORMAT_PLAIN = 0, SG_FORMAT_NHWC = 1 } sg_format;
+
+typedef struct {
+  sg_dtype dtype;
+  sg_format format;
+  int ndim;
+  int64_t dims[SG_MAX_DIMS];
+  void *data;
+} sg_tensor;
+
+size_t sg_dtype_size(sg_dtype dtype);
+const char *sg_dtype_name(sg_dtype dtype);
+int64_t sg_tensor_numel(const sg_tensor *t);
+size_t sg_tensor_nbytes(const sg_tensor *t);
+/* A tensor header over existing memory (no allocation). */
+sg_tensor sg_tensor_view(void *data, sg_dtype dtype, int ndim, const int64_t *dims);
+sg_tensor sg_tensor_1d(float *data, int64_t d0);
+sg_tensor sg_tensor_2d(float *data, int64_t d0, int64_t d1);
+sg_tensor sg_tensor_3d(float *data, int64_t d0, int64_t d1, int64_t d2);
+int sg_tensor_same_shape(const sg_tensor *a, const sg_tensor *b);
+/* "[256, 3, 3]" into buf */
+const char *sg_shape_string(const sg_tensor *t, char *buf, size_t size);
+
+/* Converts half-precision storage to f32. */
+float sg_bf16_to_f32(uint16_t v);
+uint16_t sg_f32_to_bf16(float v); /* round to nearest even */
+float sg_f16_to_f32(uint16_t v);
+
+/* Activation arena: a stack of f32 buffers for one forward pass. sg_arena_mark/sg_arena_reset
+ * free everything allocated after a mark. The first pass grows it in chunks and records the peak;
+ * sg_arena_settle then makes one block of the peak size, so later passes allocate nothing. */
+typedef struct sg_arena sg_arena;
+
+sg_arena *sg_arena_new(void);
+void sg_arena_free(sg_arena *arena);
+/* NULL when memory is exhausted (error filled). Memory is 64-byte aligned, not zeroed. */
+float *sg_arena_alloc(sg_arena *arena, int64_t count, sg_error *error);
+size_t sg_arena_mark(const sg_arena *arena);
+void sg_arena_reset(sg_arena *arena, size_t mark);
+void sg_arena_settle(sg_arena *arena);
+size_t sg_arena_peak_bytes(const sg_arena *arena);
+/* An f32 activation tensor from the arena; returns SG_OK or SG_ERR_OUT_OF_MEMORY. */
+sg_status sg_arena_tensor(sg_arena *arena, int ndim, const int64_t *dims, sg_tensor *out,
+                          sg_error *error);
+
+#endif

@@ -1,0 +1,1 @@
+/* weights.c: (being written) */

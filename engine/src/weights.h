@@ -1,0 +1,34 @@
+/* weights.h: where a model's parameters come from: safetensors files, or deterministic random
+ * values (benchmarks without files). Models ask for each tensor by name and expected shape. */
+#ifndef SG_WEIGHTS_H
+#define SG_WEIGHTS_H
+
+#include "safetensors.h"
+
+typedef struct sg_weights sg_weights;
+
+/* Opens every *.safetensors file in a component folder (e.g. MODEL/unet). */
+sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error);
+/* Random weights from a seed: uniform in ±1/sqrt(fan_in) (fan_in = numel/dims[0] for ≥2-D,
+ * ones for 1-D tensors whose name ends in "norm*.weight"/"gamma", zeros for other 1-D). */
+sg_weights *sg_weights_new_random(uint64_t seed);
+void sg_weights_free(sg_weights *weights);
+
+/* Fetches `name` as f32 with exactly the given shape (bf16/f16 storage converted into memory
+ * owned by `weights`; f32 storage is used from the mapping in place). Missing tensor, shape
+ * mismatch or non-finite values give SG_ERR_FORMAT naming the file and tensor. */
+sg_status sg_weights_get(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
+                         sg_tensor *out, sg_error *error);
+/* Same, but a missing tensor is not an error: *found set to 0. */
+sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
+                                  const int64_t *dims, sg_tensor *out, int *found,
+                                  sg_error *error);
+/* Total parameters fetched so far, and bytes of f32 copies made (for reports). */
+int64_t sg_weights_parameter_count(const sg_weights *weights);
+size_t sg_weights_owned_bytes(const sg_weights *weights);
+/* Names in the files that no model asked for (to catch typos); NULL-terminated, free with g_strfreev
+ * semantics via sg_weights_free_names. */
+char **sg_weights_unused_names(const sg_weights *weights);
+void sg_weights_free_names(char **names);
+
+#endif

@@ -1,0 +1,1 @@
+echo inside ok; uname -a; cat /etc/debian_version
