@@ -1,0 +1,82 @@
+/* ops_internal.h: what ops.c (validation, dispatch) shares with the two backends, ops_ref.c and
+ * ops_dnnl.c. The backends get arguments that ops.c has already checked. */
+#ifndef SG_OPS_INTERNAL_H
+#define SG_OPS_INTERNAL_H
+
+#include "ops.h"
+
+/* oneDNN engine, stream and primitive cache (defined in ops_dnnl.c). */
+typedef struct sg_dnnl sg_dnnl;
+
+struct sg_backend {
+  sg_backend_kind kind;
+  int threads;   /* OpenMP threads used by both backends (> 0) */
+  sg_dnnl *dnnl; /* NULL for the reference backend */
+};
+
+/* Output height or width of a convolution (kernel k, square stride/padding). */
+static inline int64_t sg_conv_out_size(int64_t in, int64_t k, int stride, int padding) {
+  return (in + 2 * (int64_t)padding - k) / stride + 1;
+}
+
+/* True when key j is excluded for query i (key mask, causal, window). */
+static inline int sg_attention_excluded(const sg_attention_params *p, int64_t i, int64_t j) {
+  if (p->key_mask && p->key_mask[j] == 0.0f) return 1;
+  if (p->causal && j > i) return 1;
+  if (p->causal && p->window > 0 && i - j >= p->window) return 1;
+  return 0;
+}
+
+/* Plain-C reference (ops_ref.c). */
+sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
+                        int padding, int groups, sg_activation act, sg_tensor *y);
+sg_status sg_ref_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                        sg_activation act, sg_tensor *y);
+sg_status sg_ref_eltwise(sg_activation act, const sg_tensor *x, sg_tensor *y);
+sg_status sg_ref_binary(sg_binary_op op, const sg_tensor *a, const sg_tensor *b, sg_tensor *y);
+sg_status sg_ref_group_norm(const sg_tensor *x, int groups, const sg_tensor *gamma,
+                            const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y);
+sg_status sg_ref_layer_norm(const sg_tensor *x, const sg_tensor *gamma, const sg_tensor *beta,
+                            float eps, sg_tensor *y);
+sg_status sg_ref_rms_norm(const sg_tensor *x, const sg_tensor *w, float eps, float weight_offset,
+                          sg_tensor *y);
+sg_status sg_ref_softmax(const sg_tensor *x, sg_tensor *y);
+sg_status sg_ref_upsample_nearest2x(const sg_tensor *x, sg_tensor *y);
+sg_status sg_ref_concat(const sg_tensor *a, const sg_tensor *b, sg_tensor *y);
+sg_status sg_ref_transpose(const sg_tensor *x, sg_tensor *y);
+sg_status sg_ref_attention(const sg_tensor *q, const sg_tensor *k, const sg_tensor *v,
+                           const sg_attention_params *params, sg_tensor *y, sg_error *error);
+sg_status sg_ref_gated(const sg_tensor *x, sg_activation act, sg_tensor *y);
+
+/* oneDNN backend (ops_dnnl.c). */
+sg_dnnl *sg_dnnl_new(sg_error *error);
+void sg_dnnl_free(sg_dnnl *dnnl);
+sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                         int stride, int padding, int groups, sg_activation act, sg_tensor *y,
+                         sg_error *error);
+sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                         sg_activation act, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, sg_tensor *y,
+                          sg_error *error);
+sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op, const sg_tensor *a, const sg_tensor *b,
+                         sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, const sg_tensor *gamma,
+                             const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y,
+                             sg_error *error);
+sg_status sg_dnnl_layer_norm(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *gamma,
+                             const sg_tensor *beta, float eps, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_rms_norm(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, float eps,
+                           float weight_offset, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_softmax(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_upsample_nearest2x(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y,
+                                     sg_error *error);
+sg_status sg_dnnl_concat(sg_dnnl *dnnl, const sg_tensor *a, const sg_tensor *b, sg_tensor *y,
+                         sg_error *error);
+sg_status sg_dnnl_transpose(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_attention(sg_dnnl *dnnl, const sg_tensor *q, const sg_tensor *k,
+                            const sg_tensor *v, const sg_attention_params *params, sg_tensor *y,
+                            sg_error *error);
+sg_status sg_dnnl_gated(sg_dnnl *dnnl, const sg_tensor *x, sg_activation act, sg_tensor *y,
+                        sg_error *error);
+
+#endif

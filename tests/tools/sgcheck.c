@@ -1,0 +1,17 @@
+/* sgcheck.c: runs one engine module on a case file written by a PyTorch reference test and writes
+ * the result, so tests/ref/*.py can compare the engine with the recipe. */
+#include <stdio.h>
+#include <string.h>
+
+int check_ops_main(int argc, char **argv);
+int check_models_main(int argc, char **argv);
+
+int main(int argc, char **argv) {
+  if (argc != 4) {
+    fprintf(stderr, "usage: sgcheck KIND CASE.safetensors OUT.safetensors\n"
+                    "  KIND: op, resblock, transformer, unet, decoder, sampler\n");
+    return 2;
+  }
+  if (!strcmp(argv[1], "op")) return check_ops_main(argc - 1, argv + 1);
+  return check_models_main(argc - 1, argv + 1);
+}

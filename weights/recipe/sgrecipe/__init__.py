@@ -1,0 +1,1 @@
+# sgrecipe: PyTorch/NumPy executable specification of the SnapGen engine (UNet, decoder, sampler, RNG, I/O).
