@@ -1,1 +1,327 @@
-/* decoder.c: (being written) */
+/* decoder.c: the compact latent-to-RGB decoder: config, weights by name (weights/README.md),
+ * forward pass. */
+#include "decoder.h"
+
+#include <glib.h>
+#include <stdio.h>
+#include <string.h>
+
+#include "error.h"
+
+#define MAX_CHANNELS 4096
+
+#define TRY_CFG(expr)                     \
+  do {                                    \
+    sg_status status_ = (expr);           \
+    if (status_ != SG_OK) return status_; \
+  } while (0)
+
+sg_status sg_decoder_config_check(const sg_decoder_config *c, const char *source,
+                                  sg_error *error) {
+  if (!source) source = "decoder config";
+  if (c->num_stages < 1 || c->num_stages > SG_DECODER_MAX_STAGES)
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'channels' must have 1 to %d entries", source,
+                   SG_DECODER_MAX_STAGES);
+  if (c->latent_channels < 1 || c->latent_channels > 256)
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'latent_channels' must be 1..256", source);
+  if (c->out_channels < 1 || c->out_channels > 16)
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'out_channels' must be 1..16", source);
+  for (int i = 0; i < c->num_stages; i++) {
+    if (c->channels[i] < 1 || c->channels[i] > MAX_CHANNELS)
+      return sg_fail(error, SG_ERR_FORMAT, "%s: field 'channels'[%d] = %d is not 1..%d", source,
+                     i, c->channels[i], MAX_CHANNELS);
+    if (c->blocks[i] < 0 || c->blocks[i] > 16)
+      return sg_fail(error, SG_ERR_FORMAT, "%s: field 'blocks'[%d] = %d is not 0..16", source, i,
+                     c->blocks[i]);
+  }
+  if (!(c->latent_clamp >= 0 && c->latent_clamp <= 1e6))
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'latent_clamp' must be >= 0 (0: none)",
+                   source);
+  return SG_OK;
+}
+
+/* Missing fields take the recipe's defaults (sgrecipe/decoder.py DEFAULT_CONFIG). */
+static const sg_decoder_config default_config = {.latent_channels = 16,
+                                                 .out_channels = 3,
+                                                 .num_stages = 4,
+                                                 .channels = {64, 64, 64, 64},
+                                                 .blocks = {3, 3, 3, 1},
+                                                 .separable = 1,
+                                                 .latent_clamp = 3.0};
+
+static sg_status read_array(const sg_json *json, const char *field, int64_t min, int64_t max,
+                            int *values, int *count, sg_error *error) {
+  if (!sg_json_has(json, field)) return SG_OK;
+  int64_t read[SG_DECODER_MAX_STAGES];
+  TRY_CFG(sg_json_int_array(json, field, SG_DECODER_MAX_STAGES, min, max, read, count, error));
+  for (int i = 0; i < *count; i++) values[i] = (int)read[i];
+  return SG_OK;
+}
+
+sg_status sg_decoder_config_from_json(const sg_json *json, sg_decoder_config *config,
+                                      sg_error *error) {
+  sg_decoder_config c = default_config;
+  const char *path = sg_json_path(json);
+  int64_t value;
+  TRY_CFG(sg_json_int(json, "latent_channels", 1, c.latent_channels, 1, 256, &value, error));
+  c.latent_channels = (int)value;
+  TRY_CFG(sg_json_int(json, "out_channels", 1, c.out_channels, 1, 16, &value, error));
+  c.out_channels = (int)value;
+  TRY_CFG(read_array(json, "channels", 1, MAX_CHANNELS, c.channels, &c.num_stages, error));
+  if (c.num_stages < 1)
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'channels' must have 1 to %d entries", path,
+                   SG_DECODER_MAX_STAGES);
+  int count = default_config.num_stages;
+  TRY_CFG(read_array(json, "blocks", 0, 16, c.blocks, &count, error));
+  if (count != c.num_stages)
+    return sg_fail(error, SG_ERR_FORMAT, "%s: field 'blocks' has %d entries, 'channels' has %d",
+                   path, count, c.num_stages);
+  TRY_CFG(sg_json_bool(json, "separable", 1, c.separable, &c.separable, error));
+  TRY_CFG(sg_json_float(json, "latent_clamp", 1, c.latent_clamp, 0.0, 1e6, &c.latent_clamp,
+                        error));
+  TRY_CFG(sg_decoder_config_check(&c, path, error));
+  *config = c;
+  return SG_OK;
+}
+
+sg_status sg_decoder_config_load(const char *path, sg_decoder_config *config, sg_error *error) {
+  sg_json *json = NULL;
+  TRY_CFG(sg_json_load(path, &json, error));
+  sg_status status = sg_decoder_config_from_json(json, config, error);
+  sg_json_free(json);
+  return status;
+}
+
+int sg_decoder_scale(const sg_decoder_config *config) {
+  return 1 << (config->num_stages - 1);
+}
+
+/* A 3×3 convolution, dense or depthwise + pointwise. */
+typedef struct {
+  int separable;
+  sg_tensor dw, pw_w, pw_b; /* separable: dw [in,1,3,3], pw [out,in,1,1] */
+  sg_tensor w, b;           /* dense: [out,in,3,3] */
+  int has_bias;
+} conv_unit;
+
+typedef struct {
+  conv_unit conv[3];
+} decoder_block;
+
+typedef struct {
+  int channels, num_blocks;
+  decoder_block *blocks;
+  int has_upsample;
+  conv_unit upsample; /* to the next stage's width, no bias */
+} decoder_stage;
+
+struct sg_decoder {
+  sg_decoder_config config;
+  sg_tensor conv_in_w, conv_in_b;
+  decoder_stage stages[SG_DECODER_MAX_STAGES];
+  sg_tensor conv_out_w, conv_out_b;
+};
+
+/* Fetching and counting share one walk (weights NULL: count only), so they always agree. */
+typedef struct {
+  sg_weights *weights;
+  int64_t count;
+  sg_error *error;
+} loader;
+
+static sg_status fetch(loader *ld, sg_tensor *dst, const char *name, int ndim, int64_t d0,
+                       int64_t d1, int64_t d2, int64_t d3) {
+  int64_t dims[4] = {d0, d1, d2, d3};
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) numel *= dims[i];
+  ld->count += numel;
+  if (!ld->weights) {
+    memset(dst, 0, sizeof *dst);
+    return SG_OK;
+  }
+  return sg_weights_get(ld->weights, name, ndim, dims, dst, ld->error);
+}
+
+static sg_status load_conv(loader *ld, conv_unit *u, const char *prefix, int separable, int in,
+                           int out, int bias) {
+  char name[128];
+  u->separable = separable;
+  u->has_bias = bias;
+  if (separable) {
+    snprintf(name, sizeof name, "%s.dw.weight", prefix);
+    TRY_CFG(fetch(ld, &u->dw, name, 4, in, 1, 3, 3));
+    snprintf(name, sizeof name, "%s.pw.weight", prefix);
+    TRY_CFG(fetch(ld, &u->pw_w, name, 4, out, in, 1, 1));
+    if (bias) {
+      snprintf(name, sizeof name, "%s.pw.bias", prefix);
+      TRY_CFG(fetch(ld, &u->pw_b, name, 1, out, 0, 0, 0));
+    }
+  } else {
+    snprintf(name, sizeof name, "%s.weight", prefix);
+    TRY_CFG(fetch(ld, &u->w, name, 4, out, in, 3, 3));
+    if (bias) {
+      snprintf(name, sizeof name, "%s.bias", prefix);
+      TRY_CFG(fetch(ld, &u->b, name, 1, out, 0, 0, 0));
+    }
+  }
+  return SG_OK;
+}
+
+static sg_status load_all(loader *ld, sg_decoder *d) {
+  const sg_decoder_config *c = &d->config;
+  char prefix[96];
+  TRY_CFG(fetch(ld, &d->conv_in_w, "conv_in.weight", 4, c->channels[0], c->latent_channels, 3, 3));
+  TRY_CFG(fetch(ld, &d->conv_in_b, "conv_in.bias", 1, c->channels[0], 0, 0, 0));
+  for (int i = 0; i < c->num_stages; i++) {
+    decoder_stage *st = &d->stages[i];
+    st->channels = c->channels[i];
+    st->num_blocks = c->blocks[i];
+    st->blocks = g_new0(decoder_block, st->num_blocks > 0 ? st->num_blocks : 1);
+    for (int j = 0; j < st->num_blocks; j++)
+      for (int k = 0; k < 3; k++) {
+        snprintf(prefix, sizeof prefix, "stages.%d.blocks.%d.conv%d", i, j, k + 1);
+        TRY_CFG(load_conv(ld, &st->blocks[j].conv[k], prefix, c->separable, st->channels,
+                          st->channels, 1));
+      }
+    st->has_upsample = i < c->num_stages - 1;
+    if (st->has_upsample) {
+      snprintf(prefix, sizeof prefix, "stages.%d.upsample", i);
+      TRY_CFG(load_conv(ld, &st->upsample, prefix, c->separable, st->channels,
+                        c->channels[i + 1], 0));
+    }
+  }
+  int last = c->channels[c->num_stages - 1];
+  TRY_CFG(fetch(ld, &d->conv_out_w, "conv_out.weight", 4, c->out_channels, last, 3, 3));
+  TRY_CFG(fetch(ld, &d->conv_out_b, "conv_out.bias", 1, c->out_channels, 0, 0, 0));
+  return SG_OK;
+}
+
+void sg_decoder_free(sg_decoder *decoder) {
+  if (!decoder) return;
+  for (int i = 0; i < SG_DECODER_MAX_STAGES; i++) g_free(decoder->stages[i].blocks);
+  g_free(decoder);
+}
+
+int64_t sg_decoder_parameter_count(const sg_decoder_config *config) {
+  if (sg_decoder_config_check(config, NULL, NULL) != SG_OK) return -1;
+  sg_decoder *d = g_new0(sg_decoder, 1);
+  d->config = *config;
+  loader ld = {.weights = NULL, .count = 0, .error = NULL};
+  load_all(&ld, d);
+  sg_decoder_free(d);
+  return ld.count;
+}
+
+sg_status sg_decoder_load(const sg_decoder_config *config, sg_weights *weights, sg_decoder **out,
+                          sg_error *error) {
+  *out = NULL;
+  TRY_CFG(sg_decoder_config_check(config, NULL, error));
+  sg_decoder *d = g_new0(sg_decoder, 1);
+  d->config = *config;
+  loader ld = {.weights = weights, .count = 0, .error = error};
+  sg_status status = load_all(&ld, d);
+  if (status != SG_OK) {
+    sg_decoder_free(d);
+    return status;
+  }
+  *out = d;
+  return SG_OK;
+}
+
+/* y = act(conv(x)); the depthwise output goes to temp (same size as x). */
+static sg_status conv_forward(sg_backend *be, const conv_unit *u, const sg_tensor *x,
+                              sg_activation act, float *temp, sg_tensor *y, sg_error *error) {
+  if (!u->separable)
+    return sg_conv2d(be, x, &u->w, u->has_bias ? &u->b : NULL, 1, 1, 1, act, y, error);
+  sg_tensor depthwise = sg_tensor_3d(temp, x->dims[0], x->dims[1], x->dims[2]);
+  TRY_CFG(sg_conv2d(be, x, &u->dw, NULL, 1, 1, (int)x->dims[0], SG_ACT_NONE, &depthwise, error));
+  return sg_conv2d(be, &depthwise, &u->pw_w, u->has_bias ? &u->pw_b : NULL, 1, 0, 1, act, y,
+                   error);
+}
+
+#define TRY(expr)                   \
+  do {                              \
+    status = (expr);                \
+    if (status != SG_OK) goto done; \
+  } while (0)
+
+/* Arena layout: [clamped latent][A][B][T0][T1], each of A..T1 sized for the largest activation.
+ * A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> B (depthwise outputs in T0), adds A
+ * into B; then A and B swap roles. */
+sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
+                             const sg_tensor *latent, sg_tensor *image, sg_error *error) {
+  const sg_decoder_config *c = &decoder->config;
+  size_t mark = sg_arena_mark(arena);
+  sg_status status = SG_OK;
+  if (!latent || latent->dtype != SG_F32 || latent->ndim != 3 ||
+      latent->dims[0] != c->latent_channels)
+    TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "decoder: the latent must be f32 [%d, h, w]",
+                c->latent_channels));
+  int64_t h = latent->dims[1], w = latent->dims[2], scale = sg_decoder_scale(c);
+  if (!image || image->dtype != SG_F32 || image->ndim != 3 || image->dims[0] != c->out_channels ||
+      image->dims[1] != h * scale || image->dims[2] != w * scale)
+    TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                "decoder: the image must be f32 [%d, %lld, %lld]", c->out_channels,
+                (long long)(h * scale), (long long)(w * scale)));
+
+  /* Largest activation: a stage's output, or a stage's output upsampled before its conv. */
+  int64_t largest = (int64_t)c->latent_channels * h * w;
+  for (int i = 0; i < c->num_stages; i++) {
+    int64_t size = (int64_t)c->channels[i] * (h << i) * (w << i);
+    if (i + 1 < c->num_stages) size *= 4;
+    if (size > largest) largest = size;
+  }
+
+  sg_tensor x, factor;
+  int64_t one = 1;
+  TRY(sg_arena_tensor(arena, 3, latent->dims, &x, error));
+  TRY(sg_arena_tensor(arena, 1, &one, &factor, error));
+  float *buf[4];
+  for (int k = 0; k < 4; k++) {
+    buf[k] = sg_arena_alloc(arena, largest, error);
+    if (!buf[k]) TRY(SG_ERR_OUT_OF_MEMORY);
+  }
+  float *a = buf[0], *b = buf[1], *t0 = buf[2], *t1 = buf[3];
+
+  if (c->latent_clamp > 0) {
+    ((float *)factor.data)[0] = (float)(1.0 / c->latent_clamp);
+    TRY(sg_binary(be, SG_BINARY_MUL, latent, &factor, &x, error));
+    TRY(sg_eltwise(be, SG_ACT_TANH, &x, &x, error));
+    ((float *)factor.data)[0] = (float)c->latent_clamp;
+    TRY(sg_binary(be, SG_BINARY_MUL, &x, &factor, &x, error));
+  } else {
+    memcpy(x.data, latent->data, sg_tensor_nbytes(latent));
+  }
+
+  sg_tensor current = sg_tensor_3d(a, c->channels[0], h, w);
+  TRY(sg_conv2d(be, &x, &decoder->conv_in_w, &decoder->conv_in_b, 1, 1, 1, SG_ACT_RELU, &current,
+                error));
+  for (int i = 0; i < c->num_stages; i++) {
+    const decoder_stage *st = &decoder->stages[i];
+    int64_t C = st->channels, H = current.dims[1], W = current.dims[2];
+    for (int j = 0; j < st->num_blocks; j++) {
+      const decoder_block *blk = &st->blocks[j];
+      float *other = current.data == a ? b : a;
+      sg_tensor out = sg_tensor_3d(other, C, H, W), mid = sg_tensor_3d(t1, C, H, W);
+      TRY(conv_forward(be, &blk->conv[0], &current, SG_ACT_RELU, t0, &out, error));
+      TRY(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, t0, &mid, error));
+      TRY(conv_forward(be, &blk->conv[2], &mid, SG_ACT_NONE, t0, &out, error));
+      TRY(sg_binary(be, SG_BINARY_ADD, &out, &current, &out, error));
+      TRY(sg_eltwise(be, SG_ACT_RELU, &out, &out, error));
+      current = out;
+    }
+    if (st->has_upsample) {
+      float *other = current.data == a ? b : a;
+      sg_tensor upsampled = sg_tensor_3d(t1, C, 2 * H, 2 * W);
+      sg_tensor out = sg_tensor_3d(other, c->channels[i + 1], 2 * H, 2 * W);
+      TRY(sg_upsample_nearest2x(be, &current, &upsampled, error));
+      TRY(conv_forward(be, &st->upsample, &upsampled, SG_ACT_NONE, t0, &out, error));
+      current = out;
+    }
+  }
+  TRY(sg_conv2d(be, &current, &decoder->conv_out_w, &decoder->conv_out_b, 1, 1, 1, SG_ACT_NONE,
+                image, error));
+done:
+  sg_arena_reset(arena, mark);
+  return status;
+}

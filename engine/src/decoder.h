@@ -2,6 +2,7 @@
 #ifndef SG_DECODER_H
 #define SG_DECODER_H
 
+#include "config.h"
 #include "ops.h"
 #include "weights.h"
 
@@ -18,6 +19,11 @@ typedef struct {
 } sg_decoder_config;
 
 sg_status sg_decoder_config_load(const char *path, sg_decoder_config *config, sg_error *error);
+/* The same from an already parsed JSON object; and the checks alone (source names it). */
+sg_status sg_decoder_config_from_json(const sg_json *json, sg_decoder_config *config,
+                                      sg_error *error);
+sg_status sg_decoder_config_check(const sg_decoder_config *config, const char *source,
+                                  sg_error *error);
 int64_t sg_decoder_parameter_count(const sg_decoder_config *config);
 /* Upsampling factor 2^(num_stages-1). */
 int sg_decoder_scale(const sg_decoder_config *config);

@@ -1,1 +1,431 @@
-/* ops.c: (being written) */
+/* ops.c: the backend object, argument checks with messages in words, and dispatch of every op to
+ * the oneDNN or the plain-C implementation. */
+#include "ops.h"
+
+#include <math.h>
+#include <omp.h>
+#include <stdlib.h>
+
+#include "error.h"
+#include "ops_internal.h"
+
+sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error) {
+  if (kind != SG_BACKEND_ONEDNN && kind != SG_BACKEND_REFERENCE) {
+    sg_fail(error, SG_ERR_INVALID_ARGUMENT, "unknown backend kind %d", (int)kind);
+    return NULL;
+  }
+  if (threads < 0) {
+    sg_fail(error, SG_ERR_INVALID_ARGUMENT, "thread count %d is negative", threads);
+    return NULL;
+  }
+  sg_backend *be = calloc(1, sizeof *be);
+  if (!be) {
+    sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory creating the backend");
+    return NULL;
+  }
+  be->kind = kind;
+  be->threads = threads > 0 ? threads : omp_get_num_procs();
+  if (kind == SG_BACKEND_ONEDNN) {
+    be->dnnl = sg_dnnl_new(error);
+    if (!be->dnnl) {
+      free(be);
+      return NULL;
+    }
+  }
+  return be;
+}
+
+void sg_backend_free(sg_backend *backend) {
+  if (!backend) return;
+  sg_dnnl_free(backend->dnnl);
+  free(backend);
+}
+
+sg_backend_kind sg_backend_kind_of(const sg_backend *backend) { return backend->kind; }
+
+const char *sg_backend_name(const sg_backend *backend) {
+  return backend->kind == SG_BACKEND_ONEDNN ? "onednn" : "reference";
+}
+
+float sg_activation_apply(sg_activation act, float x) {
+  double v = x;
+  switch (act) {
+    case SG_ACT_NONE: return x;
+    case SG_ACT_SILU: return (float)(v / (1.0 + exp(-v)));
+    case SG_ACT_GELU_ERF: return (float)(0.5 * v * (1.0 + erf(v * M_SQRT1_2)));
+    case SG_ACT_GELU_TANH: {
+      double inner = sqrt(2.0 / M_PI) * (v + 0.044715 * v * v * v);
+      return (float)(0.5 * v * (1.0 + tanh(inner)));
+    }
+    case SG_ACT_QUICK_GELU: return (float)(v / (1.0 + exp(-1.702 * v)));
+    case SG_ACT_RELU: return x > 0.0f ? x : 0.0f;
+    case SG_ACT_TANH: return (float)tanh(v);
+  }
+  return x;
+}
+
+/* ---- argument checks ---- */
+
+/* Each op starts by setting the thread count: OpenMP (and so oneDNN) reads it per calling thread. */
+static void use_threads(const sg_backend *be) { omp_set_num_threads(be->threads); }
+
+static sg_status check_backend(const char *op, const sg_backend *be, sg_error *error) {
+  if (!be) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: no backend given", op);
+  return SG_OK;
+}
+
+/* A present f32 tensor in the plain layout, with between min_ndim and max_ndim dims. */
+static sg_status check_tensor(const char *op, const char *what, const sg_tensor *t, int min_ndim,
+                              int max_ndim, sg_error *error) {
+  if (!t) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is missing", op, what);
+  if (!t->data) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s has no data", op, what);
+  if (t->dtype != SG_F32) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is %s, the ops take f32", op, what,
+                   sg_dtype_name(t->dtype));
+  }
+  if (t->format != SG_FORMAT_PLAIN) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: %s is stored channels-last (NHWC); the ops take the plain layout", op, what);
+  }
+  if (t->ndim < min_ndim || t->ndim > max_ndim) {
+    char shape[96];
+    if (min_ndim == max_ndim) {
+      return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s %s has %d dims, expected %d", op, what,
+                     sg_shape_string(t, shape, sizeof shape), t->ndim, min_ndim);
+    }
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s %s has %d dims, expected %d to %d", op,
+                   what, sg_shape_string(t, shape, sizeof shape), t->ndim, min_ndim, max_ndim);
+  }
+  for (int i = 0; i < t->ndim; i++) {
+    if (t->dims[i] <= 0) {
+      char shape[96];
+      return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s %s has an empty dimension", op, what,
+                     sg_shape_string(t, shape, sizeof shape));
+    }
+  }
+  return SG_OK;
+}
+
+/* The output y must have exactly the given shape. */
+static sg_status check_output(const char *op, const sg_tensor *y, int ndim, const int64_t *dims,
+                              sg_error *error) {
+  sg_status status = check_tensor(op, "output y", y, 1, SG_MAX_DIMS, error);
+  if (status != SG_OK) return status;
+  int same = y->ndim == ndim;
+  for (int i = 0; same && i < ndim; i++) same = y->dims[i] == dims[i];
+  if (!same) {
+    sg_tensor expected = {.ndim = ndim};
+    for (int i = 0; i < ndim; i++) expected.dims[i] = dims[i];
+    char got[96], want[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: output y is %s, expected %s", op,
+                   sg_shape_string(y, got, sizeof got),
+                   sg_shape_string(&expected, want, sizeof want));
+  }
+  return SG_OK;
+}
+
+static sg_status check_not_aliased(const char *op, const sg_tensor *y, const sg_tensor *x,
+                                   const char *what, sg_error *error) {
+  if (x && x->data == y->data) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: output y may not share memory with %s", op,
+                   what);
+  }
+  return SG_OK;
+}
+
+static sg_status check_activation(const char *op, sg_activation act, sg_error *error) {
+  if ((int)act < SG_ACT_NONE || (int)act > SG_ACT_TANH) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: unknown activation %d", op, (int)act);
+  }
+  return SG_OK;
+}
+
+/* A per-channel vector (gamma, beta, bias) of length n; absent is allowed when optional. */
+static sg_status check_vector(const char *op, const char *what, const sg_tensor *t, int64_t n,
+                              int optional, sg_error *error) {
+  if (!t && optional) return SG_OK;
+  sg_status status = check_tensor(op, what, t, 1, 1, error);
+  if (status != SG_OK) return status;
+  if (t->dims[0] != n) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s has %lld elements, expected %lld", op,
+                   what, (long long)t->dims[0], (long long)n);
+  }
+  return SG_OK;
+}
+
+#define CHECK(call)                          \
+  do {                                       \
+    sg_status check_status_ = (call);        \
+    if (check_status_ != SG_OK) return check_status_; \
+  } while (0)
+
+/* ---- ops ---- */
+
+sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                    int stride, int padding, int groups, sg_activation act, sg_tensor *y,
+                    sg_error *error) {
+  const char *op = "conv2d";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 3, 3, error));
+  CHECK(check_tensor(op, "weight", w, 4, 4, error));
+  CHECK(check_activation(op, act, error));
+  char xs[96], ws[96];
+  sg_shape_string(x, xs, sizeof xs);
+  sg_shape_string(w, ws, sizeof ws);
+  if (stride < 1 || padding < 0) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: stride %d / padding %d out of range", op,
+                   stride, padding);
+  }
+  int64_t in_channels = x->dims[0], out_channels = w->dims[0];
+  if (groups < 1 || in_channels % groups || out_channels % groups) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: groups %d does not divide input channels %lld and output channels %lld", op,
+                   groups, (long long)in_channels, (long long)out_channels);
+  }
+  if (w->dims[1] * groups != in_channels) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: weight %s does not match input channels %lld (groups %d)", op, ws,
+                   (long long)in_channels, groups);
+  }
+  CHECK(check_vector(op, "bias", b, out_channels, 1, error));
+  int64_t out_h = sg_conv_out_size(x->dims[1], w->dims[2], stride, padding);
+  int64_t out_w = sg_conv_out_size(x->dims[2], w->dims[3], stride, padding);
+  if (out_h < 1 || out_w < 1) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: kernel of weight %s is larger than the padded input %s", op, ws, xs);
+  }
+  int64_t out_dims[3] = {out_channels, out_h, out_w};
+  CHECK(check_output(op, y, 3, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_conv2d(x, w, b, stride, padding, groups, act, y);
+  return sg_dnnl_conv2d(be->dnnl, x, w, b, stride, padding, groups, act, y, error);
+}
+
+sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                    sg_activation act, sg_tensor *y, sg_error *error) {
+  const char *op = "linear";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 2, 2, error));
+  CHECK(check_tensor(op, "weight", w, 2, 2, error));
+  CHECK(check_activation(op, act, error));
+  if (w->dims[1] != x->dims[1]) {
+    char xs[96], ws[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: weight %s does not match input %s (%lld features)", op,
+                   sg_shape_string(w, ws, sizeof ws), sg_shape_string(x, xs, sizeof xs),
+                   (long long)x->dims[1]);
+  }
+  CHECK(check_vector(op, "bias", b, w->dims[0], 1, error));
+  int64_t out_dims[2] = {x->dims[0], w->dims[0]};
+  CHECK(check_output(op, y, 2, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_linear(x, w, b, act, y);
+  return sg_dnnl_linear(be->dnnl, x, w, b, act, y, error);
+}
+
+sg_status sg_eltwise(sg_backend *be, sg_activation act, const sg_tensor *x, sg_tensor *y,
+                     sg_error *error) {
+  const char *op = "eltwise";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 1, SG_MAX_DIMS, error));
+  CHECK(check_activation(op, act, error));
+  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_eltwise(act, x, y);
+  return sg_dnnl_eltwise(be->dnnl, act, x, y, error);
+}
+
+sg_status sg_binary(sg_backend *be, sg_binary_op op_kind, const sg_tensor *a, const sg_tensor *b,
+                    sg_tensor *y, sg_error *error) {
+  const char *op = "binary";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input a", a, 1, SG_MAX_DIMS, error));
+  CHECK(check_tensor(op, "input b", b, 1, SG_MAX_DIMS, error));
+  if (op_kind != SG_BINARY_ADD && op_kind != SG_BINARY_MUL) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: unknown operation %d", op, (int)op_kind);
+  }
+  int64_t b_dims[SG_MAX_DIMS];
+  if (!sg_binary_b_dims(a, b, b_dims)) {
+    char as[96], bs[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: b %s does not broadcast to a %s", op,
+                   sg_shape_string(b, bs, sizeof bs), sg_shape_string(a, as, sizeof as));
+  }
+  CHECK(check_output(op, y, a->ndim, a->dims, error));
+  if (b->data == y->data && !sg_tensor_same_shape(a, b)) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: output y may not share memory with b", op);
+  }
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_binary(op_kind, a, b, y);
+  return sg_dnnl_binary(be->dnnl, op_kind, a, b, y, error);
+}
+
+sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg_tensor *gamma,
+                        const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y,
+                        sg_error *error) {
+  const char *op = "group_norm";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 2, 3, error));
+  CHECK(check_activation(op, act, error));
+  int64_t channels = x->dims[0];
+  if (groups < 1 || channels % groups) {
+    char xs[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %d groups do not divide the %lld channels of %s",
+                   op, groups, (long long)channels, sg_shape_string(x, xs, sizeof xs));
+  }
+  if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
+  CHECK(check_vector(op, "gamma", gamma, channels, 1, error));
+  CHECK(check_vector(op, "beta", beta, channels, 1, error));
+  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_group_norm(x, groups, gamma, beta, eps, act, y);
+  return sg_dnnl_group_norm(be->dnnl, x, groups, gamma, beta, eps, act, y, error);
+}
+
+sg_status sg_layer_norm(sg_backend *be, const sg_tensor *x, const sg_tensor *gamma,
+                        const sg_tensor *beta, float eps, sg_tensor *y, sg_error *error) {
+  const char *op = "layer_norm";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 1, SG_MAX_DIMS, error));
+  if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
+  int64_t channels = x->dims[x->ndim - 1];
+  CHECK(check_vector(op, "gamma", gamma, channels, 1, error));
+  CHECK(check_vector(op, "beta", beta, channels, 1, error));
+  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_layer_norm(x, gamma, beta, eps, y);
+  return sg_dnnl_layer_norm(be->dnnl, x, gamma, beta, eps, y, error);
+}
+
+sg_status sg_rms_norm(sg_backend *be, const sg_tensor *x, const sg_tensor *w, float eps,
+                      float weight_offset, sg_tensor *y, sg_error *error) {
+  const char *op = "rms_norm";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 1, SG_MAX_DIMS, error));
+  if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
+  CHECK(check_vector(op, "weight", w, x->dims[x->ndim - 1], 0, error));
+  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_rms_norm(x, w, eps, weight_offset, y);
+  return sg_dnnl_rms_norm(be->dnnl, x, w, eps, weight_offset, y, error);
+}
+
+sg_status sg_softmax(sg_backend *be, const sg_tensor *x, sg_tensor *y, sg_error *error) {
+  const char *op = "softmax";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 1, SG_MAX_DIMS, error));
+  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_softmax(x, y);
+  return sg_dnnl_softmax(be->dnnl, x, y, error);
+}
+
+sg_status sg_upsample_nearest2x(sg_backend *be, const sg_tensor *x, sg_tensor *y,
+                                sg_error *error) {
+  const char *op = "upsample_nearest2x";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 3, 3, error));
+  int64_t out_dims[3] = {x->dims[0], 2 * x->dims[1], 2 * x->dims[2]};
+  CHECK(check_output(op, y, 3, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_upsample_nearest2x(x, y);
+  return sg_dnnl_upsample_nearest2x(be->dnnl, x, y, error);
+}
+
+sg_status sg_concat(sg_backend *be, const sg_tensor *a, const sg_tensor *b, sg_tensor *y,
+                    sg_error *error) {
+  const char *op = "concat";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input a", a, 2, 3, error));
+  CHECK(check_tensor(op, "input b", b, 2, 3, error));
+  int axis = a->ndim == 3 ? 0 : 1;
+  int fits = a->ndim == b->ndim;
+  for (int i = 0; fits && i < a->ndim; i++) fits = i == axis || a->dims[i] == b->dims[i];
+  if (!fits) {
+    char as[96], bs[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: a %s and b %s differ outside the concatenation axis %d", op,
+                   sg_shape_string(a, as, sizeof as), sg_shape_string(b, bs, sizeof bs), axis);
+  }
+  int64_t out_dims[3] = {a->dims[0], a->dims[1], a->ndim == 3 ? a->dims[2] : 0};
+  out_dims[axis] += b->dims[axis];
+  CHECK(check_output(op, y, a->ndim, out_dims, error));
+  CHECK(check_not_aliased(op, y, a, "input a", error));
+  CHECK(check_not_aliased(op, y, b, "input b", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_concat(a, b, y);
+  return sg_dnnl_concat(be->dnnl, a, b, y, error);
+}
+
+sg_status sg_transpose(sg_backend *be, const sg_tensor *x, sg_tensor *y, sg_error *error) {
+  const char *op = "transpose";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 2, 2, error));
+  int64_t out_dims[2] = {x->dims[1], x->dims[0]};
+  CHECK(check_output(op, y, 2, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_transpose(x, y);
+  return sg_dnnl_transpose(be->dnnl, x, y, error);
+}
+
+sg_status sg_attention(sg_backend *be, const sg_tensor *q, const sg_tensor *k, const sg_tensor *v,
+                       const sg_attention_params *params, sg_tensor *y, sg_error *error) {
+  const char *op = "attention";
+  CHECK(check_backend(op, be, error));
+  if (!params) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: no parameters given", op);
+  CHECK(check_tensor(op, "query q", q, 2, 2, error));
+  CHECK(check_tensor(op, "key k", k, 2, 2, error));
+  CHECK(check_tensor(op, "value v", v, 2, 2, error));
+  const sg_attention_params *p = params;
+  if (p->heads < 1 || p->kv_heads < 1 || p->head_dim < 1 || p->heads % p->kv_heads) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: heads %d, kv_heads %d, head_dim %d: need positive values with kv_heads "
+                   "dividing heads", op, p->heads, p->kv_heads, p->head_dim);
+  }
+  if (p->window < 0 || !(p->softcap >= 0.0f) || !isfinite(p->scale)) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: window %d, softcap %g or scale %g invalid",
+                   op, p->window, p->softcap, p->scale);
+  }
+  char s1[96], s2[96];
+  if (q->dims[1] != (int64_t)p->heads * p->head_dim) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: query %s does not hold %d heads of %d", op,
+                   sg_shape_string(q, s1, sizeof s1), p->heads, p->head_dim);
+  }
+  if (k->dims[1] != (int64_t)p->kv_heads * p->head_dim) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: key %s does not hold %d heads of %d", op,
+                   sg_shape_string(k, s1, sizeof s1), p->kv_heads, p->head_dim);
+  }
+  if (!sg_tensor_same_shape(k, v)) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: value %s differs from key %s", op,
+                   sg_shape_string(v, s1, sizeof s1), sg_shape_string(k, s2, sizeof s2));
+  }
+  CHECK(check_output(op, y, 2, q->dims, error));
+  CHECK(check_not_aliased(op, y, q, "query q", error));
+  CHECK(check_not_aliased(op, y, k, "key k", error));
+  CHECK(check_not_aliased(op, y, v, "value v", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_attention(q, k, v, p, y, error);
+  return sg_dnnl_attention(be->dnnl, q, k, v, p, y, error);
+}
+
+sg_status sg_gated(sg_backend *be, const sg_tensor *x, sg_activation act, sg_tensor *y,
+                   sg_error *error) {
+  const char *op = "gated";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_tensor(op, "input x", x, 2, 2, error));
+  CHECK(check_activation(op, act, error));
+  if (x->dims[1] % 2) {
+    char xs[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: input x %s has an odd last dim", op,
+                   sg_shape_string(x, xs, sizeof xs));
+  }
+  int64_t out_dims[2] = {x->dims[0], x->dims[1] / 2};
+  CHECK(check_output(op, y, 2, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_gated(x, act, y);
+  return sg_dnnl_gated(be->dnnl, x, act, y, error);
+}

@@ -1,1 +1,914 @@
-/* ops_dnnl.c: (being written) */
+/* ops_dnnl.c: the ops on oneDNN 3.x primitives, each created once per shape and kept in a cache
+ * owned by the backend (not thread-safe: one backend per thread). */
+#include <glib.h>
+#include <math.h>
+#include <oneapi/dnnl/dnnl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "ops_internal.h"
+
+#define MAX_STEPS 4
+#define MAX_ARGS 8
+#define MAX_MEMORIES 16
+#define MAX_USER 6
+/* Attention works on blocks of queries so the score matrix stays below this many floats. */
+#define ATTENTION_SCORE_BUDGET (4 << 20)
+
+struct sg_dnnl {
+  dnnl_engine_t engine;
+  dnnl_stream_t stream;
+  GHashTable *cache;     /* key "op shapes params" -> sg_dnnl_op */
+  float *scores;         /* attention score block */
+  size_t scores_count;
+  unsigned char *empty;  /* attention: 1 for a query that sees no key */
+  size_t empty_count;
+};
+
+/* One primitive with its arguments. */
+typedef struct {
+  dnnl_primitive_t primitive;
+  int nargs;
+  dnnl_exec_arg_t args[MAX_ARGS];
+} sg_dnnl_step;
+
+/* A cached op: its steps (e.g. reorder, convolution, reorder) and memory objects. The user
+ * memories get the caller's pointers at each run, in the order the op was built with. */
+typedef struct {
+  int nsteps;
+  sg_dnnl_step steps[MAX_STEPS];
+  int nmemories;
+  dnnl_memory_t memories[MAX_MEMORIES]; /* all, destroyed with the op */
+  int nuser;
+  dnnl_memory_t user[MAX_USER];
+} sg_dnnl_op;
+
+static void op_free(gpointer data) {
+  sg_dnnl_op *op = data;
+  if (!op) return;
+  for (int i = 0; i < op->nsteps; i++) dnnl_primitive_destroy(op->steps[i].primitive);
+  for (int i = 0; i < op->nmemories; i++) dnnl_memory_destroy(op->memories[i]);
+  free(op);
+}
+
+static const char *status_text(dnnl_status_t status) {
+  switch (status) {
+    case dnnl_success: return "success";
+    case dnnl_out_of_memory: return "out of memory";
+    case dnnl_invalid_arguments: return "invalid arguments";
+    case dnnl_unimplemented: return "not implemented for these shapes";
+    case dnnl_runtime_error: return "runtime error";
+    default: return "failure";
+  }
+}
+
+sg_dnnl *sg_dnnl_new(sg_error *error) {
+  sg_dnnl *dnnl = calloc(1, sizeof *dnnl);
+  if (!dnnl) {
+    sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory creating the oneDNN backend");
+    return NULL;
+  }
+  dnnl_status_t status = dnnl_engine_create(&dnnl->engine, dnnl_cpu, 0);
+  if (status == dnnl_success) {
+    status = dnnl_stream_create(&dnnl->stream, dnnl->engine, dnnl_stream_default_flags);
+  }
+  if (status != dnnl_success) {
+    sg_fail(error, SG_ERR_BACKEND, "oneDNN could not create a CPU engine and stream: %s",
+            status_text(status));
+    sg_dnnl_free(dnnl);
+    return NULL;
+  }
+  dnnl->cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, op_free);
+  return dnnl;
+}
+
+void sg_dnnl_free(sg_dnnl *dnnl) {
+  if (!dnnl) return;
+  if (dnnl->cache) g_hash_table_destroy(dnnl->cache);
+  if (dnnl->stream) dnnl_stream_destroy(dnnl->stream);
+  if (dnnl->engine) dnnl_engine_destroy(dnnl->engine);
+  free(dnnl->scores);
+  free(dnnl->empty);
+  free(dnnl);
+}
+
+/* Runs a cached op on the caller's pointers (in the order the op was built with). */
+static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *const *pointers,
+                        sg_error *error) {
+  dnnl_status_t status = dnnl_success;
+  for (int i = 0; i < op->nuser && status == dnnl_success; i++) {
+    status = dnnl_memory_set_data_handle(op->user[i], pointers[i]);
+  }
+  for (int i = 0; i < op->nsteps && status == dnnl_success; i++) {
+    sg_dnnl_step *step = &op->steps[i];
+    status = dnnl_primitive_execute(step->primitive, dnnl->stream, step->nargs, step->args);
+  }
+  if (status == dnnl_success) status = dnnl_stream_wait(dnnl->stream);
+  if (status != dnnl_success) {
+    return sg_fail(error, SG_ERR_BACKEND, "%s: oneDNN execution failed: %s", name,
+                   status_text(status));
+  }
+  return SG_OK;
+}
+
+/* ---- building an op: a builder collects the descriptors to free and the first failure ---- */
+
+typedef struct {
+  sg_dnnl *dnnl;
+  sg_dnnl_op *op;
+  dnnl_status_t status;
+  const char *failed; /* source text of the first call that failed */
+  int nmds, npds;
+  dnnl_memory_desc_t mds[24];
+  dnnl_primitive_desc_t pds[MAX_STEPS * 2];
+  dnnl_primitive_attr_t attr;
+} builder;
+
+/* Runs a oneDNN call unless an earlier one failed, and remembers the first failure. */
+#define TRY(b, call)                            \
+  do {                                          \
+    if ((b)->status == dnnl_success) {          \
+      (b)->status = (call);                     \
+      if ((b)->status != dnnl_success) (b)->failed = #call; \
+    }                                           \
+  } while (0)
+
+static void build_start(builder *b, sg_dnnl *dnnl) {
+  memset(b, 0, sizeof *b);
+  b->dnnl = dnnl;
+  b->op = calloc(1, sizeof *b->op);
+  if (!b->op) {
+    b->status = dnnl_out_of_memory;
+    b->failed = "calloc";
+  }
+}
+
+static void keep_md(builder *b, dnnl_memory_desc_t md) {
+  if (md) b->mds[b->nmds++] = md;
+}
+
+/* A plain f32 descriptor; strides NULL means dense row-major. */
+static const_dnnl_memory_desc_t md_plain(builder *b, int ndims, const int64_t *dims,
+                                         const int64_t *strides) {
+  dnnl_dims_t d, s;
+  int64_t next = 1;
+  for (int i = ndims - 1; i >= 0; i--) {
+    d[i] = dims[i];
+    s[i] = strides ? strides[i] : next;
+    next *= dims[i];
+  }
+  dnnl_memory_desc_t md = NULL;
+  TRY(b, dnnl_memory_desc_create_with_strides(&md, ndims, d, dnnl_f32, s));
+  keep_md(b, md);
+  return md;
+}
+
+/* A descriptor that lets the primitive choose its layout. */
+static const_dnnl_memory_desc_t md_any(builder *b, int ndims, const int64_t *dims) {
+  dnnl_dims_t d;
+  for (int i = 0; i < ndims; i++) d[i] = dims[i];
+  dnnl_memory_desc_t md = NULL;
+  TRY(b, dnnl_memory_desc_create_with_tag(&md, ndims, d, dnnl_f32, dnnl_format_tag_any));
+  keep_md(b, md);
+  return md;
+}
+
+static dnnl_memory_t add_memory(builder *b, const_dnnl_memory_desc_t md, void *handle) {
+  dnnl_memory_t memory = NULL;
+  TRY(b, dnnl_memory_create(&memory, md, b->dnnl->engine, handle));
+  if (memory) b->op->memories[b->op->nmemories++] = memory;
+  return memory;
+}
+
+/* Memory bound to the caller's next pointer at each run. */
+static dnnl_memory_t user_memory(builder *b, const_dnnl_memory_desc_t md) {
+  dnnl_memory_t memory = add_memory(b, md, DNNL_MEMORY_NONE);
+  if (memory) b->op->user[b->op->nuser++] = memory;
+  return memory;
+}
+
+/* Memory the op owns (a blocked copy of an input or output). */
+static dnnl_memory_t buffer_memory(builder *b, const_dnnl_memory_desc_t md) {
+  return add_memory(b, md, DNNL_MEMORY_ALLOCATE);
+}
+
+static void keep_pd(builder *b, dnnl_primitive_desc_t pd) {
+  if (!pd) return;
+  for (int i = 0; i < b->npds; i++) {
+    if (b->pds[i] == pd) return;
+  }
+  b->pds[b->npds++] = pd;
+}
+
+/* Appends a primitive made from pd with its arguments (pairs of DNNL_ARG_* and memory). */
+static void add_step(builder *b, dnnl_primitive_desc_t pd, int nargs, const dnnl_exec_arg_t *args) {
+  keep_pd(b, pd);
+  if (b->status != dnnl_success) return;
+  sg_dnnl_step *step = &b->op->steps[b->op->nsteps];
+  TRY(b, dnnl_primitive_create(&step->primitive, pd));
+  if (b->status != dnnl_success) return;
+  step->nargs = nargs;
+  memcpy(step->args, args, (size_t)nargs * sizeof *args);
+  b->op->nsteps++;
+}
+
+static void add_reorder(builder *b, dnnl_memory_t from, const_dnnl_memory_desc_t from_md,
+                        dnnl_memory_t to, const_dnnl_memory_desc_t to_md) {
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(b, dnnl_reorder_primitive_desc_create(&pd, from_md, b->dnnl->engine, to_md,
+                                            b->dnnl->engine, NULL));
+  add_step(b, pd, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
+}
+
+/* oneDNN's form of an activation: algorithm and alpha. */
+static dnnl_alg_kind_t activation_alg(sg_activation act, float *alpha) {
+  *alpha = 0.0f;
+  switch (act) {
+    case SG_ACT_SILU: *alpha = 1.0f; return dnnl_eltwise_swish;
+    case SG_ACT_GELU_ERF: return dnnl_eltwise_gelu_erf;
+    case SG_ACT_GELU_TANH: return dnnl_eltwise_gelu_tanh;
+    case SG_ACT_QUICK_GELU: *alpha = 1.702f; return dnnl_eltwise_swish; /* x·sigmoid(1.702x) */
+    case SG_ACT_RELU: return dnnl_eltwise_relu;
+    case SG_ACT_TANH: return dnnl_eltwise_tanh;
+    case SG_ACT_NONE: break;
+  }
+  return dnnl_alg_kind_undef;
+}
+
+typedef struct {
+  dnnl_alg_kind_t alg;
+  float alpha, beta;
+} eltwise_post_op;
+
+/* Attributes with a chain of eltwise post-ops (count may be 0). */
+static dnnl_primitive_attr_t make_attr(builder *b, int count, const eltwise_post_op *post_ops) {
+  TRY(b, dnnl_primitive_attr_create(&b->attr));
+  if (count == 0 || b->status != dnnl_success) return b->attr;
+  dnnl_post_ops_t chain = NULL;
+  TRY(b, dnnl_post_ops_create(&chain));
+  for (int i = 0; i < count; i++) {
+    TRY(b, dnnl_post_ops_append_eltwise(chain, post_ops[i].alg, post_ops[i].alpha,
+                                        post_ops[i].beta));
+  }
+  TRY(b, dnnl_primitive_attr_set_post_ops(b->attr, chain));
+  dnnl_post_ops_destroy(chain);
+  return b->attr;
+}
+
+static dnnl_primitive_attr_t activation_attr(builder *b, sg_activation act) {
+  eltwise_post_op post_op = {.beta = 0.0f};
+  post_op.alg = activation_alg(act, &post_op.alpha);
+  return make_attr(b, act == SG_ACT_NONE ? 0 : 1, &post_op);
+}
+
+/* True when oneDNN picked its plain reference kernel ("ref:any"), which is slow. */
+static int is_reference_impl(const_dnnl_primitive_desc_t pd) {
+  const char *impl = NULL;
+  if (!pd || dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success) {
+    return 0;
+  }
+  return impl && strncmp(impl, "ref", 3) == 0;
+}
+
+/* Frees the descriptors; on success caches the op under key, else reports the failed call. */
+static sg_status build_finish(builder *b, const char *key, const char *name, sg_dnnl_op **out,
+                              sg_error *error) {
+  for (int i = 0; i < b->nmds; i++) dnnl_memory_desc_destroy(b->mds[i]);
+  for (int i = 0; i < b->npds; i++) dnnl_primitive_desc_destroy(b->pds[i]);
+  dnnl_primitive_attr_destroy(b->attr);
+  if (b->status != dnnl_success) {
+    op_free(b->op);
+    int call_length = (int)strcspn(b->failed, "(");
+    return sg_fail(error, b->status == dnnl_out_of_memory ? SG_ERR_OUT_OF_MEMORY : SG_ERR_BACKEND,
+                   "%s: oneDNN could not set up the operation (%.*s: %s)", name, call_length,
+                   b->failed, status_text(b->status));
+  }
+  g_hash_table_insert(b->dnnl->cache, g_strdup(key), b->op);
+  *out = b->op;
+  return SG_OK;
+}
+
+static sg_dnnl_op *cache_find(sg_dnnl *dnnl, const char *key) {
+  return g_hash_table_lookup(dnnl->cache, key);
+}
+
+/* A tensor's data as a run argument (oneDNN does not write to its inputs). */
+static void *ptr(const sg_tensor *t) { return t->data; }
+
+/* ---- convolution ---- */
+
+static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, const sg_tensor *w,
+                            int has_bias, int stride, int padding, int groups, sg_activation act,
+                            const sg_tensor *y, sg_dnnl_op **out, sg_error *error) {
+  builder b;
+  build_start(&b, dnnl);
+  const int64_t in_c = x->dims[0], out_c = y->dims[0], kh = w->dims[2], kw = w->dims[3];
+  const int64_t src_dims[4] = {1, in_c, x->dims[1], x->dims[2]};
+  const int64_t dst_dims[4] = {1, out_c, y->dims[1], y->dims[2]};
+  const int64_t grouped_dims[5] = {groups, out_c / groups, in_c / groups, kh, kw};
+  const int64_t bias_dims[1] = {out_c};
+  const int w_ndims = groups == 1 ? 4 : 5;
+  const int64_t *w_dims = groups == 1 ? grouped_dims + 1 : grouped_dims;
+
+  /* The user's layouts (NCHW, PyTorch's OIHW / GOIHW) and the layouts the kernel prefers. */
+  const_dnnl_memory_desc_t src_user = md_plain(&b, 4, src_dims, NULL);
+  const_dnnl_memory_desc_t w_user = md_plain(&b, w_ndims, w_dims, NULL);
+  const_dnnl_memory_desc_t dst_user = md_plain(&b, 4, dst_dims, NULL);
+  const_dnnl_memory_desc_t bias_md = has_bias ? md_plain(&b, 1, bias_dims, NULL) : NULL;
+  const_dnnl_memory_desc_t src_any = md_any(&b, 4, src_dims);
+  const_dnnl_memory_desc_t w_any = md_any(&b, w_ndims, w_dims);
+  const_dnnl_memory_desc_t dst_any = md_any(&b, 4, dst_dims);
+  dnnl_primitive_attr_t attr = activation_attr(&b, act);
+  const dnnl_dims_t strides = {stride, stride}, dilates = {0, 0}, pad = {padding, padding};
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(&b, dnnl_convolution_forward_primitive_desc_create(
+              &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, w_any,
+              bias_md, dst_any, strides, dilates, pad, pad, attr));
+  keep_pd(&b, pd);
+  if (b.status != dnnl_success) return build_finish(&b, key, "conv2d", out, error);
+
+  const_dnnl_memory_desc_t src_md = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+  const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+  const_dnnl_memory_desc_t dst_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
+  /* User memories in run order: x, w, (b), y. */
+  dnnl_memory_t src_mem = user_memory(&b, src_user);
+  dnnl_memory_t w_mem = user_memory(&b, w_user);
+  dnnl_memory_t bias_mem = has_bias ? user_memory(&b, bias_md) : NULL;
+  dnnl_memory_t dst_mem = user_memory(&b, dst_user);
+  if (!dnnl_memory_desc_equal(src_md, src_user)) {
+    dnnl_memory_t blocked = buffer_memory(&b, src_md);
+    add_reorder(&b, src_mem, src_user, blocked, src_md);
+    src_mem = blocked;
+  }
+  /* Weights are reordered at each run for now (a later step reorders them once at load). */
+  if (!dnnl_memory_desc_equal(w_md, w_user)) {
+    dnnl_memory_t blocked = buffer_memory(&b, w_md);
+    add_reorder(&b, w_mem, w_user, blocked, w_md);
+    w_mem = blocked;
+  }
+  dnnl_memory_t user_dst = dst_mem;
+  if (!dnnl_memory_desc_equal(dst_md, dst_user)) dst_mem = buffer_memory(&b, dst_md);
+  dnnl_exec_arg_t args[4] = {
+      {DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, dst_mem},
+      {DNNL_ARG_BIAS, bias_mem}};
+  add_step(&b, pd, has_bias ? 4 : 3, args);
+  if (dst_mem != user_dst) add_reorder(&b, dst_mem, dst_md, user_dst, dst_user);
+  return build_finish(&b, key, "conv2d", out, error);
+}
+
+sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                         int stride, int padding, int groups, sg_activation act, sg_tensor *y,
+                         sg_error *error) {
+  char key[256];
+  snprintf(key, sizeof key, "conv2d x%lldx%lldx%lld w%lldx%lldx%lld s%d p%d g%d a%d b%d",
+           (long long)x->dims[0], (long long)x->dims[1], (long long)x->dims[2],
+           (long long)w->dims[0], (long long)w->dims[2], (long long)w->dims[3], stride, padding,
+           groups, (int)act, b != NULL);
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    sg_status status = conv_build(dnnl, key, x, w, b != NULL, stride, padding, groups, act, y, &op,
+                                  error);
+    if (status != SG_OK) return status;
+  }
+  return op_run(dnnl, op, "conv2d", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
+                error);
+}
+
+/* ---- matrix products ---- */
+
+/* A matmul step with user memories src, weights, (bias), dst. Each operand is described by its
+ * dims and strides (NULL: dense). */
+typedef struct {
+  int ndims;
+  int64_t dims[4];
+  const int64_t *strides;
+} operand;
+
+static void add_matmul(builder *b, const operand *src, const operand *weights,
+                       const operand *bias, const operand *dst, dnnl_primitive_attr_t attr) {
+  const_dnnl_memory_desc_t src_md = md_plain(b, src->ndims, src->dims, src->strides);
+  const_dnnl_memory_desc_t w_md = md_plain(b, weights->ndims, weights->dims, weights->strides);
+  const_dnnl_memory_desc_t bias_md = bias ? md_plain(b, bias->ndims, bias->dims, NULL) : NULL;
+  const_dnnl_memory_desc_t dst_md = md_plain(b, dst->ndims, dst->dims, dst->strides);
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_md, bias_md, dst_md,
+                                           attr));
+  dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, user_memory(b, src_md)},
+                             {DNNL_ARG_WEIGHTS, user_memory(b, w_md)},
+                             {DNNL_ARG_DST, NULL},
+                             {DNNL_ARG_BIAS, NULL}};
+  if (bias) args[3].memory = user_memory(b, bias_md);
+  args[2].memory = user_memory(b, dst_md);
+  add_step(b, pd, bias ? 4 : 3, args);
+}
+
+sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                         sg_activation act, sg_tensor *y, sg_error *error) {
+  const int64_t rows = x->dims[0], in = x->dims[1], out = w->dims[0];
+  char key[160];
+  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d", (long long)rows, (long long)in,
+           (long long)out, (int)act, b != NULL);
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    builder bl;
+    build_start(&bl, dnnl);
+    /* w [N,K] row-major is the weights matrix [K,N] with strides {1, K}. */
+    const int64_t w_strides[2] = {1, in};
+    operand src = {2, {rows, in}, NULL}, weights = {2, {in, out}, w_strides};
+    operand bias = {2, {1, out}, NULL}, dst = {2, {rows, out}, NULL};
+    add_matmul(&bl, &src, &weights, b ? &bias : NULL, &dst, activation_attr(&bl, act));
+    sg_status status = build_finish(&bl, key, "linear", &op, error);
+    if (status != SG_OK) return status;
+  }
+  return op_run(dnnl, op, "linear", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
+                error);
+}
+
+/* ---- elementwise ---- */
+
+static sg_status eltwise_op(sg_dnnl *dnnl, sg_activation act, int64_t count, sg_dnnl_op **out,
+                            sg_error *error) {
+  char key[96];
+  snprintf(key, sizeof key, "eltwise %lld a%d", (long long)count, (int)act);
+  *out = cache_find(dnnl, key);
+  if (*out) return SG_OK;
+  builder b;
+  build_start(&b, dnnl);
+  const_dnnl_memory_desc_t md = md_plain(&b, 1, &count, NULL);
+  float alpha;
+  dnnl_alg_kind_t alg = activation_alg(act, &alpha);
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(&b, dnnl_eltwise_forward_primitive_desc_create(&pd, dnnl->engine, dnnl_forward_inference,
+                                                      alg, md, md, alpha, 0.0f, NULL));
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
+                             {DNNL_ARG_DST, user_memory(&b, md)}};
+  add_step(&b, pd, 2, args);
+  return build_finish(&b, key, "eltwise", out, error);
+}
+
+sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, sg_tensor *y,
+                          sg_error *error) {
+  const int64_t count = sg_tensor_numel(x);
+  if (act == SG_ACT_NONE) {
+    if (y->data != x->data) memmove(y->data, x->data, (size_t)count * sizeof(float));
+    return SG_OK;
+  }
+  sg_dnnl_op *op;
+  sg_status status = eltwise_op(dnnl, act, count, &op, error);
+  if (status != SG_OK) return status;
+  void *pointers[2] = {ptr(x), ptr(y)};
+  return op_run(dnnl, op, "eltwise", pointers, error);
+}
+
+sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op_kind, const sg_tensor *a,
+                         const sg_tensor *b, sg_tensor *y, sg_error *error) {
+  int64_t b_dims[SG_MAX_DIMS];
+  sg_binary_b_dims(a, b, b_dims);
+  char key[200];
+  int used = snprintf(key, sizeof key, "binary %d", (int)op_kind);
+  for (int i = 0; i < a->ndim; i++) {
+    used += snprintf(key + used, sizeof key - (size_t)used, " %lld/%lld", (long long)a->dims[i],
+                     (long long)b_dims[i]);
+  }
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    /* A leading dim of 1 puts an image's channels at dim 1, where oneDNN's fast kernel
+     * broadcasts per channel (with the channels at dim 0 it falls back to "ref:any"). */
+    int64_t a_shape[SG_MAX_DIMS + 1] = {1}, b_shape[SG_MAX_DIMS + 1] = {1};
+    for (int i = 0; i < a->ndim; i++) {
+      a_shape[i + 1] = a->dims[i];
+      b_shape[i + 1] = b_dims[i];
+    }
+    builder bl;
+    build_start(&bl, dnnl);
+    const_dnnl_memory_desc_t a_md = md_plain(&bl, a->ndim + 1, a_shape, NULL);
+    const_dnnl_memory_desc_t b_md = md_plain(&bl, a->ndim + 1, b_shape, NULL);
+    dnnl_primitive_desc_t pd = NULL;
+    TRY(&bl, dnnl_binary_primitive_desc_create(
+                 &pd, dnnl->engine, op_kind == SG_BINARY_ADD ? dnnl_binary_add : dnnl_binary_mul,
+                 a_md, b_md, a_md, NULL));
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC_0, user_memory(&bl, a_md)},
+                               {DNNL_ARG_SRC_1, user_memory(&bl, b_md)},
+                               {DNNL_ARG_DST, user_memory(&bl, a_md)}};
+    add_step(&bl, pd, 3, args);
+    sg_status status = build_finish(&bl, key, "binary", &op, error);
+    if (status != SG_OK) return status;
+  }
+  void *pointers[3] = {ptr(a), ptr(b), ptr(y)};
+  return op_run(dnnl, op, "binary", pointers, error);
+}
+
+/* ---- normalization ---- */
+
+/* Group or layer normalization: the descriptor, scale/shift flags and the shared arguments. */
+static void add_normalization(builder *b, dnnl_primitive_desc_t pd, const_dnnl_memory_desc_t md,
+                              const_dnnl_memory_desc_t channel_md, int has_scale, int has_shift) {
+  dnnl_exec_arg_t args[4];
+  int nargs = 0;
+  args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SRC, user_memory(b, md)};
+  if (has_scale) args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SCALE, user_memory(b, channel_md)};
+  if (has_shift) args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_SHIFT, user_memory(b, channel_md)};
+  args[nargs++] = (dnnl_exec_arg_t){DNNL_ARG_DST, user_memory(b, md)};
+  add_step(b, pd, nargs, args);
+}
+
+static unsigned norm_flags(const sg_tensor *gamma, const sg_tensor *beta) {
+  return (gamma ? dnnl_use_scale : 0u) | (beta ? dnnl_use_shift : 0u);
+}
+
+/* The caller's pointers for a normalization: x, (gamma), (beta), y. */
+static int norm_pointers(void **pointers, const sg_tensor *x, const sg_tensor *gamma,
+                         const sg_tensor *beta, const sg_tensor *y) {
+  int count = 0;
+  pointers[count++] = ptr(x);
+  if (gamma) pointers[count++] = ptr(gamma);
+  if (beta) pointers[count++] = ptr(beta);
+  pointers[count++] = ptr(y);
+  return count;
+}
+
+sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, const sg_tensor *gamma,
+                             const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y,
+                             sg_error *error) {
+  const int64_t channels = x->dims[0], spatial = sg_tensor_numel(x) / channels;
+  char key[160];
+  snprintf(key, sizeof key, "group_norm %lldx%lld g%d e%a a%d f%u", (long long)channels,
+           (long long)spatial, groups, eps, (int)act, norm_flags(gamma, beta));
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    const int64_t dims[3] = {1, channels, spatial}, channel_dims[1] = {channels};
+    /* The activation is fused as a post-op; where oneDNN refuses that, it runs as its own step. */
+    for (int fused = 1; fused >= 0 && !op; fused--) {
+      builder b;
+      build_start(&b, dnnl);
+      const_dnnl_memory_desc_t md = md_plain(&b, 3, dims, NULL);
+      const_dnnl_memory_desc_t channel_md = md_plain(&b, 1, channel_dims, NULL);
+      dnnl_primitive_attr_t attr = activation_attr(&b, fused ? act : SG_ACT_NONE);
+      dnnl_primitive_desc_t pd = NULL;
+      TRY(&b, dnnl_group_normalization_forward_primitive_desc_create(
+                  &pd, dnnl->engine, dnnl_forward_inference, md, md, groups, eps,
+                  norm_flags(gamma, beta), attr));
+      /* With the post-op on plain layouts oneDNN 3.7 only has its slow reference kernel. */
+      if (fused && act != SG_ACT_NONE && is_reference_impl(pd)) {
+        keep_pd(&b, pd);
+        b.status = dnnl_unimplemented;
+        b.failed = "fused post-op";
+      }
+      add_normalization(&b, pd, md, channel_md, gamma != NULL, beta != NULL);
+      if (!fused && act != SG_ACT_NONE) {
+        /* In place on y, which is the last user memory. */
+        dnnl_memory_t y_mem = b.op ? b.op->user[b.op->nuser - 1] : NULL;
+        float alpha;
+        dnnl_alg_kind_t alg = activation_alg(act, &alpha);
+        dnnl_primitive_desc_t eltwise_pd = NULL;
+        TRY(&b, dnnl_eltwise_forward_primitive_desc_create(
+                    &eltwise_pd, dnnl->engine, dnnl_forward_inference, alg, md, md, alpha, 0.0f,
+                    NULL));
+        add_step(&b, eltwise_pd, 2,
+                 (dnnl_exec_arg_t[]){{DNNL_ARG_SRC, y_mem}, {DNNL_ARG_DST, y_mem}});
+      }
+      if (fused && act != SG_ACT_NONE && b.status == dnnl_unimplemented) {
+        build_finish(&b, key, "group_norm", &op, NULL); /* frees; try unfused */
+        op = NULL;
+        continue;
+      }
+      sg_status status = build_finish(&b, key, "group_norm", &op, error);
+      if (status != SG_OK) return status;
+    }
+  }
+  void *pointers[4];
+  norm_pointers(pointers, x, gamma, beta, y);
+  return op_run(dnnl, op, "group_norm", pointers, error);
+}
+
+sg_status sg_dnnl_layer_norm(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *gamma,
+                             const sg_tensor *beta, float eps, sg_tensor *y, sg_error *error) {
+  const int64_t cols = x->dims[x->ndim - 1], rows = sg_tensor_numel(x) / cols;
+  char key[160];
+  snprintf(key, sizeof key, "layer_norm %lldx%lld e%a f%u", (long long)rows, (long long)cols, eps,
+           norm_flags(gamma, beta));
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    builder b;
+    build_start(&b, dnnl);
+    const int64_t dims[2] = {rows, cols}, channel_dims[1] = {cols};
+    const_dnnl_memory_desc_t md = md_plain(&b, 2, dims, NULL);
+    const_dnnl_memory_desc_t channel_md = md_plain(&b, 1, channel_dims, NULL);
+    dnnl_primitive_desc_t pd = NULL;
+    TRY(&b, dnnl_layer_normalization_forward_primitive_desc_create(
+                &pd, dnnl->engine, dnnl_forward_inference, md, md, NULL, eps,
+                norm_flags(gamma, beta), NULL));
+    add_normalization(&b, pd, md, channel_md, gamma != NULL, beta != NULL);
+    sg_status status = build_finish(&b, key, "layer_norm", &op, error);
+    if (status != SG_OK) return status;
+  }
+  void *pointers[4];
+  norm_pointers(pointers, x, gamma, beta, y);
+  return op_run(dnnl, op, "layer_norm", pointers, error);
+}
+
+/* Plain C: oneDNN 3.7's C API has no RMS normalization primitive. */
+sg_status sg_dnnl_rms_norm(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, float eps,
+                           float weight_offset, sg_tensor *y, sg_error *error) {
+  (void)dnnl;
+  (void)error;
+  const int64_t cols = x->dims[x->ndim - 1], rows = sg_tensor_numel(x) / cols;
+  const float *xd = x->data, *wd = w->data;
+  float *yd = y->data;
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; r++) {
+    const float *xr = xd + r * cols;
+    float *yr = yd + r * cols;
+    float square_sum = 0.0f;
+    for (int64_t c = 0; c < cols; c++) square_sum += xr[c] * xr[c];
+    const float inv_rms = 1.0f / sqrtf(square_sum / (float)cols + eps);
+    for (int64_t c = 0; c < cols; c++) yr[c] = xr[c] * inv_rms * (wd[c] + weight_offset);
+  }
+  return SG_OK;
+}
+
+static sg_status softmax_op(sg_dnnl *dnnl, int64_t rows, int64_t cols, sg_dnnl_op **out,
+                            sg_error *error) {
+  char key[96];
+  snprintf(key, sizeof key, "softmax %lldx%lld", (long long)rows, (long long)cols);
+  *out = cache_find(dnnl, key);
+  if (*out) return SG_OK;
+  builder b;
+  build_start(&b, dnnl);
+  const int64_t dims[2] = {rows, cols};
+  const_dnnl_memory_desc_t md = md_plain(&b, 2, dims, NULL);
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(&b, dnnl_softmax_forward_primitive_desc_create(&pd, dnnl->engine, dnnl_forward_inference,
+                                                      dnnl_softmax_accurate, md, md, 1, NULL));
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
+                             {DNNL_ARG_DST, user_memory(&b, md)}};
+  add_step(&b, pd, 2, args);
+  return build_finish(&b, key, "softmax", out, error);
+}
+
+sg_status sg_dnnl_softmax(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_error *error) {
+  const int64_t cols = x->dims[x->ndim - 1], rows = sg_tensor_numel(x) / cols;
+  sg_dnnl_op *op;
+  sg_status status = softmax_op(dnnl, rows, cols, &op, error);
+  if (status != SG_OK) return status;
+  void *pointers[2] = {ptr(x), ptr(y)};
+  return op_run(dnnl, op, "softmax", pointers, error);
+}
+
+/* ---- data movement ---- */
+
+sg_status sg_dnnl_upsample_nearest2x(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y,
+                                     sg_error *error) {
+  char key[128];
+  snprintf(key, sizeof key, "upsample %lldx%lldx%lld", (long long)x->dims[0],
+           (long long)x->dims[1], (long long)x->dims[2]);
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    builder b;
+    build_start(&b, dnnl);
+    const int64_t src_dims[4] = {1, x->dims[0], x->dims[1], x->dims[2]};
+    const int64_t dst_dims[4] = {1, y->dims[0], y->dims[1], y->dims[2]};
+    const_dnnl_memory_desc_t src_md = md_plain(&b, 4, src_dims, NULL);
+    const_dnnl_memory_desc_t dst_md = md_plain(&b, 4, dst_dims, NULL);
+    dnnl_primitive_desc_t pd = NULL;
+    TRY(&b, dnnl_resampling_forward_primitive_desc_create(&pd, dnnl->engine,
+                                                          dnnl_forward_inference,
+                                                          dnnl_resampling_nearest, NULL, src_md,
+                                                          dst_md, NULL));
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, src_md)},
+                               {DNNL_ARG_DST, user_memory(&b, dst_md)}};
+    add_step(&b, pd, 2, args);
+    sg_status status = build_finish(&b, key, "upsample_nearest2x", &op, error);
+    if (status != SG_OK) return status;
+  }
+  void *pointers[2] = {ptr(x), ptr(y)};
+  return op_run(dnnl, op, "upsample_nearest2x", pointers, error);
+}
+
+sg_status sg_dnnl_concat(sg_dnnl *dnnl, const sg_tensor *a, const sg_tensor *b, sg_tensor *y,
+                         sg_error *error) {
+  const int axis = a->ndim == 3 ? 0 : 1;
+  char key[160];
+  snprintf(key, sizeof key, "concat %d: %lldx%lldx%lld + %lld", a->ndim, (long long)a->dims[0],
+           (long long)a->dims[1], (long long)(a->ndim == 3 ? a->dims[2] : 0),
+           (long long)b->dims[axis]);
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    builder bl;
+    build_start(&bl, dnnl);
+    const_dnnl_memory_desc_t sources[2] = {md_plain(&bl, a->ndim, a->dims, NULL),
+                                           md_plain(&bl, b->ndim, b->dims, NULL)};
+    const_dnnl_memory_desc_t dst_md = md_plain(&bl, y->ndim, y->dims, NULL);
+    dnnl_primitive_desc_t pd = NULL;
+    TRY(&bl, dnnl_concat_primitive_desc_create(&pd, dnnl->engine, dst_md, 2, axis, sources, NULL));
+    dnnl_exec_arg_t args[3] = {{DNNL_ARG_MULTIPLE_SRC, user_memory(&bl, sources[0])},
+                               {DNNL_ARG_MULTIPLE_SRC + 1, user_memory(&bl, sources[1])},
+                               {DNNL_ARG_DST, user_memory(&bl, dst_md)}};
+    add_step(&bl, pd, 3, args);
+    sg_status status = build_finish(&bl, key, "concat", &op, error);
+    if (status != SG_OK) return status;
+  }
+  void *pointers[3] = {ptr(a), ptr(b), ptr(y)};
+  return op_run(dnnl, op, "concat", pointers, error);
+}
+
+sg_status sg_dnnl_transpose(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_error *error) {
+  const int64_t rows = x->dims[0], cols = x->dims[1];
+  char key[96];
+  snprintf(key, sizeof key, "transpose %lldx%lld", (long long)rows, (long long)cols);
+  sg_dnnl_op *op = cache_find(dnnl, key);
+  if (!op) {
+    builder b;
+    build_start(&b, dnnl);
+    /* y [cols, rows] row-major is x's [rows, cols] matrix stored column by column. */
+    const int64_t dims[2] = {rows, cols}, column_strides[2] = {1, rows};
+    const_dnnl_memory_desc_t x_md = md_plain(&b, 2, dims, NULL);
+    const_dnnl_memory_desc_t y_md = md_plain(&b, 2, dims, column_strides);
+    dnnl_memory_t x_mem = user_memory(&b, x_md);
+    dnnl_memory_t y_mem = user_memory(&b, y_md);
+    add_reorder(&b, x_mem, x_md, y_mem, y_md);
+    sg_status status = build_finish(&b, key, "transpose", &op, error);
+    if (status != SG_OK) return status;
+  }
+  void *pointers[2] = {ptr(x), ptr(y)};
+  return op_run(dnnl, op, "transpose", pointers, error);
+}
+
+/* ---- attention ---- */
+
+/* The two matrix products of attention for a block of `block` queries. Multi-query (one K/V head):
+ * q is viewed as [block*heads, head_dim] and each product is one plain matmul, score rows ordered
+ * (query, head). Grouped K/V: 4-D batched matmuls over [kv_heads, heads/kv_heads], score rows
+ * ordered (head, query). Scale and softcap run as post-ops of the first product. */
+static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int64_t block,
+                               int64_t keys, sg_dnnl_op **scores_op, sg_dnnl_op **values_op,
+                               sg_error *error) {
+  const int64_t heads = p->heads, kv_heads = p->kv_heads, dim = p->head_dim;
+  const int64_t ratio = heads / kv_heads;
+  char shape[160], key[200];
+  snprintf(shape, sizeof shape, "%lldx%lld h%lld kv%lld d%lld", (long long)block, (long long)keys,
+           (long long)heads, (long long)kv_heads, (long long)dim);
+  snprintf(key, sizeof key, "attention qk %s s%a c%a", shape, p->scale, p->softcap);
+  *scores_op = cache_find(dnnl, key);
+  if (!*scores_op) {
+    builder b;
+    build_start(&b, dnnl);
+    eltwise_post_op post_ops[3];
+    int count = 0;
+    if (p->softcap > 0.0f) {
+      post_ops[count++] = (eltwise_post_op){dnnl_eltwise_linear, p->scale / p->softcap, 0.0f};
+      post_ops[count++] = (eltwise_post_op){dnnl_eltwise_tanh, 0.0f, 0.0f};
+      post_ops[count++] = (eltwise_post_op){dnnl_eltwise_linear, p->softcap, 0.0f};
+    } else if (p->scale != 1.0f) {
+      post_ops[count++] = (eltwise_post_op){dnnl_eltwise_linear, p->scale, 0.0f};
+    }
+    dnnl_primitive_attr_t attr = make_attr(&b, count, post_ops);
+    if (kv_heads == 1) {
+      const int64_t k_strides[2] = {1, dim};
+      operand q = {2, {block * heads, dim}, NULL}, k = {2, {dim, keys}, k_strides};
+      operand scores = {2, {block * heads, keys}, NULL};
+      add_matmul(&b, &q, &k, NULL, &scores, attr);
+    } else {
+      const int64_t q_strides[4] = {ratio * dim, dim, heads * dim, 1};
+      const int64_t k_strides[4] = {dim, dim, 1, kv_heads * dim};
+      operand q = {4, {kv_heads, ratio, block, dim}, q_strides};
+      operand k = {4, {kv_heads, 1, dim, keys}, k_strides};
+      operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
+      add_matmul(&b, &q, &k, NULL, &scores, attr);
+    }
+    sg_status status = build_finish(&b, key, "attention", scores_op, error);
+    if (status != SG_OK) return status;
+  }
+  snprintf(key, sizeof key, "attention pv %s", shape);
+  *values_op = cache_find(dnnl, key);
+  if (!*values_op) {
+    builder b;
+    build_start(&b, dnnl);
+    if (kv_heads == 1) {
+      operand scores = {2, {block * heads, keys}, NULL}, v = {2, {keys, dim}, NULL};
+      operand y = {2, {block * heads, dim}, NULL};
+      add_matmul(&b, &scores, &v, NULL, &y, NULL);
+    } else {
+      const int64_t v_strides[4] = {dim, dim, kv_heads * dim, 1};
+      const int64_t y_strides[4] = {ratio * dim, dim, heads * dim, 1};
+      operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
+      operand v = {4, {kv_heads, 1, keys, dim}, v_strides};
+      operand y = {4, {kv_heads, ratio, block, dim}, y_strides};
+      add_matmul(&b, &scores, &v, NULL, &y, NULL);
+    }
+    sg_status status = build_finish(&b, key, "attention", values_op, error);
+    if (status != SG_OK) return status;
+  }
+  return SG_OK;
+}
+
+/* Sets excluded scores to -inf; a query that sees no key gets a zero row (softmax stays finite)
+ * and empty[t] = 1 so its probabilities are zeroed afterwards. */
+static void mask_scores(float *scores, unsigned char *empty, const sg_attention_params *p,
+                        int64_t first, int64_t block, int64_t keys, int head_major) {
+  const int64_t heads = p->heads;
+#pragma omp parallel for
+  for (int64_t t = 0; t < block; t++) {
+    int64_t kept = 0;
+    for (int64_t j = 0; j < keys; j++) kept += !sg_attention_excluded(p, first + t, j);
+    empty[t] = kept == 0;
+    for (int64_t h = 0; h < heads; h++) {
+      float *row = scores + (head_major ? h * block + t : t * heads + h) * keys;
+      for (int64_t j = 0; j < keys; j++) {
+        if (kept == 0) {
+          row[j] = 0.0f;
+        } else if (sg_attention_excluded(p, first + t, j)) {
+          row[j] = -INFINITY;
+        }
+      }
+    }
+  }
+}
+
+static void zero_empty_rows(float *scores, const unsigned char *empty, int64_t heads,
+                            int64_t block, int64_t keys, int head_major) {
+  for (int64_t t = 0; t < block; t++) {
+    if (!empty[t]) continue;
+    for (int64_t h = 0; h < heads; h++) {
+      memset(scores + (head_major ? h * block + t : t * heads + h) * keys, 0,
+             (size_t)keys * sizeof(float));
+    }
+  }
+}
+
+sg_status sg_dnnl_attention(sg_dnnl *dnnl, const sg_tensor *q, const sg_tensor *k,
+                            const sg_tensor *v, const sg_attention_params *p, sg_tensor *y,
+                            sg_error *error) {
+  const int64_t queries = q->dims[0], keys = k->dims[0], heads = p->heads;
+  const int64_t q_row = heads * p->head_dim;
+  int64_t block = ATTENTION_SCORE_BUDGET / (heads * keys);
+  if (block < 1) block = 1;
+  if (block > queries) block = queries;
+  if (dnnl->scores_count < (size_t)(block * heads * keys)) {
+    free(dnnl->scores);
+    dnnl->scores_count = (size_t)(block * heads * keys);
+    dnnl->scores = malloc(dnnl->scores_count * sizeof(float));
+    if (!dnnl->scores) {
+      dnnl->scores_count = 0;
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "attention: out of memory for %lld scores",
+                     (long long)(block * heads * keys));
+    }
+  }
+  if (dnnl->empty_count < (size_t)block) {
+    free(dnnl->empty);
+    dnnl->empty_count = (size_t)block;
+    dnnl->empty = malloc((size_t)block);
+    if (!dnnl->empty) {
+      dnnl->empty_count = 0;
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "attention: out of memory");
+    }
+  }
+  const int masked = p->key_mask || p->causal;
+  const int head_major = p->kv_heads > 1;
+  float *scores = dnnl->scores;
+  for (int64_t first = 0; first < queries; first += block) {
+    const int64_t count = queries - first < block ? queries - first : block;
+    sg_dnnl_op *scores_op, *values_op, *softmax;
+    sg_status status = attention_ops(dnnl, p, count, keys, &scores_op, &values_op, error);
+    if (status == SG_OK) status = softmax_op(dnnl, count * heads, keys, &softmax, error);
+    if (status != SG_OK) return status;
+    float *q_block = (float *)q->data + first * q_row, *y_block = (float *)y->data + first * q_row;
+    status = op_run(dnnl, scores_op, "attention", (void *[]){q_block, k->data, scores}, error);
+    if (status != SG_OK) return status;
+    if (masked) mask_scores(scores, dnnl->empty, p, first, count, keys, head_major);
+    status = op_run(dnnl, softmax, "attention", (void *[]){scores, scores}, error);
+    if (status != SG_OK) return status;
+    if (masked) zero_empty_rows(scores, dnnl->empty, heads, count, keys, head_major);
+    status = op_run(dnnl, values_op, "attention", (void *[]){scores, v->data, y_block}, error);
+    if (status != SG_OK) return status;
+  }
+  return SG_OK;
+}
+
+/* h * act(g): the gate half is copied into y, activated there by the eltwise primitive (which
+ * needs dense memory), then multiplied by h in C. */
+sg_status sg_dnnl_gated(sg_dnnl *dnnl, const sg_tensor *x, sg_activation act, sg_tensor *y,
+                        sg_error *error) {
+  const int64_t rows = y->dims[0], cols = y->dims[1];
+  const float *xd = x->data;
+  float *yd = y->data;
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; r++) {
+    memcpy(yd + r * cols, xd + r * 2 * cols + cols, (size_t)cols * sizeof(float));
+  }
+  if (act != SG_ACT_NONE) {
+    sg_dnnl_op *op;
+    sg_status status = eltwise_op(dnnl, act, rows * cols, &op, error);
+    if (status == SG_OK) status = op_run(dnnl, op, "gated", (void *[]){yd, yd}, error);
+    if (status != SG_OK) return status;
+  }
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; r++) {
+    const float *hidden = xd + r * 2 * cols;
+    float *yr = yd + r * cols;
+    for (int64_t c = 0; c < cols; c++) yr[c] *= hidden[c];
+  }
+  return SG_OK;
+}

@@ -27,6 +27,25 @@ static inline int sg_attention_excluded(const sg_attention_params *p, int64_t i,
   return 0;
 }
 
+/* b's dims expanded to a's rank (the broadcast rules of sg_binary); 0 when b does not fit a. */
+static inline int sg_binary_b_dims(const sg_tensor *a, const sg_tensor *b, int64_t *dims) {
+  int n = a->ndim;
+  for (int i = 0; i < n; i++) dims[i] = 1;
+  if (sg_tensor_numel(b) == 1) return 1;
+  if (b->ndim == n) {
+    for (int i = 0; i < n; i++) {
+      dims[i] = b->dims[i];
+      if (dims[i] != 1 && dims[i] != a->dims[i]) return 0;
+    }
+    return 1;
+  }
+  if (b->ndim != 1) return 0;
+  int axis = n >= 3 ? n - 3 : n - 1; /* images [C,H,W]: per channel; [M,C]: along the last dim */
+  if (b->dims[0] != a->dims[axis]) return 0;
+  dims[axis] = b->dims[0];
+  return 1;
+}
+
 /* Plain-C reference (ops_ref.c). */
 sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
                         int padding, int groups, sg_activation act, sg_tensor *y);

@@ -340,8 +340,8 @@ static sg_status denoise(sg_context *ctx, const sg_conditioning *cond,
 sg_status sg_generate(sg_context *ctx, const sg_generate_params *params, sg_progress_fn progress,
                       void *user_data, uint8_t **rgba_out, sg_error *error) {
   *rgba_out = NULL;
-  int steps;
-  double guidance;
+  int steps = 0;
+  double guidance = 1.0;
   sg_status status = check_params(ctx, params, &steps, &guidance, error);
   if (status != SG_OK) return status;
   double *t = g_new(double, steps + 1);

@@ -12,9 +12,9 @@
 /* Blocks per OpenMP work item: large enough to amortise scheduling, small enough to balance. */
 #define RNG_BLOCKS_PER_TASK 4096
 
-void sg_philox4x32(uint64_t seed, uint64_t index, uint32_t stream, uint32_t out[4]) {
-  uint32_t key0 = (uint32_t)seed, key1 = (uint32_t)(seed >> 32);
-  uint32_t c0 = (uint32_t)index, c1 = (uint32_t)(index >> 32), c2 = stream, c3 = 0;
+void sg_philox4x32_raw(const uint32_t counter[4], const uint32_t key[2], uint32_t out[4]) {
+  uint32_t c0 = counter[0], c1 = counter[1], c2 = counter[2], c3 = counter[3];
+  uint32_t key0 = key[0], key1 = key[1];
   for (int round = 0; round < 10; round++) {
     uint64_t product0 = (uint64_t)PHILOX_M0 * c0;
     uint64_t product1 = (uint64_t)PHILOX_M1 * c2;
@@ -24,13 +24,19 @@ void sg_philox4x32(uint64_t seed, uint64_t index, uint32_t stream, uint32_t out[
     c1 = lo1;
     c2 = hi0 ^ c3 ^ key1;
     c3 = lo0;
-    key0 += PHILOX_W0;
+    key0 += PHILOX_W0; /* the key bump after the last round is unused */
     key1 += PHILOX_W1;
   }
   out[0] = c0;
   out[1] = c1;
   out[2] = c2;
   out[3] = c3;
+}
+
+void sg_philox4x32(uint64_t seed, uint64_t index, uint32_t stream, uint32_t out[4]) {
+  const uint32_t counter[4] = {(uint32_t)index, (uint32_t)(index >> 32), stream, 0};
+  const uint32_t key[2] = {(uint32_t)seed, (uint32_t)(seed >> 32)};
+  sg_philox4x32_raw(counter, key, out);
 }
 
 /* Block b gives elements 2b (cosine) and 2b+1 (sine); words 2 and 3 are unused. */

@@ -25,12 +25,13 @@ sg_status sg_safetensors_open(const char *path, sg_safetensors **out, sg_error *
 void sg_safetensors_close(sg_safetensors *file);
 const char *sg_safetensors_path(const sg_safetensors *file);
 int sg_safetensors_count(const sg_safetensors *file);
-const sg_st_entry *sg_safetensors_entry(const sg_safetensors *file, int index);
+const sg_st_entry *sg_safetensors_entry(const sg_safetensors *file, int index); /* data order */
 const sg_st_entry *sg_safetensors_find(const sg_safetensors *file, const char *name);
 /* A value from the header's "__metadata__" string map, or NULL. */
 const char *sg_safetensors_metadata(const sg_safetensors *file, const char *key);
 
-/* Writes tensors (f32/f16/bf16 as given) to a safetensors file, atomically (temp + rename). */
+/* Writes tensors (f32/f16/bf16 as given, plain layout) to a safetensors file, atomically (temp +
+ * rename). metadata_key_values: NULL, or "key", "value", ..., NULL for "__metadata__". */
 sg_status sg_safetensors_write(const char *path, int count, const char *const *names,
                                const sg_tensor *tensors, const char *const *metadata_key_values,
                                sg_error *error);

@@ -3,7 +3,7 @@
 #ifndef SG_SAMPLER_H
 #define SG_SAMPLER_H
 
-#include "snapgen.h"
+#include "config.h"
 
 #define SG_MAX_STEPS 1000
 
@@ -17,6 +17,9 @@ typedef struct {
 
 sg_status sg_scheduler_config_load(const char *path, sg_scheduler_config *config,
                                    sg_error *error);
+/* The same from an already parsed JSON object. */
+sg_status sg_scheduler_config_from_json(const sg_json *json, sg_scheduler_config *config,
+                                        sg_error *error);
 
 /* Fills t[0..steps] (steps+1 values, t[steps] = 0). With an explicit list and steps equal to its
  * length, uses the list; otherwise t_i = shift(1 - i/steps). */

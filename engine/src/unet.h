@@ -2,6 +2,7 @@
 #ifndef SG_UNET_H
 #define SG_UNET_H
 
+#include "config.h"
 #include "ops.h"
 #include "weights.h"
 
@@ -37,6 +38,11 @@ typedef struct {
 /* Reads unet/config.json (field names as in weights/README.md) and checks it, before anything is
  * allocated: channel counts divisible by groups and head_dim, sizes within sane bounds. */
 sg_status sg_unet_config_load(const char *path, sg_unet_config *config, sg_error *error);
+/* The same from an already parsed JSON object (e.g. a config stored in a test case). */
+sg_status sg_unet_config_from_json(const sg_json *json, sg_unet_config *config, sg_error *error);
+/* The checks sg_unet_config_load makes (for configs filled in by hand); source names it in
+ * messages. */
+sg_status sg_unet_config_check(const sg_unet_config *config, const char *source, sg_error *error);
 /* Parameter count implied by the config (analytic, no weights needed). */
 int64_t sg_unet_parameter_count(const sg_unet_config *config);
 /* Multiply-accumulates ×2 of one forward at a latent of h×w with ctx_tokens context tokens. */
@@ -56,5 +62,17 @@ void sg_unet_free(sg_unet *unet);
 sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const sg_tensor *x,
                           float timestep, const sg_tensor *context, const float *context_mask,
                           const sg_tensor *pooled, sg_tensor *out, sg_error *error);
+
+/* Test entry points: one module of a loaded UNet, found by its tensor-name prefix.
+ * Residual block ("down.0.res.1", "mid.res.0", "up.1.res.2"): x [in, H, W] (for up blocks x is
+ * already the concatenation with the skip), temb [time_embed_dim] before SiLU, out [out, H, W].
+ * Transformer ("down.0.attn.0", "mid.attn.0", ...): x and out [C, H, W] (out may be x). */
+sg_status sg_unet_forward_res_block(sg_unet *unet, sg_backend *be, sg_arena *arena,
+                                    const char *name, const sg_tensor *x, const sg_tensor *temb,
+                                    sg_tensor *out, sg_error *error);
+sg_status sg_unet_forward_transformer(sg_unet *unet, sg_backend *be, sg_arena *arena,
+                                      const char *name, const sg_tensor *x,
+                                      const sg_tensor *context, const float *context_mask,
+                                      sg_tensor *out, sg_error *error);
 
 #endif

@@ -1,1 +1,326 @@
-/* weights.c: (being written) */
+/* weights.c: model parameters by name from a folder of safetensors files, or seeded random ones. */
+#include "weights.h"
+
+#include <glib.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "rng.h"
+
+/* Random weights use Philox stream 1 (stream 0 is the initial latent) with the key
+ * seed XOR fnv1a64(name), so each tensor's values depend only on the seed and its name. */
+#define SG_WEIGHTS_RANDOM_STREAM 1u
+
+typedef struct {
+  sg_safetensors *file;
+  const sg_st_entry *entry;
+} located_tensor;
+
+/* A tensor already handed out: its f32 values (owned, or in a file mapping) and shape. */
+typedef struct {
+  float *data;
+  int owned;
+  int ndim;
+  int64_t dims[SG_MAX_DIMS];
+} fetched_tensor;
+
+struct sg_weights {
+  char *source; /* folder path, or "random weights (seed N)", for messages */
+  int random;
+  uint64_t seed;
+  sg_safetensors **files;
+  int file_count;
+  GHashTable *located; /* name -> located_tensor* (names owned by the files) */
+  GHashTable *fetched; /* name (owned) -> fetched_tensor* */
+  int64_t parameter_count;
+  size_t owned_bytes;
+};
+
+static void free_fetched(gpointer pointer) {
+  fetched_tensor *tensor = pointer;
+  if (tensor->owned) free(tensor->data);
+  g_free(tensor);
+}
+
+static sg_weights *weights_new(const char *source) {
+  sg_weights *weights = g_new0(sg_weights, 1);
+  weights->source = g_strdup(source);
+  weights->located = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
+  weights->fetched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_fetched);
+  return weights;
+}
+
+static int compare_strings(const void *a, const void *b) {
+  return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error) {
+  *out = NULL;
+  GError *gerror = NULL;
+  GDir *dir = g_dir_open(folder, 0, &gerror);
+  if (!dir) {
+    sg_fail(error, SG_ERR_IO, "%s: cannot open folder: %s", folder, gerror->message);
+    g_error_free(gerror);
+    return SG_ERR_IO;
+  }
+  GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+  const char *name;
+  while ((name = g_dir_read_name(dir))) {
+    if (g_str_has_suffix(name, ".safetensors")) g_ptr_array_add(names, g_strdup(name));
+  }
+  g_dir_close(dir);
+  if (names->len == 0) {
+    g_ptr_array_free(names, TRUE);
+    return sg_fail(error, SG_ERR_FORMAT, "%s: no .safetensors files in the folder", folder);
+  }
+  qsort(names->pdata, names->len, sizeof(char *), compare_strings);
+
+  sg_weights *weights = weights_new(folder);
+  weights->files = g_new0(sg_safetensors *, names->len);
+  sg_status status = SG_OK;
+  for (guint i = 0; i < names->len && status == SG_OK; i++) {
+    char *path = g_build_filename(folder, names->pdata[i], NULL);
+    sg_safetensors *file;
+    status = sg_safetensors_open(path, &file, error);
+    g_free(path);
+    if (status != SG_OK) break;
+    weights->files[weights->file_count++] = file;
+    for (int e = 0; e < sg_safetensors_count(file) && status == SG_OK; e++) {
+      const sg_st_entry *entry = sg_safetensors_entry(file, e);
+      located_tensor *earlier = g_hash_table_lookup(weights->located, entry->name);
+      if (earlier) {
+        status = sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' appears in both %s and %s",
+                         folder, entry->name, sg_safetensors_path(earlier->file),
+                         sg_safetensors_path(file));
+        break;
+      }
+      located_tensor *located = g_new(located_tensor, 1);
+      located->file = file;
+      located->entry = entry;
+      g_hash_table_insert(weights->located, (gpointer)entry->name, located);
+    }
+  }
+  g_ptr_array_free(names, TRUE);
+  if (status != SG_OK) {
+    sg_weights_free(weights);
+    return status;
+  }
+  *out = weights;
+  return SG_OK;
+}
+
+sg_weights *sg_weights_new_random(uint64_t seed) {
+  char source[64];
+  g_snprintf(source, sizeof source, "random weights (seed %llu)", (unsigned long long)seed);
+  sg_weights *weights = weights_new(source);
+  weights->random = 1;
+  weights->seed = seed;
+  return weights;
+}
+
+void sg_weights_free(sg_weights *weights) {
+  if (!weights) return;
+  g_hash_table_destroy(weights->fetched);
+  g_hash_table_destroy(weights->located);
+  for (int i = 0; i < weights->file_count; i++) sg_safetensors_close(weights->files[i]);
+  g_free(weights->files);
+  g_free(weights->source);
+  g_free(weights);
+}
+
+static uint64_t fnv1a64(const char *text) {
+  uint64_t hash = 0xcbf29ce484222325ull;
+  for (const unsigned char *p = (const unsigned char *)text; *p; p++) {
+    hash ^= *p;
+    hash *= 0x100000001b3ull;
+  }
+  return hash;
+}
+
+/* 1-D tensors named "...norm*.weight" or "...gamma" are scales: ones. */
+static int is_norm_scale(const char *name) {
+  if (g_str_has_suffix(name, "gamma")) return 1;
+  if (!g_str_has_suffix(name, ".weight")) return 0;
+  size_t stem_length = strlen(name) - strlen(".weight");
+  const char *segment = name;
+  for (size_t i = 0; i < stem_length; i++) {
+    if (name[i] == '.') segment = name + i + 1;
+  }
+  return strncmp(segment, "norm", 4) == 0;
+}
+
+static void format_shape(int ndim, const int64_t *dims, char *buf, size_t size) {
+  sg_tensor view = sg_tensor_view(NULL, SG_F32, ndim, dims);
+  sg_shape_string(&view, buf, size);
+}
+
+static int64_t shape_numel(int ndim, const int64_t *dims) {
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) numel *= dims[i];
+  return numel;
+}
+
+static float *alloc_floats(int64_t count) {
+  void *memory = NULL;
+  size_t bytes = (size_t)(count > 0 ? count : 1) * sizeof(float);
+  if (posix_memalign(&memory, 64, bytes) != 0) return NULL;
+  return memory;
+}
+
+static sg_status make_random(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
+                             fetched_tensor *out, sg_error *error) {
+  int64_t numel = shape_numel(ndim, dims);
+  float *data = alloc_floats(numel);
+  if (!data) {
+    return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory for tensor '%s'",
+                   weights->source, name);
+  }
+  if (ndim >= 2) {
+    int64_t fan_in = dims[0] > 0 ? numel / dims[0] : 0;
+    float bound = fan_in > 0 ? (float)(1.0 / sqrt((double)fan_in)) : 0.0f;
+    sg_uniform_fill(weights->seed ^ fnv1a64(name), SG_WEIGHTS_RANDOM_STREAM, -bound, bound, data,
+                    numel);
+  } else {
+    float value = is_norm_scale(name) ? 1.0f : 0.0f;
+    for (int64_t i = 0; i < numel; i++) data[i] = value;
+  }
+  out->data = data;
+  out->owned = 1;
+  weights->owned_bytes += (size_t)numel * sizeof(float);
+  return SG_OK;
+}
+
+/* f32 values of a file tensor: the mapping itself when f32 and aligned, else a converted copy. */
+static sg_status load_from_file(sg_weights *weights, const located_tensor *located,
+                                const char *name, fetched_tensor *out, sg_error *error) {
+  const sg_st_entry *entry = located->entry;
+  int64_t numel = (int64_t)(entry->nbytes / sg_dtype_size(entry->dtype));
+  const void *source = entry->data;
+  if (entry->dtype == SG_F32 && ((uintptr_t)source % sizeof(float)) == 0) {
+    out->data = (float *)source; /* read-only mapping: callers never write weights */
+    out->owned = 0;
+  } else {
+    float *data = alloc_floats(numel);
+    if (!data) {
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory converting tensor '%s'",
+                     sg_safetensors_path(located->file), name);
+    }
+    const uint8_t *bytes = source;
+    for (int64_t i = 0; i < numel; i++) {
+      if (entry->dtype == SG_F32) {
+        memcpy(&data[i], bytes + 4 * i, 4);
+      } else {
+        uint16_t half;
+        memcpy(&half, bytes + 2 * i, 2);
+        data[i] = entry->dtype == SG_F16 ? sg_f16_to_f32(half) : sg_bf16_to_f32(half);
+      }
+    }
+    out->data = data;
+    out->owned = 1;
+    weights->owned_bytes += (size_t)numel * sizeof(float);
+  }
+  for (int64_t i = 0; i < numel; i++) {
+    if (!isfinite(out->data[i])) {
+      if (out->owned) free(out->data);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values",
+                     sg_safetensors_path(located->file), name);
+    }
+  }
+  return SG_OK;
+}
+
+static sg_status check_shape(const char *where, const char *name, int have_ndim,
+                             const int64_t *have_dims, int ndim, const int64_t *dims,
+                             sg_error *error) {
+  int same = have_ndim == ndim;
+  for (int i = 0; same && i < ndim; i++) same = have_dims[i] == dims[i];
+  if (same) return SG_OK;
+  char have[128], want[128];
+  format_shape(have_ndim, have_dims, have, sizeof have);
+  format_shape(ndim, dims, want, sizeof want);
+  return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' has shape %s, expected %s", where, name,
+                 have, want);
+}
+
+sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
+                                  const int64_t *dims, sg_tensor *out, int *found,
+                                  sg_error *error) {
+  *found = 0;
+  if (ndim < 0 || ndim > SG_MAX_DIMS) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: tensor '%s' asked with %d dimensions",
+                   weights->source, name, ndim);
+  }
+  int64_t numel = 1;
+  for (int i = 0; i < ndim; i++) {
+    if (dims[i] < 0 || (dims[i] > 0 && numel > INT64_MAX / 4 / dims[i])) {
+      return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: tensor '%s' asked with an invalid size",
+                     weights->source, name);
+    }
+    numel *= dims[i];
+  }
+  located_tensor *located = NULL;
+  const char *where = weights->source;
+  if (!weights->random) {
+    located = g_hash_table_lookup(weights->located, name);
+    if (!located) return SG_OK;
+    where = sg_safetensors_path(located->file);
+  }
+  fetched_tensor *fetched = g_hash_table_lookup(weights->fetched, name);
+  if (fetched) {
+    sg_status status = check_shape(where, name, fetched->ndim, fetched->dims, ndim, dims, error);
+    if (status != SG_OK) return status;
+  } else {
+    fetched_tensor made = {0};
+    sg_status status;
+    if (weights->random) {
+      made.ndim = ndim;
+      memcpy(made.dims, dims, (size_t)ndim * sizeof *dims);
+      status = make_random(weights, name, ndim, dims, &made, error);
+    } else {
+      const sg_st_entry *entry = located->entry;
+      made.ndim = entry->ndim;
+      memcpy(made.dims, entry->dims, sizeof made.dims);
+      status = check_shape(where, name, entry->ndim, entry->dims, ndim, dims, error);
+      if (status == SG_OK) status = load_from_file(weights, located, name, &made, error);
+    }
+    if (status != SG_OK) return status;
+    fetched = g_new(fetched_tensor, 1);
+    *fetched = made;
+    g_hash_table_insert(weights->fetched, g_strdup(name), fetched);
+    weights->parameter_count += numel;
+  }
+  *out = sg_tensor_view(fetched->data, SG_F32, ndim, dims);
+  *found = 1;
+  return SG_OK;
+}
+
+sg_status sg_weights_get(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
+                         sg_tensor *out, sg_error *error) {
+  int found;
+  sg_status status = sg_weights_get_optional(weights, name, ndim, dims, out, &found, error);
+  if (status == SG_OK && !found) {
+    return sg_fail(error, SG_ERR_FORMAT, "%s: missing tensor '%s'", weights->source, name);
+  }
+  return status;
+}
+
+int64_t sg_weights_parameter_count(const sg_weights *weights) { return weights->parameter_count; }
+
+size_t sg_weights_owned_bytes(const sg_weights *weights) { return weights->owned_bytes; }
+
+char **sg_weights_unused_names(const sg_weights *weights) {
+  GPtrArray *unused = g_ptr_array_new();
+  GHashTableIter iter;
+  gpointer key;
+  g_hash_table_iter_init(&iter, weights->located);
+  while (g_hash_table_iter_next(&iter, &key, NULL)) {
+    if (!g_hash_table_contains(weights->fetched, key)) g_ptr_array_add(unused, g_strdup(key));
+  }
+  if (unused->len > 1) qsort(unused->pdata, unused->len, sizeof(char *), compare_strings);
+  g_ptr_array_add(unused, NULL);
+  return (char **)g_ptr_array_free(unused, FALSE);
+}
+
+void sg_weights_free_names(char **names) { g_strfreev(names); }

@@ -10,7 +10,9 @@ typedef struct sg_weights sg_weights;
 /* Opens every *.safetensors file in a component folder (e.g. MODEL/unet). */
 sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error);
 /* Random weights from a seed: uniform in ±1/sqrt(fan_in) (fan_in = numel/dims[0] for ≥2-D,
- * ones for 1-D tensors whose name ends in "norm*.weight"/"gamma", zeros for other 1-D). */
+ * ones for 1-D tensors whose name ends in "norm*.weight"/"gamma", zeros for other 1-D).
+ * The uniform values are sg_uniform_fill(seed ^ fnv1a64(name), stream 1, ...). Every name asked
+ * for exists (get_optional always finds it). */
 sg_weights *sg_weights_new_random(uint64_t seed);
 void sg_weights_free(sg_weights *weights);
 

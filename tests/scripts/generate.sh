@@ -16,7 +16,7 @@ if [ ! -f "$model/model_index.json" ]; then
       --unet-config weights/configs/test-unet-tiny.json \
       --decoder-config weights/configs/snapgen-decoder.json \
       --scheduler-config weights/configs/scheduler.json \
-      --out "$model" --seed 1 --fixed-conditioning >&2
+      --out "$model" --seed 1 --conditioning "$model/conditioning/default.safetensors" >&2
   fi
   echo "generate: no default model in weights/default yet; using $model (random weights)" >&2
 fi

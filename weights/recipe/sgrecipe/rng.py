@@ -41,9 +41,14 @@ def blocks(seed, stream, first, count):
     return philox4x32(counter, (seed & 0xFFFFFFFF, seed >> 32))
 
 
+def _shape(shape):
+    """An int or a sequence of ints as a tuple."""
+    return tuple(int(s) for s in np.atleast_1d(shape))
+
+
 def normal(seed, stream, shape):
     """Standard normal float32 array of the given shape (row-major element order)."""
-    shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+    shape = _shape(shape)
     count = int(np.prod(shape, dtype=np.int64))
     w0, w1, _, _ = blocks(seed, stream, 0, (count + 1) // 2)
     u1 = (w0.astype(np.float64) + 0.5) / 4294967296.0
@@ -58,7 +63,7 @@ def normal(seed, stream, shape):
 
 def uniform(seed, stream, shape, lo=0.0, hi=1.0):
     """Uniform float32 values in [lo, hi): element i = lo + (hi - lo)·w0(block i)/2^32."""
-    shape = tuple(int(s) for s in np.atleast_1d(shape)) if not isinstance(shape, tuple) else shape
+    shape = _shape(shape)
     count = int(np.prod(shape, dtype=np.int64))
     w0 = blocks(seed, stream, 0, count)[0]
     u = w0.astype(np.float64) / 4294967296.0

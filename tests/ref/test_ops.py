@@ -1,0 +1,351 @@
+# test_ops.py: checks every op of engine/src/ops.h, on both backends, against torch.nn.functional.
+"""Each case draws fresh random inputs, computes the reference in float64 with PyTorch, writes a
+case file, runs `$SGCHECK op case out` for the oneDNN and the reference backend and compares:
+relative L2 = ||c - ref|| / ||ref|| <= 1e-4. Prints one PASS/FAIL line per check; exits 1 on any
+failure. SEED=n reproduces a run (the seed used is printed); ONLY=text runs the checks whose name
+contains text."""
+import json
+import math
+import os
+import random
+import struct
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+try:
+    from sgrecipe.safetensors_io import load_file, save_file
+except ImportError:  # the recipe package is not on PYTHONPATH: a tiny local F32 reader/writer
+
+    def save_file(path, tensors, metadata=None):
+        header, blobs, offset = {}, [], 0
+        if metadata:
+            header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+        for name, value in tensors.items():
+            data = np.ascontiguousarray(np.asarray(value, dtype="<f4"))
+            header[name] = {"dtype": "F32", "shape": list(data.shape),
+                            "data_offsets": [offset, offset + data.nbytes]}
+            blobs.append(data.tobytes())
+            offset += data.nbytes
+        text = json.dumps(header).encode()
+        text += b" " * ((8 - len(text) % 8) % 8)
+        with open(path, "wb") as f:
+            f.write(struct.pack("<Q", len(text)) + text + b"".join(blobs))
+
+    def load_file(path):
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            header = json.loads(f.read(size))
+            raw = f.read()
+        out = {}
+        for name, info in header.items():
+            if name != "__metadata__":
+                begin, end = info["data_offsets"]
+                out[name] = np.frombuffer(raw[begin:end], dtype="<f4").reshape(info["shape"])
+        return out
+
+
+TOLERANCE = 1e-4
+BACKENDS = ("onednn", "reference")
+ACTIVATIONS = {
+    "none": lambda x: x,
+    "silu": F.silu,
+    "gelu_erf": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "relu": F.relu,
+    "tanh": torch.tanh,
+}
+
+
+def rand(*shape):
+    return torch.randn(*shape, dtype=torch.float32)
+
+
+def d(t):
+    """float64 copy for the reference computation."""
+    return t.double()
+
+
+# ---- cases: (name, metadata, inputs, reference output) ----
+
+def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", bias=True):
+    x, wt = rand(cin, h, w), rand(cout, cin // groups, k, k) / math.sqrt(cin // groups * k * k)
+    inputs = {"x": x, "w": wt}
+    b = None
+    if bias:
+        b = rand(cout)
+        inputs["b"] = b
+    y = F.conv2d(d(x)[None], d(wt), d(b) if bias else None, stride, padding, 1, groups)[0]
+    meta = {"op": "conv2d", "stride": stride, "padding": padding, "groups": groups, "act": act}
+    return name, meta, inputs, ACTIVATIONS[act](y)
+
+
+def linear_case(name, m, k, n, act="none", bias=True, repeat=1):
+    x, wt = rand(m, k), rand(n, k) / math.sqrt(k)
+    inputs = {"x": x, "w": wt}
+    b = None
+    if bias:
+        b = rand(n)
+        inputs["b"] = b
+    y = F.linear(d(x), d(wt), d(b) if bias else None)
+    return name, {"op": "linear", "act": act, "repeat": repeat}, inputs, ACTIVATIONS[act](y)
+
+
+def eltwise_case(name, shape, act, inplace=0):
+    x = rand(*shape) * 3
+    return name, {"op": "eltwise", "act": act, "inplace": inplace}, {"x": x}, ACTIVATIONS[act](d(x))
+
+
+def binary_case(name, a_shape, b_shape, op, torch_b_shape=None, inplace=0):
+    a, b = rand(*a_shape), rand(*b_shape)
+    bb = d(b).reshape(torch_b_shape) if torch_b_shape else d(b)
+    y = d(a) + bb if op == "add" else d(a) * bb
+    return name, {"op": "binary", "binary": op, "inplace": inplace}, {"a": a, "b": b}, y
+
+
+def group_norm_case(name, shape, groups, act="none", affine=True, inplace=0, eps=1e-5):
+    x = rand(*shape) * 2 + 0.5
+    inputs = {"x": x}
+    gamma = beta = None
+    if affine:
+        gamma, beta = rand(shape[0]), rand(shape[0])
+        inputs.update(gamma=gamma, beta=beta)
+    y = F.group_norm(d(x)[None], groups, d(gamma) if affine else None,
+                     d(beta) if affine else None, eps)[0]
+    meta = {"op": "group_norm", "groups": groups, "eps": eps, "act": act, "inplace": inplace}
+    return name, meta, inputs, ACTIVATIONS[act](y)
+
+
+def layer_norm_case(name, m, c, beta=True, inplace=0, eps=1e-5):
+    x, gamma = rand(m, c) + 1, rand(c)
+    inputs = {"x": x, "gamma": gamma}
+    b = None
+    if beta:
+        b = rand(c)
+        inputs["beta"] = b
+    y = F.layer_norm(d(x), (c,), d(gamma), d(b) if beta else None, eps)
+    return name, {"op": "layer_norm", "eps": eps, "inplace": inplace}, inputs, y
+
+
+def rms_norm_case(name, m, c, offset, eps=1e-6, inplace=0):
+    x, w = rand(m, c), rand(c) * 0.5
+    y = F.rms_norm(d(x), (c,), d(w) + offset, eps)
+    meta = {"op": "rms_norm", "eps": eps, "weight_offset": offset, "inplace": inplace}
+    return name, meta, {"x": x, "w": w}, y
+
+
+def softmax_case(name, m, n, inplace=0):
+    x = rand(m, n) * 4
+    return name, {"op": "softmax", "inplace": inplace}, {"x": x}, F.softmax(d(x), dim=-1)
+
+
+def upsample_case(name, c, h, w):
+    x = rand(c, h, w)
+    y = F.interpolate(d(x)[None], scale_factor=2, mode="nearest")[0]
+    return name, {"op": "upsample"}, {"x": x}, y
+
+
+def concat_case(name, a_shape, b_shape):
+    a, b = rand(*a_shape), rand(*b_shape)
+    axis = 0 if len(a_shape) == 3 else 1
+    return name, {"op": "concat"}, {"a": a, "b": b}, torch.cat([d(a), d(b)], axis)
+
+
+def transpose_case(name, rows, cols):
+    x = rand(rows, cols)
+    return name, {"op": "transpose"}, {"x": x}, d(x).t()
+
+
+def attention_reference(q, k, v, heads, kv_heads, head_dim, scale, softcap, causal, window,
+                        key_mask):
+    t, s = q.shape[0], k.shape[0]
+    qh = q.reshape(t, heads, head_dim).transpose(0, 1)  # [H, T, D]
+    kh = k.reshape(s, kv_heads, head_dim).transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    vh = v.reshape(s, kv_heads, head_dim).transpose(0, 1).repeat_interleave(heads // kv_heads, 0)
+    scores = qh @ kh.transpose(1, 2) * scale
+    if softcap > 0:
+        scores = softcap * torch.tanh(scores / softcap)
+    keep = torch.ones(t, s, dtype=torch.bool)
+    if key_mask is not None:
+        keep &= key_mask[None, :] != 0
+    i, j = torch.arange(t)[:, None], torch.arange(s)[None, :]
+    if causal:
+        keep &= j <= i
+        if window > 0:
+            keep &= (i - j) < window
+    scores = scores.masked_fill(~keep, float("-inf"))
+    probs = F.softmax(scores, dim=-1)
+    probs = torch.where(keep.any(-1)[None, :, None], probs, torch.zeros_like(probs))
+    return (probs @ vh).transpose(0, 1).reshape(t, heads * head_dim)
+
+
+def attention_case(name, t, s, heads, kv_heads, head_dim, mask=False, causal=0, window=0,
+                   softcap=0.0, scale=None, mask_first=False):
+    q, k, v = rand(t, heads * head_dim), rand(s, kv_heads * head_dim), rand(s, kv_heads * head_dim)
+    scale = 1 / math.sqrt(head_dim) if scale is None else scale
+    inputs = {"q": q, "k": k, "v": v}
+    key_mask = None
+    if mask:
+        key_mask = (torch.rand(s) > 0.3).float()
+        key_mask[s // 2] = 1
+        if mask_first:
+            key_mask[0] = 0  # with causal, query 0 sees no key: its output must be zeros
+        inputs["key_mask"] = key_mask
+    y = attention_reference(d(q), d(k), d(v), heads, kv_heads, head_dim, scale, softcap, causal,
+                            window, key_mask)
+    meta = {"op": "attention", "heads": heads, "kv_heads": kv_heads, "head_dim": head_dim,
+            "scale": repr(scale), "softcap": softcap, "causal": causal, "window": window}
+    return name, meta, inputs, y
+
+
+def gated_case(name, m, n, act):
+    x = rand(m, 2 * n)
+    y = d(x)[:, :n] * ACTIVATIONS[act](d(x)[:, n:])
+    return name, {"op": "gated", "act": act}, {"x": x}, y
+
+
+def all_cases():
+    cases = [
+        conv2d_case("conv2d 3x3", 16, 32, 12, 10, 3, 1, 1, 1, "silu"),
+        conv2d_case("conv2d rgb stride2 nobias", 3, 8, 9, 7, 3, 2, 1, 1, bias=False),
+        conv2d_case("conv2d depthwise", 24, 24, 11, 9, 3, 1, 1, 24),
+        conv2d_case("conv2d depthwise stride2 silu", 32, 32, 10, 14, 3, 2, 1, 32, "silu"),
+        conv2d_case("conv2d grouped stride2 gelu", 16, 32, 8, 12, 3, 2, 1, 4, "gelu_erf"),
+        conv2d_case("conv2d 1x1", 32, 16, 7, 13, 1, 1, 0, 1, "relu"),
+        conv2d_case("conv2d 5x5 tanh", 8, 12, 10, 6, 5, 1, 2, 1, "tanh"),
+        conv2d_case("conv2d 3x3 nopad quick_gelu", 6, 10, 9, 11, 3, 1, 0, 1, "quick_gelu"),
+        linear_case("linear", 7, 33, 17, "gelu_tanh"),
+        linear_case("linear nobias", 64, 128, 96, bias=False, repeat=2),
+        linear_case("linear one row silu", 1, 256, 320, "silu"),
+        linear_case("linear quick_gelu", 10, 64, 48, "quick_gelu"),
+    ]
+    for act in ACTIVATIONS:
+        cases.append(eltwise_case(f"eltwise {act}", (3, 5, 7), act))
+    cases += [
+        eltwise_case("eltwise silu inplace", (4, 33), "silu", inplace=1),
+        binary_case("binary add same shape", (4, 5, 6), (4, 5, 6), "add"),
+        binary_case("binary mul per channel", (8, 5, 6), (8,), "mul", (8, 1, 1)),
+        binary_case("binary add rows", (7, 24), (24,), "add"),
+        binary_case("binary mul scalar", (3, 4, 5), (1,), "mul"),
+        binary_case("binary add [C,1,1]", (6, 3, 7), (6, 1, 1), "add"),
+        binary_case("binary mul inplace", (5, 9), (5, 9), "mul", inplace=1),
+        group_norm_case("group_norm silu", (32, 8, 8), 8, "silu"),
+        group_norm_case("group_norm 32 groups", (64, 5, 7), 32),
+        group_norm_case("group_norm [C,L]", (16, 20), 4, "silu"),
+        group_norm_case("group_norm no affine inplace", (12, 6, 6), 3, "silu", affine=False,
+                        inplace=1),
+        layer_norm_case("layer_norm", 10, 48),
+        layer_norm_case("layer_norm no beta", 7, 64, beta=False),
+        layer_norm_case("layer_norm inplace", 5, 40, inplace=1),
+        rms_norm_case("rms_norm qk", 12, 64, 0.0),
+        rms_norm_case("rms_norm gemma", 5, 256, 1.0),
+        rms_norm_case("rms_norm inplace", 6, 32, 1.0, inplace=1),
+        softmax_case("softmax", 9, 31),
+        softmax_case("softmax wide", 4, 1000),
+        softmax_case("softmax inplace", 3, 17, inplace=1),
+        upsample_case("upsample", 5, 4, 6),
+        upsample_case("upsample 1x1", 3, 1, 1),
+        concat_case("concat channels", (3, 4, 5), (6, 4, 5)),
+        concat_case("concat rows", (7, 10), (7, 3)),
+        transpose_case("transpose", 13, 37),
+        transpose_case("transpose tokens", 64, 48),
+        attention_case("attention mqa self", 20, 20, 4, 1, 16),
+        attention_case("attention mqa cross mask", 30, 11, 6, 1, 32, mask=True),
+        attention_case("attention mqa 14x64", 64, 77, 14, 1, 64),
+        attention_case("attention gqa kv2 mask", 17, 13, 4, 2, 8, mask=True),
+        attention_case("attention gqa causal window", 24, 24, 4, 2, 16, causal=1, window=5),
+        attention_case("attention causal softcap", 19, 19, 8, 4, 16, causal=1, softcap=5.0),
+        attention_case("attention empty query", 10, 10, 2, 1, 8, mask=True, causal=1,
+                       mask_first=True),
+        attention_case("attention gqa empty query", 9, 9, 4, 2, 8, mask=True, causal=1,
+                       mask_first=True),
+        attention_case("attention blocks", 1100, 1024, 4, 1, 16),
+        attention_case("attention gqa blocks mask", 1000, 1100, 4, 2, 8, mask=True),
+        gated_case("gated gelu_erf", 6, 40, "gelu_erf"),
+        gated_case("gated gelu_tanh", 3, 64, "gelu_tanh"),
+    ]
+    return cases
+
+
+# Bad arguments must fail with a message in words (not crash): (name, metadata, inputs, words).
+def error_cases():
+    return [
+        ("error conv2d channels", {"op": "conv2d"}, {"x": rand(16, 5, 5), "w": rand(64, 3, 3, 3)},
+         "does not match input channels 16"),
+        ("error linear features", {"op": "linear"}, {"x": rand(4, 8), "w": rand(5, 9)},
+         "does not match input"),
+        ("error attention heads", {"op": "attention", "heads": 3, "kv_heads": 2, "head_dim": 4},
+         {"q": rand(5, 12), "k": rand(5, 8), "v": rand(5, 8)}, "kv_heads"),
+        ("error binary broadcast", {"op": "binary"}, {"a": rand(4, 5), "b": rand(3)},
+         "does not broadcast"),
+    ]
+
+
+def run_check(sgcheck, workdir, name, meta, inputs, backend):
+    case_path = os.path.join(workdir, "case.safetensors")
+    out_path = os.path.join(workdir, "out.safetensors")
+    if os.path.exists(out_path):
+        os.remove(out_path)
+    metadata = {k: str(v) for k, v in meta.items()}
+    metadata["backend"] = backend
+    save_file(case_path, {k: v.contiguous() for k, v in inputs.items()}, metadata=metadata)
+    run = subprocess.run([sgcheck, "op", case_path, out_path], capture_output=True, text=True,
+                         timeout=300)
+    return run, out_path
+
+
+def main():
+    sgcheck = os.environ.get("SGCHECK", "build/tests/sgcheck")
+    seed = int(os.environ.get("SEED", random.randrange(1 << 31)))
+    torch.manual_seed(seed)
+    print(f"test_ops: seed {seed} (SEED={seed} reproduces), sgcheck {sgcheck}")
+    failures, checks, worst = 0, 0, {}
+    only = os.environ.get("ONLY", "")
+    with tempfile.TemporaryDirectory() as workdir:
+        for name, meta, inputs, expected in all_cases():
+            if only not in name:
+                continue
+            expected = expected.numpy()
+            for backend in BACKENDS:
+                checks += 1
+                run, out_path = run_check(sgcheck, workdir, name, meta, inputs, backend)
+                label = f"{name} [{backend}]"
+                if run.returncode != 0:
+                    failures += 1
+                    print(f"FAIL {label}: sgcheck exit {run.returncode}: {run.stderr.strip()}")
+                    continue
+                got = load_file(out_path)["y"].astype(np.float64)
+                if got.shape != expected.shape:
+                    failures += 1
+                    print(f"FAIL {label}: shape {got.shape}, expected {expected.shape}")
+                    continue
+                norm = np.linalg.norm(expected)
+                rel = np.linalg.norm(got - expected) / (norm if norm > 0 else 1.0)
+                key = (meta["op"], backend)
+                worst[key] = max(worst.get(key, 0.0), rel)
+                ok = rel <= TOLERANCE and np.all(np.isfinite(got))
+                failures += not ok
+                print(f"{'PASS' if ok else 'FAIL'} {label} relL2={rel:.3g}")
+        for name, meta, inputs, words in error_cases():
+            if only not in name:
+                continue
+            for backend in BACKENDS:
+                checks += 1
+                run, _ = run_check(sgcheck, workdir, name, meta, inputs, backend)
+                ok = run.returncode == 1 and words in run.stderr
+                failures += not ok
+                print(f"{'PASS' if ok else 'FAIL'} {name} [{backend}]: {run.stderr.strip()}")
+    print("worst relL2 per op and backend:")
+    for (op, backend), rel in sorted(worst.items()):
+        print(f"  {op:11s} {backend:9s} {rel:.3g}")
+    print(f"test_ops: {checks - failures}/{checks} checks passed (seed {seed})")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

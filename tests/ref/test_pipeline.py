@@ -1,0 +1,224 @@
+# test_pipeline.py: end-to-end checks of the `snapgen` runner against the PyTorch recipe, plus its
+# error handling (bad model files, bad arguments, unwritable outputs) and determinism.
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+import torch
+from PIL import Image
+
+from sgrecipe import export, sampler
+from sgrecipe.safetensors_io import load_file, save_file
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIGS = os.path.join(ROOT, "weights", "configs")
+SNAPGEN = os.environ.get("SNAPGEN", os.path.join(ROOT, "build", "engine", "snapgen"))
+failures = []
+
+
+def check(name, ok, detail=""):
+    print(f"{'PASS' if ok else 'FAIL'} {name} {detail}".rstrip(), flush=True)
+    if not ok:
+        failures.append(name)
+
+
+def run(*args):
+    return subprocess.run([SNAPGEN, *args], capture_output=True, text=True)
+
+
+def make_model(folder, seed, unet_config="test-unet-tiny.json",
+               decoder_config="test-decoder-tiny.json"):
+    subprocess.run([sys.executable, os.path.join(ROOT, "weights", "recipe", "make_random_model.py"),
+                    "--unet-config", os.path.join(CONFIGS, unet_config),
+                    "--decoder-config", os.path.join(CONFIGS, decoder_config),
+                    "--out", folder, "--seed", str(seed),
+                    "--conditioning", os.path.join(folder, "conditioning", "default.safetensors")],
+                   check=True, capture_output=True)
+
+
+def psnr(a, b):
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float("inf") if mse == 0 else 10 * np.log10(255.0 ** 2 / mse)
+
+
+def reference_image(model, seed, steps, width, height, guidance):
+    unet, decoder, sched = export.load_model_folder(model)
+    context, pooled, mask = export.load_conditioning(
+        os.path.join(model, "conditioning", "default.safetensors"))
+    image, _ = sampler.generate(unet, decoder, context, pooled, mask, seed, steps, height, width,
+                                sched, guidance)
+    return sampler.to_uint8(image)
+
+
+def engine_image(model, out, seed, steps, width, height, guidance, *extra):
+    result = run("generate", "--model", model, "--seed", str(seed), "--steps", str(steps),
+                 "--width", str(width), "--height", str(height), "--guidance", str(guidance),
+                 "--output", out, "--quiet", *extra)
+    if result.returncode != 0:
+        print(result.stderr, file=sys.stderr)
+        return None, result
+    return np.asarray(Image.open(out).convert("RGB")), result
+
+
+def test_against_recipe(tmp):
+    model = os.path.join(tmp, "model")
+    make_model(model, seed=int(np.random.randint(1 << 30)))
+    seed = int(np.random.randint(1 << 31))
+    for backend in ("onednn", "reference"):
+        for steps, guidance, (w, h) in ((4, 1.0, (96, 64)), (3, 3.0, (64, 80))):
+            out = os.path.join(tmp, f"out-{backend}-{steps}.png")
+            got, _ = engine_image(model, out, seed, steps, w, h, guidance, "--backend", backend)
+            want = reference_image(model, seed, steps, w, h, guidance)
+            ok = got is not None and got.shape == want.shape
+            value = psnr(got, want) if ok else 0.0
+            check(f"pipeline {backend} steps={steps} guidance={guidance} {w}x{h}",
+                  ok and value >= 40.0, f"psnr={value:.1f}dB seed={seed}")
+    return model
+
+
+def test_png_and_determinism(tmp, model):
+    a, b = os.path.join(tmp, "a.png"), os.path.join(tmp, "b.png")
+    engine_image(model, a, 5, 4, 64, 64, 1.0, "--threads", "2", "--prompt", "a red circle")
+    engine_image(model, b, 5, 4, 64, 64, 1.0, "--threads", "2", "--prompt", "a red circle")
+    same = open(a, "rb").read() == open(b, "rb").read()
+    check("determinism: same seed and threads give a byte-identical PNG", same)
+    text = Image.open(a).text
+    check("png text chunks carry prompt and seed",
+          text.get("snapgen:prompt") == "a red circle" and text.get("snapgen:seed") == "5",
+          str(text))
+    c = os.path.join(tmp, "c.png")
+    engine_image(model, c, 5, 4, 64, 64, 1.0, "--threads", "1")
+    diff = np.abs(np.asarray(Image.open(a), np.int16) - np.asarray(Image.open(c), np.int16)).max()
+    check("threads 1 vs 2 differ by at most 1 level", diff <= 1, f"max diff {diff}")
+    d = os.path.join(tmp, "d.png")
+    engine_image(model, d, 6, 4, 64, 64, 1.0)
+    check("another seed gives another image",
+          not np.array_equal(np.asarray(Image.open(a)), np.asarray(Image.open(d))))
+
+
+def expect_error(name, args, code, must_mention, out=None):
+    result = run(*args)
+    lines = result.stderr.strip().splitlines()
+    ok = result.returncode == code and len(lines) == 1 and must_mention in result.stderr
+    if out is not None:
+        ok = ok and not os.path.exists(out) and not any(
+            f.startswith(os.path.basename(out)) for f in os.listdir(os.path.dirname(out)))
+    check(f"error: {name}", ok, f"exit={result.returncode} stderr={result.stderr.strip()!r}")
+
+
+def broken_copy(tmp, model, name, damage):
+    copy = os.path.join(tmp, name)
+    shutil.copytree(model, copy)
+    weights = os.path.join(copy, "unet", "diffusion_pytorch_model.safetensors")
+    damage(weights)
+    return copy, weights
+
+
+def test_errors(tmp, model):
+    out = os.path.join(tmp, "err", "out.png")
+    os.makedirs(os.path.dirname(out))
+    gen = ["generate", "--width", "64", "--height", "64", "--output", out, "--quiet", "--model"]
+
+    def truncate(path):
+        size = os.path.getsize(path)
+        with open(path, "r+b") as f:
+            f.truncate(size // 2)
+
+    def corrupt_header(path):
+        with open(path, "r+b") as f:
+            f.seek(8)
+            f.write(b"{\"oops")
+
+    def huge_header(path):
+        with open(path, "r+b") as f:
+            f.write((1 << 62).to_bytes(8, "little"))
+
+    def wrong_dtype(path):
+        tensors = load_file(path)
+        first = sorted(tensors)[0]
+        save_file(path, {k: (v.astype(np.float64) if k == first else v)
+                         for k, v in tensors.items()})
+
+    def nan_weight(path):
+        tensors = load_file(path)
+        name = "conv_in.bias"
+        tensors[name] = tensors[name].copy()
+        tensors[name][0] = np.nan
+        save_file(path, tensors)
+
+    def missing_tensor(path):
+        tensors = load_file(path)
+        del tensors["conv_out.weight"]
+        save_file(path, tensors)
+
+    def wrong_shape(path):
+        tensors = load_file(path)
+        tensors["conv_in.bias"] = np.concatenate([tensors["conv_in.bias"], [0.5]]).astype(np.float32)
+        save_file(path, tensors)
+
+    for name, damage in (("truncated", truncate), ("corrupt-header", corrupt_header),
+                         ("oversized-header", huge_header), ("wrong-dtype", wrong_dtype),
+                         ("nan-weight", nan_weight), ("missing-tensor", missing_tensor),
+                         ("wrong-shape", wrong_shape)):
+        copy, weights = broken_copy(tmp, model, name, damage)
+        expect_error(f"{name} safetensors names the file", gen + [copy], 3, weights, out)
+
+    expect_error("missing model folder", gen + [os.path.join(tmp, "nowhere")], 4, "nowhere", out)
+    expect_error("width not a multiple of the stride",
+                 ["generate", "--model", model, "--width", "70", "--height", "64", "--output", out],
+                 2, "multiple", out)
+    expect_error("width zero", ["generate", "--model", model, "--width", "0", "--output", out],
+                 2, "size", out)
+    expect_error("width beyond the maximum",
+                 ["generate", "--model", model, "--width", "8192", "--output", out], 2, "size", out)
+    expect_error("steps 0", ["generate", "--model", model, "--steps", "0", "--output", out],
+                 2, "--steps", out)
+    expect_error("unwritable output",
+                 ["generate", "--model", model, "--width", "64", "--height", "64", "--quiet",
+                  "--output", "/nonexistent-dir/x.png"], 4, "/nonexistent-dir")
+    expect_error("unknown option", ["generate", "--colour", "red"], 2, "--colour")
+
+
+def test_info_and_bench():
+    result = subprocess.run([SNAPGEN, "bench", "--unet-config",
+                             os.path.join(CONFIGS, "test-unet-tiny.json"), "--decoder-config",
+                             os.path.join(CONFIGS, "test-decoder-tiny.json"), "--size", "128"],
+                            capture_output=True, text=True)
+    check("bench runs a config with random weights",
+          result.returncode == 0 and "unet step:" in result.stdout and "decoder:" in result.stdout,
+          result.stderr.strip())
+    tmp = tempfile.mkdtemp()
+    try:
+        for part, name in (("unet", "snapgen-unet-full.json"), ("decoder", "snapgen-decoder.json")):
+            os.makedirs(os.path.join(tmp, part))
+            shutil.copy(os.path.join(CONFIGS, name), os.path.join(tmp, part, "config.json"))
+        result = run("info", "--model", tmp)
+        counts = dict(line.split(": ") for line in result.stdout.strip().splitlines())
+        unet = int(counts.get("unet parameters", 0))
+        decoder = int(counts.get("decoder parameters", 0))
+        check("full-size UNet within 3% of 379M", abs(unet - 379e6) <= 0.03 * 379e6, f"{unet}")
+        check("SnapGen-size decoder about 1.4M", abs(decoder - 1.38e6) <= 0.05 * 1.38e6,
+              f"{decoder}")
+    finally:
+        shutil.rmtree(tmp)
+
+
+def main():
+    torch.set_num_threads(2)
+    tmp = tempfile.mkdtemp(prefix="sg-pipeline-")
+    try:
+        model = test_against_recipe(tmp)
+        test_png_and_determinism(tmp, model)
+        test_errors(tmp, model)
+        test_info_and_bench()
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'FAILED: ' + ', '.join(failures) if failures else 'all pipeline checks passed'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,278 @@
+/* check_ops.c: `sgcheck op CASE.safetensors OUT.safetensors` runs one op of engine/src/ops.h on a
+ * case written by tests/ref/test_ops.py and writes its output as tensor "y".
+ *
+ * Case metadata: "op", "backend" (onednn | reference) and the op's parameters. Tensors per op:
+ *   conv2d      x [Ci,H,W], w [Co,Ci/groups,kh,kw], b [Co] (optional); stride, padding, groups, act
+ *   linear      x [M,K], w [N,K], b [N] (optional); act
+ *   eltwise     x (any shape); act
+ *   binary      a, b (b broadcast as sg_binary says); binary = add | mul
+ *   group_norm  x [C,H,W] or [C,L], gamma, beta [C] (optional); groups, eps, act
+ *   layer_norm  x [M,C], gamma, beta [C] (optional); eps
+ *   rms_norm    x [M,C], w [C]; eps, weight_offset
+ *   softmax     x [M,N]
+ *   upsample    x [C,H,W]
+ *   concat      a, b ([Ca,H,W] + [Cb,H,W], or [M,Ka] + [M,Kb])
+ *   transpose   x [A,B]
+ *   attention   q [T,heads*head_dim], k, v [S,kv_heads*head_dim], key_mask [S] (optional);
+ *               heads, kv_heads, head_dim, scale, softcap, causal, window
+ *   gated       x [M,2N]; act
+ * act is none | silu | gelu_erf | gelu_tanh | quick_gelu | relu | tanh (default none).
+ * Optional: "inplace" = 1 runs with y sharing the first input's memory (eltwise, binary, norms,
+ * softmax); "repeat" = n runs the op n times (the later runs use cached primitives). */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "error.h"
+#include "ops.h"
+#include "safetensors.h"
+
+typedef struct {
+  sg_safetensors *file;
+  const char *path;
+} case_file;
+
+static const char *meta(const case_file *c, const char *key, const char *fallback) {
+  const char *value = sg_safetensors_metadata(c->file, key);
+  return value ? value : fallback;
+}
+
+static int meta_int(const case_file *c, const char *key, int fallback) {
+  const char *value = sg_safetensors_metadata(c->file, key);
+  return value ? atoi(value) : fallback;
+}
+
+static float meta_float(const case_file *c, const char *key, float fallback) {
+  const char *value = sg_safetensors_metadata(c->file, key);
+  return value ? strtof(value, NULL) : fallback;
+}
+
+static sg_status parse_activation(const case_file *c, sg_activation *act, sg_error *error) {
+  static const char *const names[] = {"none", "silu", "gelu_erf", "gelu_tanh",
+                                      "quick_gelu", "relu", "tanh"};
+  const char *name = meta(c, "act", "none");
+  for (int i = 0; i < (int)(sizeof names / sizeof names[0]); i++) {
+    if (!strcmp(name, names[i])) {
+      *act = (sg_activation)i;
+      return SG_OK;
+    }
+  }
+  return sg_fail(error, SG_ERR_FORMAT, "%s: unknown activation \"%s\"", c->path, name);
+}
+
+/* Tensor `name` as an f32 view into the mapping; a missing optional one gives NULL. */
+static sg_status input(const case_file *c, const char *name, int optional, sg_tensor *storage,
+                       const sg_tensor **out, sg_error *error) {
+  const sg_st_entry *entry = sg_safetensors_find(c->file, name);
+  *out = NULL;
+  if (!entry) {
+    if (optional) return SG_OK;
+    return sg_fail(error, SG_ERR_FORMAT, "%s: tensor \"%s\" is missing", c->path, name);
+  }
+  if (entry->dtype != SG_F32) {
+    return sg_fail(error, SG_ERR_FORMAT, "%s: tensor \"%s\" is %s, expected F32", c->path, name,
+                   sg_dtype_name(entry->dtype));
+  }
+  *storage = sg_tensor_view((void *)entry->data, SG_F32, entry->ndim, entry->dims);
+  *out = storage;
+  return SG_OK;
+}
+
+/* Allocates y with the given shape. */
+static sg_status make_output(int ndim, const int64_t *dims, sg_tensor *y, sg_error *error) {
+  *y = sg_tensor_view(NULL, SG_F32, ndim, dims);
+  size_t bytes = sg_tensor_nbytes(y);
+  y->data = malloc(bytes ? bytes : 1);
+  if (!y->data) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for the output");
+  return SG_OK;
+}
+
+/* For in-place runs: y becomes a copy of x, and x then points at y's memory. */
+static sg_status make_inplace(const sg_tensor **x, sg_tensor *x_storage, sg_tensor *y,
+                              sg_error *error) {
+  sg_status status = make_output((*x)->ndim, (*x)->dims, y, error);
+  if (status != SG_OK) return status;
+  memcpy(y->data, (*x)->data, sg_tensor_nbytes(*x));
+  *x_storage = *y;
+  *x = x_storage;
+  return SG_OK;
+}
+
+#define TRY(call)                     \
+  do {                                \
+    status = (call);                  \
+    if (status != SG_OK) goto done;   \
+  } while (0)
+
+static sg_status run_case(const case_file *c, const char *out_path, sg_error *error) {
+  const char *op = meta(c, "op", "");
+  const char *backend_name = meta(c, "backend", "onednn");
+  sg_backend_kind kind;
+  if (!strcmp(backend_name, "onednn")) {
+    kind = SG_BACKEND_ONEDNN;
+  } else if (!strcmp(backend_name, "reference")) {
+    kind = SG_BACKEND_REFERENCE;
+  } else {
+    return sg_fail(error, SG_ERR_FORMAT, "%s: unknown backend \"%s\"", c->path, backend_name);
+  }
+  const int inplace = meta_int(c, "inplace", 0);
+  const int repeat = inplace ? 1 : meta_int(c, "repeat", 1);
+  sg_activation act = SG_ACT_NONE;
+  sg_status status = parse_activation(c, &act, error);
+  if (status != SG_OK) return status;
+  sg_backend *be = sg_backend_new(kind, 0, error);
+  if (!be) return error->status;
+
+  sg_tensor storage[6], y = {0};
+  const sg_tensor *x = NULL, *w = NULL, *b = NULL, *a = NULL, *gamma = NULL, *beta = NULL;
+  if (!strcmp(op, "conv2d")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    TRY(input(c, "w", 0, &storage[1], &w, error));
+    TRY(input(c, "b", 1, &storage[2], &b, error));
+    const int stride = meta_int(c, "stride", 1), padding = meta_int(c, "padding", 0);
+    const int groups = meta_int(c, "groups", 1);
+    if (x->ndim != 3 || w->ndim != 4) {
+      status = sg_fail(error, SG_ERR_FORMAT, "%s: conv2d needs x [C,H,W] and w [O,I,kh,kw]",
+                       c->path);
+      goto done;
+    }
+    int64_t dims[3] = {w->dims[0], (x->dims[1] + 2 * padding - w->dims[2]) / stride + 1,
+                       (x->dims[2] + 2 * padding - w->dims[3]) / stride + 1};
+    TRY(make_output(3, dims, &y, error));
+    for (int i = 0; i < repeat; i++) {
+      TRY(sg_conv2d(be, x, w, b, stride, padding, groups, act, &y, error));
+    }
+  } else if (!strcmp(op, "linear")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    TRY(input(c, "w", 0, &storage[1], &w, error));
+    TRY(input(c, "b", 1, &storage[2], &b, error));
+    int64_t dims[2] = {x->dims[0], w->dims[0]};
+    TRY(make_output(2, dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_linear(be, x, w, b, act, &y, error));
+  } else if (!strcmp(op, "eltwise") || !strcmp(op, "softmax")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    if (inplace) {
+      TRY(make_inplace(&x, &storage[1], &y, error));
+    } else {
+      TRY(make_output(x->ndim, x->dims, &y, error));
+    }
+    for (int i = 0; i < repeat; i++) {
+      TRY(op[0] == 'e' ? sg_eltwise(be, act, x, &y, error) : sg_softmax(be, x, &y, error));
+    }
+  } else if (!strcmp(op, "binary")) {
+    TRY(input(c, "a", 0, &storage[0], &a, error));
+    TRY(input(c, "b", 0, &storage[1], &b, error));
+    const char *name = meta(c, "binary", "add");
+    sg_binary_op kind_of_op = !strcmp(name, "mul") ? SG_BINARY_MUL : SG_BINARY_ADD;
+    if (strcmp(name, "mul") && strcmp(name, "add")) {
+      status = sg_fail(error, SG_ERR_FORMAT, "%s: unknown binary op \"%s\"", c->path, name);
+      goto done;
+    }
+    if (inplace) {
+      TRY(make_inplace(&a, &storage[2], &y, error));
+    } else {
+      TRY(make_output(a->ndim, a->dims, &y, error));
+    }
+    for (int i = 0; i < repeat; i++) TRY(sg_binary(be, kind_of_op, a, b, &y, error));
+  } else if (!strcmp(op, "group_norm") || !strcmp(op, "layer_norm") ||
+             !strcmp(op, "rms_norm")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    const float eps = meta_float(c, "eps", 1e-5f);
+    if (!strcmp(op, "rms_norm")) {
+      TRY(input(c, "w", 0, &storage[1], &w, error));
+    } else {
+      TRY(input(c, "gamma", 1, &storage[1], &gamma, error));
+      TRY(input(c, "beta", 1, &storage[2], &beta, error));
+    }
+    if (inplace) {
+      TRY(make_inplace(&x, &storage[3], &y, error));
+    } else {
+      TRY(make_output(x->ndim, x->dims, &y, error));
+    }
+    for (int i = 0; i < repeat; i++) {
+      if (op[0] == 'g') {
+        TRY(sg_group_norm(be, x, meta_int(c, "groups", 32), gamma, beta, eps, act, &y, error));
+      } else if (op[0] == 'l') {
+        TRY(sg_layer_norm(be, x, gamma, beta, eps, &y, error));
+      } else {
+        TRY(sg_rms_norm(be, x, w, eps, meta_float(c, "weight_offset", 0.0f), &y, error));
+      }
+    }
+  } else if (!strcmp(op, "upsample")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
+    TRY(make_output(x->ndim, dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_upsample_nearest2x(be, x, &y, error));
+  } else if (!strcmp(op, "concat")) {
+    TRY(input(c, "a", 0, &storage[0], &a, error));
+    TRY(input(c, "b", 0, &storage[1], &b, error));
+    int64_t dims[SG_MAX_DIMS];
+    memcpy(dims, a->dims, sizeof dims);
+    const int axis = a->ndim == 3 ? 0 : a->ndim - 1;
+    dims[axis] += b->ndim == a->ndim ? b->dims[axis] : 0;
+    TRY(make_output(a->ndim, dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_concat(be, a, b, &y, error));
+  } else if (!strcmp(op, "transpose")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    int64_t dims[2] = {x->dims[1], x->dims[0]};
+    TRY(make_output(2, dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_transpose(be, x, &y, error));
+  } else if (!strcmp(op, "attention")) {
+    const sg_tensor *q, *k, *v, *mask;
+    TRY(input(c, "q", 0, &storage[0], &q, error));
+    TRY(input(c, "k", 0, &storage[1], &k, error));
+    TRY(input(c, "v", 0, &storage[2], &v, error));
+    TRY(input(c, "key_mask", 1, &storage[3], &mask, error));
+    sg_attention_params params = {
+        .heads = meta_int(c, "heads", 1),
+        .kv_heads = meta_int(c, "kv_heads", 1),
+        .head_dim = meta_int(c, "head_dim", (int)q->dims[q->ndim - 1]),
+        .scale = meta_float(c, "scale", 1.0f),
+        .softcap = meta_float(c, "softcap", 0.0f),
+        .causal = meta_int(c, "causal", 0),
+        .window = meta_int(c, "window", 0),
+        .key_mask = mask ? mask->data : NULL,
+    };
+    if (mask && sg_tensor_numel(mask) != k->dims[0]) {
+      status = sg_fail(error, SG_ERR_FORMAT, "%s: key_mask has %lld values for %lld keys",
+                       c->path, (long long)sg_tensor_numel(mask), (long long)k->dims[0]);
+      goto done;
+    }
+    TRY(make_output(q->ndim, q->dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_attention(be, q, k, v, &params, &y, error));
+  } else if (!strcmp(op, "gated")) {
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    int64_t dims[2] = {x->dims[0], x->dims[1] / 2};
+    TRY(make_output(2, dims, &y, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_gated(be, x, act, &y, error));
+  } else {
+    status = sg_fail(error, SG_ERR_FORMAT, "%s: unknown op \"%s\"", c->path, op);
+    goto done;
+  }
+  const char *names[1] = {"y"};
+  const char *metadata[] = {"op", op, "backend", sg_backend_name(be), NULL};
+  status = sg_safetensors_write(out_path, 1, names, &y, metadata, error);
+done:
+  free(y.data);
+  sg_backend_free(be);
+  return status;
+}
+
+int check_ops_main(int argc, char **argv) {
+  if (argc != 3) {
+    fprintf(stderr, "usage: sgcheck op CASE.safetensors OUT.safetensors\n");
+    return 2;
+  }
+  sg_error error = {0};
+  case_file c = {.path = argv[1]};
+  sg_status status = sg_safetensors_open(c.path, &c.file, &error);
+  if (status == SG_OK) {
+    status = run_case(&c, argv[2], &error);
+    sg_safetensors_close(c.file);
+  }
+  if (status != SG_OK) {
+    fprintf(stderr, "sgcheck op: %s\n", error.message);
+    return 1;
+  }
+  return 0;
+}
