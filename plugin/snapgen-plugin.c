@@ -50,6 +50,7 @@ static void show_progress(gpointer data, sg_stage stage, gint step, gint total_s
       break;
     case SG_STAGE_DENOISING:
       /* The engine reports before each step, and once more when all are done. */
+      /* TRANSLATORS: the step running now and the number of steps, e.g. "step 2 of 4" */
       text = g_strdup_printf(_("Denoising: step %d of %d"), MIN(step + 1, total_steps), total_steps);
       fraction = 0.1 + 0.85 * step / MAX(total_steps, 1);
       break;
@@ -209,6 +210,7 @@ static GimpProcedure *snapgen_create_procedure(GimpPlugIn *plug_in, const gchar 
   /* Usable with no image at all (then it makes one), and with any layer selection. */
   gimp_procedure_set_image_types(procedure, "*");
   gimp_procedure_set_sensitivity_mask(procedure, GIMP_PROCEDURE_SENSITIVE_ALWAYS);
+  /* TRANSLATORS: menu item in Filters > Render; SnapGen is the model's name */
   gimp_procedure_set_menu_label(procedure, _("SnapGen Text to _Image…"));
   gimp_procedure_add_menu_path(procedure, "<Image>/Filters/Render");
   gimp_procedure_set_documentation(

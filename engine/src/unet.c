@@ -597,6 +597,7 @@ static double res_flops(const sg_unet_config *c, int in, int out, double hw) {
 
 static double transformer_flops(const sg_unet_config *c, int C, int depth, int self_attention,
                                 double T, int S) {
+  if (depth == 0) return 0; /* no transformer there */
   double kv = (double)c->num_kv_heads * c->head_dim;
   double I = scaled_width(c->ffn_mult, C);
   double f = 2.0 * 2.0 * T * C * C; /* proj_in, proj_out */

@@ -1,5 +1,5 @@
 /* sgcheck.c: runs one engine module on a case file written by a PyTorch reference test and writes
- * the result, so tests/ref/*.py can compare the engine with the recipe. */
+ * the result, so the tests in tests/ref can compare the engine with the recipe. */
 #include <stdio.h>
 #include <string.h>
 

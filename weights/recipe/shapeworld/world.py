@@ -347,10 +347,8 @@ def make_rng(rng_or_seed):
     return np.random.default_rng(int(rng_or_seed))
 
 
-def sample(rng_or_seed, category=None, size=256, split="train", mention_colors=None):
-    """One training pair: (PIL image, caption, spec). split="train" avoids held-out compositions,
-    "eval" keeps only them, None allows all. mention_colors (None: 50% chance) adds colours to
-    counting and position captions. spec holds the requirement and the drawn scene."""
+def sample_spec(rng_or_seed, category=None, size=256, split="train", mention_colors=None):
+    """The caption and scene of one training pair, without drawing it: (caption, spec)."""
     rng = make_rng(rng_or_seed)
     if category is None:
         category = CATEGORIES[int(rng.integers(len(CATEGORIES)))]
@@ -358,15 +356,28 @@ def sample(rng_or_seed, category=None, size=256, split="train", mention_colors=N
         mention_colors = bool(rng.uniform() < 0.5)
     for _ in range(1000):
         requirement = random_requirement(rng, category, mention_colors)
-        held_out = is_held_out(category, requirement["objects"], requirement["relation"])
-        if split is None or held_out == (split == "eval") or composition_key(
-                category, requirement["objects"], requirement["relation"]) is None:
+        if split is None or composition_key(category, requirement["objects"],
+                                            requirement["relation"]) is None:
+            break
+        if is_held_out(category, requirement["objects"], requirement["relation"]) == (
+                split == "eval"):
             break
     caption = caption_for(category, requirement["objects"], requirement["relation"])
-    objects = scene_for(rng, requirement, size)
-    scene = finish_scene(rng, objects, size)
-    spec = {"caption": caption, "requirement": requirement, **scene}
-    return render(scene, size), caption, spec
+    scene = finish_scene(rng, scene_for(rng, requirement, size), size)
+    return caption, {"caption": caption, "category": category, "requirement": requirement,
+                     **scene}
+
+
+def sample(rng_or_seed, category=None, size=256, split="train", mention_colors=None):
+    """One training pair: (PIL image, caption, spec). rng_or_seed: a numpy Generator, an int or a
+    (seed, index) pair (the dataset's pairs are sample((seed, index))). category: one of
+    CATEGORIES or None (uniform). split: "train" avoids the held-out compositions, "eval" keeps
+    only them, None allows all. mention_colors (None: 50% chance) adds colours to counting and
+    position captions. spec holds the requirement and the drawn scene (objects with shape, color,
+    rgb, center, size, rotation and bbox in pixels; background). The same seed gives the same
+    scene at every size, scaled."""
+    caption, spec = sample_spec(rng_or_seed, category, size, split, mention_colors)
+    return render(spec, size), caption, spec
 
 
 def all_requirements(category, mention_colors=False):
