@@ -133,7 +133,7 @@ gboolean snapgen_generate(const SnapgenRequest *request, const gint *cancel_requ
     finished = job.finished;
     g_mutex_unlock(&job.lock);
 
-    if (report_count != reports_shown && progress != NULL && !finished)
+    if (report_count != reports_shown && progress != NULL)
       progress(progress_data, stage, step, total_steps);
     reports_shown = report_count;
   }

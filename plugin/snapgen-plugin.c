@@ -2,6 +2,8 @@
  * reads its arguments, runs the engine off the main thread and adds the result as a layer. */
 #include "config.h"
 
+#include <stdlib.h>
+
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
 
@@ -29,9 +31,14 @@ G_DEFINE_TYPE(SnapGenPlugIn, snapgen_plug_in, GIMP_TYPE_PLUG_IN)
 
 GIMP_MAIN(SNAPGEN_TYPE_PLUG_IN)
 
-/* Where progress goes: GIMP's progress bar always, the plug-in's own window when interactive. */
+/* Test hook: with a progress window up, press its Cancel button once denoising reaches this step. */
+#define CANCEL_AT_STEP_ENV "SNAPGEN_TEST_CANCEL_AT_STEP"
+
+/* Where progress goes: GIMP's progress bar always, the plug-in's own window when there is a GUI. */
 typedef struct {
-  GtkWidget *dialog; /* NULL when not interactive */
+  GtkWidget *dialog;   /* NULL in non-interactive runs */
+  gint cancel_at_step; /* 0: never (see CANCEL_AT_STEP_ENV) */
+  gint cancelled_at_step, last_step; /* what the hook did, for its report */
 } ProgressSink;
 
 static void show_progress(gpointer data, sg_stage stage, gint step, gint total_steps) {
@@ -63,6 +70,12 @@ static void show_progress(gpointer data, sg_stage stage, gint step, gint total_s
   gimp_progress_set_text(text);
   gimp_progress_update(fraction);
   if (sink->dialog != NULL) snapgen_progress_dialog_update(sink->dialog, text, fraction);
+  if (stage == SG_STAGE_DENOISING) sink->last_step = step;
+  if (sink->dialog != NULL && sink->cancel_at_step > 0 && sink->cancelled_at_step < 0 &&
+      stage == SG_STAGE_DENOISING && step >= sink->cancel_at_step) {
+    sink->cancelled_at_step = step;
+    snapgen_progress_dialog_cancel(sink->dialog);
+  }
   g_free(text);
 }
 
@@ -116,22 +129,23 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
   gdouble guidance;
   SnapgenRequest request = {0};
   SnapgenResult result = {0};
-  ProgressSink sink = {NULL};
+  ProgressSink sink = {NULL, 0, -1, -1};
   gint cancel_requested = 0;
   GError *error = NULL;
   GimpLayer *layer = NULL;
   GimpValueArray *return_values;
   gboolean generated;
+  /* Interactive and repeat-last runs come from GIMP's GUI: they get the progress window. */
+  gboolean has_gui = run_mode != GIMP_RUN_NONINTERACTIVE;
 
   (void)drawables;
   (void)run_data;
   gegl_init(NULL, NULL);
 
-  if (run_mode == GIMP_RUN_INTERACTIVE) {
-    gimp_ui_init(PLUG_IN_BINARY);
-    if (!snapgen_dialog_run(procedure, config, SNAPGEN_DEFAULT_MODEL_DIR))
-      return gimp_procedure_new_return_values(procedure, GIMP_PDB_CANCEL, NULL);
-  }
+  if (has_gui) gimp_ui_init(PLUG_IN_BINARY);
+  if (run_mode == GIMP_RUN_INTERACTIVE &&
+      !snapgen_dialog_run(procedure, config, SNAPGEN_DEFAULT_MODEL_DIR))
+    return gimp_procedure_new_return_values(procedure, GIMP_PDB_CANCEL, NULL);
 
   /* Check what can be checked before minutes of computing. */
   if (image != NULL && gimp_image_get_base_type(image) != GIMP_RGB)
@@ -161,15 +175,20 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
   request.width = width;
   request.height = height;
 
-  if (run_mode == GIMP_RUN_INTERACTIVE) {
+  if (has_gui) {
     gchar *heading = snapgen_layer_name(request.prompt);
+    const gchar *cancel_at_step = g_getenv(CANCEL_AT_STEP_ENV);
 
     sink.dialog = snapgen_progress_dialog_new(heading, &cancel_requested);
+    sink.cancel_at_step = cancel_at_step != NULL ? atoi(cancel_at_step) : 0;
     g_free(heading);
   }
   gimp_progress_init(_("SnapGen: generating an image"));
   generated = snapgen_generate(&request, &cancel_requested, show_progress, &sink, &result, &error);
   if (sink.dialog != NULL) gtk_widget_destroy(sink.dialog);
+  if (sink.cancelled_at_step >= 0)
+    g_printerr("snapgen: test hook pressed Cancel at step %d; the engine stopped at step %d\n",
+               sink.cancelled_at_step, sink.last_step);
 
   if (generated) {
     gimp_progress_set_text(_("Adding the layer"));
@@ -181,7 +200,7 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
   if (layer == NULL) {
     return_values = error_return_values(procedure, error);
   } else {
-    if (created_image && run_mode == GIMP_RUN_INTERACTIVE) gimp_display_new(image);
+    if (created_image && has_gui) gimp_display_new(image);
     return_values = gimp_procedure_new_return_values(procedure, GIMP_PDB_SUCCESS, NULL);
     GIMP_VALUES_SET_IMAGE(return_values, 1, image);
     GIMP_VALUES_SET_LAYER(return_values, 2, layer);

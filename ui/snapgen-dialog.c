@@ -115,7 +115,8 @@ static gboolean save_screenshot(gpointer data) {
     g_printerr("snapgen: cannot write the dialog screenshot %s: %s\n", path,
                cairo_status_to_string(status));
   else
-    g_printerr("snapgen: dialog screenshot saved to %s\n", path);
+    g_printerr("snapgen: dialog screenshot saved to %s (title: %s)\n", path,
+               gtk_window_get_title(GTK_WINDOW(state->dialog)));
   cairo_surface_destroy(surface);
 
   state->screenshot_source = 0;

@@ -83,3 +83,7 @@ void snapgen_progress_dialog_update(GtkWidget *dialog, const gchar *text, gdoubl
   if (!g_atomic_int_get(cancel_requested)) gtk_label_set_text(GTK_LABEL(status), text);
   gtk_progress_bar_set_fraction(GTK_PROGRESS_BAR(bar), CLAMP(fraction, 0.0, 1.0));
 }
+
+void snapgen_progress_dialog_cancel(GtkWidget *dialog) {
+  gtk_dialog_response(GTK_DIALOG(dialog), GTK_RESPONSE_CANCEL);
+}

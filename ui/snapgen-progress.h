@@ -15,6 +15,9 @@ GtkWidget *snapgen_progress_dialog_new(const gchar *heading, gint *cancel_reques
 /* Shows text (e.g. "Denoising: step 2 of 4") and a fraction in [0, 1]. */
 void snapgen_progress_dialog_update(GtkWidget *dialog, const gchar *text, gdouble fraction);
 
+/* Acts as if the user pressed Cancel (used by the plug-in's cancel test hook). */
+void snapgen_progress_dialog_cancel(GtkWidget *dialog);
+
 G_END_DECLS
 
 #endif

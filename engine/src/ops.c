@@ -3,8 +3,10 @@
 #include "ops.h"
 
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 
 #include "error.h"
 #include "ops_internal.h"
@@ -24,7 +26,11 @@ sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error) {
     return NULL;
   }
   be->kind = kind;
+#ifdef _OPENMP
   be->threads = threads > 0 ? threads : omp_get_num_procs();
+#else
+  be->threads = 1;
+#endif
   if (kind == SG_BACKEND_ONEDNN) {
     be->dnnl = sg_dnnl_new(error);
     if (!be->dnnl) {
@@ -66,8 +72,14 @@ float sg_activation_apply(sg_activation act, float x) {
 
 /* ---- argument checks ---- */
 
-/* Each op starts by setting the thread count: OpenMP (and so oneDNN) reads it per calling thread. */
-static void use_threads(const sg_backend *be) { omp_set_num_threads(be->threads); }
+/* Each op first sets the thread count: OpenMP (and so oneDNN) reads it per calling thread. */
+static void use_threads(const sg_backend *be) {
+#ifdef _OPENMP
+  omp_set_num_threads(be->threads);
+#else
+  (void)be;
+#endif
+}
 
 static sg_status check_backend(const char *op, const sg_backend *be, sg_error *error) {
   if (!be) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: no backend given", op);
@@ -85,7 +97,8 @@ static sg_status check_tensor(const char *op, const char *what, const sg_tensor 
   }
   if (t->format != SG_FORMAT_PLAIN) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: %s is stored channels-last (NHWC); the ops take the plain layout", op, what);
+                   "%s: %s is stored channels-last (NHWC); the ops take the plain layout", op,
+                   what);
   }
   if (t->ndim < min_ndim || t->ndim > max_ndim) {
     char shape[96];
@@ -153,10 +166,10 @@ static sg_status check_vector(const char *op, const char *what, const sg_tensor 
   return SG_OK;
 }
 
-#define CHECK(call)                          \
-  do {                                       \
-    sg_status check_status_ = (call);        \
-    if (check_status_ != SG_OK) return check_status_; \
+#define CHECK(call)                                 \
+  do {                                              \
+    sg_status check_status = (call);                \
+    if (check_status != SG_OK) return check_status; \
   } while (0)
 
 /* ---- ops ---- */
@@ -198,7 +211,9 @@ sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
   CHECK(check_output(op, y, 3, out_dims, error));
   CHECK(check_not_aliased(op, y, x, "input x", error));
   use_threads(be);
-  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_conv2d(x, w, b, stride, padding, groups, act, y);
+  if (be->kind == SG_BACKEND_REFERENCE) {
+    return sg_ref_conv2d(x, w, b, stride, padding, groups, act, y);
+  }
   return sg_dnnl_conv2d(be->dnnl, x, w, b, stride, padding, groups, act, y, error);
 }
 
@@ -271,15 +286,18 @@ sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg
   int64_t channels = x->dims[0];
   if (groups < 1 || channels % groups) {
     char xs[96];
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %d groups do not divide the %lld channels of %s",
-                   op, groups, (long long)channels, sg_shape_string(x, xs, sizeof xs));
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: %d groups do not divide the %lld channels of %s", op, groups,
+                   (long long)channels, sg_shape_string(x, xs, sizeof xs));
   }
   if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
   CHECK(check_vector(op, "gamma", gamma, channels, 1, error));
   CHECK(check_vector(op, "beta", beta, channels, 1, error));
   CHECK(check_output(op, y, x->ndim, x->dims, error));
   use_threads(be);
-  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_group_norm(x, groups, gamma, beta, eps, act, y);
+  if (be->kind == SG_BACKEND_REFERENCE) {
+    return sg_ref_group_norm(x, groups, gamma, beta, eps, act, y);
+  }
   return sg_dnnl_group_norm(be->dnnl, x, groups, gamma, beta, eps, act, y, error);
 }
 

@@ -127,12 +127,12 @@ typedef struct {
 } builder;
 
 /* Runs a oneDNN call unless an earlier one failed, and remembers the first failure. */
-#define TRY(b, call)                            \
-  do {                                          \
-    if ((b)->status == dnnl_success) {          \
-      (b)->status = (call);                     \
+#define TRY(b, call)                                        \
+  do {                                                      \
+    if ((b)->status == dnnl_success) {                      \
+      (b)->status = (call);                                 \
       if ((b)->status != dnnl_success) (b)->failed = #call; \
-    }                                           \
+    }                                                       \
   } while (0)
 
 static void build_start(builder *b, sg_dnnl *dnnl) {
@@ -372,6 +372,7 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
                                   error);
     if (status != SG_OK) return status;
   }
+  /* Without a bias the third pointer is y (the op was built without a bias memory). */
   return op_run(dnnl, op, "conv2d", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
                 error);
 }
@@ -422,6 +423,7 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
     sg_status status = build_finish(&bl, key, "linear", &op, error);
     if (status != SG_OK) return status;
   }
+  /* Without a bias the third pointer is y (the op was built without a bias memory). */
   return op_run(dnnl, op, "linear", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
                 error);
 }
@@ -559,7 +561,7 @@ sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, cons
       add_normalization(&b, pd, md, channel_md, gamma != NULL, beta != NULL);
       if (!fused && act != SG_ACT_NONE) {
         /* In place on y, which is the last user memory. */
-        dnnl_memory_t y_mem = b.op ? b.op->user[b.op->nuser - 1] : NULL;
+        dnnl_memory_t y_mem = b.op && b.op->nuser ? b.op->user[b.op->nuser - 1] : NULL;
         float alpha;
         dnnl_alg_kind_t alg = activation_alg(act, &alpha);
         dnnl_primitive_desc_t eltwise_pd = NULL;

@@ -192,7 +192,9 @@ sg_status sg_ref_softmax(const sg_tensor *x, sg_tensor *y) {
     double max = -INFINITY, sum = 0.0;
     for (int64_t c = 0; c < cols; c++) max = xd[r * cols + c] > max ? xd[r * cols + c] : max;
     for (int64_t c = 0; c < cols; c++) sum += exp(xd[r * cols + c] - max);
-    for (int64_t c = 0; c < cols; c++) yd[r * cols + c] = (float)(exp(xd[r * cols + c] - max) / sum);
+    for (int64_t c = 0; c < cols; c++) {
+      yd[r * cols + c] = (float)(exp(xd[r * cols + c] - max) / sum);
+    }
   }
   return SG_OK;
 }

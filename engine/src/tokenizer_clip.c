@@ -221,32 +221,51 @@ const char *sg_clip_tokenizer_token(const sg_clip_tokenizer *tokenizer, int32_t 
 
 /* ---- text clean-up ---- */
 
-/* The value of a numeric character reference body ("#65", "#x41"), or 0 when it is not one we
- * decode: only characters that Python's html.unescape also returns unchanged. */
-static gunichar numeric_reference(const char *body, size_t length) {
-  int hex = length > 1 && (body[1] == 'x' || body[1] == 'X');
-  size_t start = hex ? 2 : 1;
-  if (length <= start || length - start > 8) return 0;
-  gunichar value = 0;
-  for (size_t i = start; i < length; i++) {
-    int digit = g_ascii_xdigit_value(body[i]);
-    if (digit < 0 || (!hex && !g_ascii_isdigit(body[i]))) return 0;
-    value = value * (hex ? 16 : 10) + (gunichar)digit;
-  }
+/* A numeric reference's value if it is one Python's html.unescape returns as that character
+ * (printable, tab, newline, form feed; no surrogate or noncharacter), else 0. */
+static gunichar allowed_reference(guint64 value) {
   int allowed = value == '\t' || value == '\n' || value == '\f' ||
                 (value >= 0x20 && value <= 0x7E) || (value >= 0xA0 && value <= 0x10FFFF);
   int surrogate = value >= 0xD800 && value <= 0xDFFF;
   int noncharacter = (value >= 0xFDD0 && value <= 0xFDEF) || (value & 0xFFFE) == 0xFFFE;
-  return allowed && !surrogate && !noncharacter ? value : 0;
+  return allowed && !surrogate && !noncharacter ? (gunichar)value : 0;
+}
+
+/* Decodes the character reference at text[0] == '&' like html.unescape does for the cases listed
+ * in tokenizer_clip.h: sets *value and returns its length, or returns 0 to leave it as written. */
+static size_t character_reference(const char *text, gunichar *value) {
+  static const struct {
+    const char *name;
+    gunichar value;
+    int needs_semicolon; /* HTML's legacy names may omit it; &apos; is not one of them */
+  } names[] = {{"amp", '&', 0},    {"lt", '<', 0},   {"gt", '>', 0},
+               {"quot", '"', 0},   {"nbsp", 0xA0, 0}, {"apos", '\'', 1}};
+  const char *p = text + 1;
+  if (*p == '#') {
+    int hex = p[1] == 'x' || p[1] == 'X';
+    const char *digits = p + (hex ? 2 : 1);
+    const char *end = digits;
+    guint64 number = 0;
+    while (hex ? g_ascii_isxdigit(*end) : g_ascii_isdigit(*end)) {
+      if (end - digits < 9) number = number * (hex ? 16 : 10) + (guint64)g_ascii_xdigit_value(*end);
+      end++;
+    }
+    if (end == digits || end - digits > 8 || !(*value = allowed_reference(number))) return 0;
+    return (size_t)(end - text) + (*end == ';');
+  }
+  for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
+    size_t length = strlen(names[i].name);
+    if (strncmp(p, names[i].name, length) != 0) continue;
+    int semicolon = p[length] == ';';
+    if (names[i].needs_semicolon && !semicolon) return 0;
+    *value = names[i].value;
+    return 1 + length + (size_t)semicolon;
+  }
+  return 0;
 }
 
 /* Decodes the character references listed in tokenizer_clip.h; everything else is copied. */
 static char *html_unescape(const char *text) {
-  static const struct {
-    const char *name;
-    gunichar value;
-  } names[] = {{"amp", '&'}, {"lt", '<'}, {"gt", '>'}, {"quot", '"'}, {"apos", '\''},
-               {"nbsp", 0xA0}};
   GString *out = g_string_sized_new(strlen(text));
   const char *p = text;
   while (*p) {
@@ -256,24 +275,11 @@ static char *html_unescape(const char *text) {
       break;
     }
     g_string_append_len(out, p, amp - p);
-    const char *semicolon = strchr(amp + 1, ';');
     gunichar value = 0;
-    if (semicolon && semicolon - amp <= 12) {
-      const char *body = amp + 1;
-      size_t length = (size_t)(semicolon - body);
-      if (length > 0 && body[0] == '#') {
-        value = numeric_reference(body, length);
-      } else {
-        for (size_t i = 0; i < G_N_ELEMENTS(names); i++) {
-          if (strlen(names[i].name) == length && !strncmp(body, names[i].name, length)) {
-            value = names[i].value;
-          }
-        }
-      }
-    }
-    if (value) {
+    size_t length = character_reference(amp, &value);
+    if (length) {
       g_string_append_unichar(out, value);
-      p = semicolon + 1;
+      p = amp + length;
     } else {
       g_string_append_c(out, '&');
       p = amp + 1;
@@ -282,9 +288,19 @@ static char *html_unescape(const char *text) {
   return g_string_free(out, FALSE);
 }
 
-/* Whether c has the Unicode property Cased (approximated by the letter case categories). */
+/* The simple lower case of c. g_unichar_tolower maps only the Lu and Lt categories; the other
+ * characters with a lower-case mapping are the Roman numerals and circled capital letters. */
+static gunichar lower_char(gunichar c) {
+  if (c >= 0x2160 && c <= 0x216F) return c + 0x10;
+  if (c >= 0x24B6 && c <= 0x24CF) return c + 26;
+  return g_unichar_tolower(c);
+}
+
+/* Whether c has the Unicode property Cased (letter case categories, plus the Roman numerals and
+ * circled letters; the few modifier letters that are Other_Lowercase are not counted). */
 static int is_cased(gunichar c) {
-  return g_unichar_isupper(c) || g_unichar_islower(c) || g_unichar_istitle(c);
+  return g_unichar_isupper(c) || g_unichar_islower(c) || g_unichar_istitle(c) ||
+         (c >= 0x2160 && c <= 0x217F) || (c >= 0x24B6 && c <= 0x24E9);
 }
 
 /* Whether c is Case_Ignorable (marks, format characters, modifiers, mid-word punctuation). */
@@ -339,7 +355,7 @@ static char *lower_case(const char *text) {
     } else if (c == 0x3A3) {
       g_string_append_unichar(out, sigma_is_final(text, p) ? 0x3C2 : 0x3C3);
     } else {
-      g_string_append_unichar(out, g_unichar_tolower(c));
+      g_string_append_unichar(out, lower_char(c));
     }
   }
   return g_string_free(out, FALSE);
@@ -385,6 +401,24 @@ static void encode_piece(const sg_clip_tokenizer *tokenizer, const char *piece, 
   if (symbols != small) g_free(symbols);
 }
 
+/* Cleans and encodes one stretch of raw text that holds no special token. */
+static void encode_stretch(const sg_clip_tokenizer *tokenizer, const char *text, size_t length,
+                           GArray *ids) {
+  char *raw = g_strndup(text, length);
+  char *clean = clean_text(tokenizer, raw);
+  GMatchInfo *match = NULL;
+  g_regex_match(tokenizer->pieces, clean, 0, &match);
+  while (g_match_info_matches(match)) {
+    int start, end;
+    g_match_info_fetch_pos(match, 0, &start, &end);
+    if (end > start) encode_piece(tokenizer, clean + start, (size_t)(end - start), ids);
+    g_match_info_next(match, NULL);
+  }
+  g_match_info_free(match);
+  g_free(clean);
+  g_free(raw);
+}
+
 sg_status sg_clip_encode(const sg_clip_tokenizer *tokenizer, const char *text, int32_t **ids,
                          int *count, sg_error *error) {
   *ids = NULL;
@@ -392,18 +426,28 @@ sg_status sg_clip_encode(const sg_clip_tokenizer *tokenizer, const char *text, i
   size_t length;
   sg_status status = sg_utf8_check(text, "prompt", &length, error);
   if (status) return status;
-  char *clean = clean_text(tokenizer, text ? text : "");
   GArray *tokens = g_array_new(FALSE, FALSE, sizeof(int32_t));
-  GMatchInfo *match = NULL;
-  g_regex_match(tokenizer->pieces, clean, 0, &match);
-  while (g_match_info_matches(match)) {
-    int start, end;
-    g_match_info_fetch_pos(match, 0, &start, &end);
-    if (end > start) encode_piece(tokenizer, clean + start, (size_t)(end - start), tokens);
-    g_match_info_next(match, NULL);
+  /* Like transformers' CLIPTokenizer, the special tokens written in the prompt are split out
+   * before the clean-up; the stretches between them are cleaned and encoded one by one. */
+  static const char *const specials[2] = {"<|startoftext|>", "<|endoftext|>"};
+  const char *stretch = text ? text : "";
+  for (;;) {
+    const char *first = NULL;
+    int which = 0;
+    for (int i = 0; i < 2; i++) {
+      const char *hit = strstr(stretch, specials[i]);
+      if (hit && (!first || hit < first)) {
+        first = hit;
+        which = i;
+      }
+    }
+    if (!first) break;
+    encode_stretch(tokenizer, stretch, (size_t)(first - stretch), tokens);
+    int32_t id = sg_vocab_find(&tokenizer->vocab, specials[which]);
+    if (id >= 0) g_array_append_val(tokens, id);
+    stretch = first + strlen(specials[which]);
   }
-  g_match_info_free(match);
-  g_free(clean);
+  encode_stretch(tokenizer, stretch, strlen(stretch), tokens);
   *count = (int)tokens->len;
   *ids = (int32_t *)(void *)g_array_free(tokens, FALSE);
   return SG_OK;

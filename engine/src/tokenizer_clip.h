@@ -32,14 +32,20 @@ int32_t sg_clip_tokenizer_vocab_size(const sg_clip_tokenizer *tokenizer);
 /* The token's text in the vocabulary (byte-level form, "</w>" marks a word end), or NULL. */
 const char *sg_clip_tokenizer_token(const sg_clip_tokenizer *tokenizer, int32_t id);
 
-/* The prompt's token ids without BOS/EOS, truncation or padding (*ids: g_free). The text is
- * cleaned as CLIP does, without ftfy: Unicode NFC; HTML character references decoded twice
- * (&amp; &lt; &gt; &quot; &apos; &nbsp; and numeric &#N; &#xH; with the semicolon; other names
- * are left as written); runs of white space (\s, Unicode) become one space, ends stripped; lower
- * case (full Unicode mapping, final sigma, not locale-dependent). It is then split with CLIP's
- * pattern <|startoftext|>|<|endoftext|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+
- * and each piece's UTF-8 bytes are merged by rank with "</w>" on its last byte.
- * Text that is not valid UTF-8 or longer than 64 KiB: SG_ERR_INVALID_ARGUMENT. */
+/* The prompt's token ids without BOS/EOS, truncation or padding (*ids: g_free). As
+ * transformers' CLIPTokenizer does, "<|startoftext|>" and "<|endoftext|>" written in the prompt
+ * are split out first and become those tokens; each stretch between them is cleaned the way
+ * OpenAI's CLIP does, except for ftfy: Unicode NFC; HTML character references decoded twice
+ * (only &amp; &lt; &gt; &quot; &nbsp;, also without the semicolon, &apos; with it, and numeric
+ * &#N; &#xH; for printable characters: other references are left as written, where Python's
+ * html.unescape knows 2,231 names); runs of white space (\s: Unicode White_Space and U+180E)
+ * become one space, ends stripped; lower case (full Unicode mapping with final sigma, not
+ * locale-dependent). It is then split with CLIP's pattern
+ * <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+
+ * (GRegex, PCRE2 Unicode properties), and each piece's UTF-8 bytes, as GPT-2's byte characters
+ * with "</w>" on the last one, are merged by rank. Not done: ftfy's repairs (mojibake, curly
+ * quotes, ligatures, full-width forms, control characters). Text that is not valid UTF-8 or
+ * longer than 64 KiB: SG_ERR_INVALID_ARGUMENT. */
 sg_status sg_clip_encode(const sg_clip_tokenizer *tokenizer, const char *text, int32_t **ids,
                          int *count, sg_error *error);
 

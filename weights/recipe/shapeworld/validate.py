@@ -35,12 +35,14 @@ def wilson(successes, total, z=1.96):
     return max(0.0, center - half), min(1.0, center + half)
 
 
-def degrade(image, rng):
-    """Imitates a generated image: soft edges, noise, a slight colour cast, JPEG artefacts."""
+def degrade(image, rng, blur_max=1.3):
+    """Imitates a generated image: soft edges (Gaussian blur up to blur_max pixels at 256²),
+    noise, a slight colour cast and JPEG artefacts."""
     scale = image.size[0] / 256
-    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, 1.3) * scale))
+    image = image.filter(ImageFilter.GaussianBlur(rng.uniform(0.3, blur_max) * scale))
     pixels = np.asarray(image, np.float32)
-    pixels = pixels + rng.uniform(-10, 10, 3) + rng.normal(0, rng.uniform(1, 5), pixels.shape)
+    noise = rng.standard_normal(pixels.shape, np.float32) * rng.uniform(1, 5)
+    pixels = pixels + rng.uniform(-10, 10, 3).astype(np.float32) + noise
     image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8))
     if rng.uniform() < 0.5:
         buffer = io.BytesIO()
@@ -109,7 +111,7 @@ def make_case(seed, index, category, positive, size):
 
 
 def run_validation(positives, negatives, size=256, seed=20250, degrade_fraction=0.5,
-                   verbose=False):
+                   verbose=False, blur_max=1.3):
     """Evaluates `positives` ground-truth and `negatives` wrong renders, spread evenly over the
     categories. Returns {"pos": {cat: [n, ok]}, "neg": {cat: [n, ok]}, "kinds": {...}, "fails"}."""
     stats = {"pos": {c: [0, 0] for c in world.CATEGORIES},
@@ -122,7 +124,7 @@ def run_validation(positives, negatives, size=256, seed=20250, degrade_fraction=
             assert parse(prompt)["category"] == category, prompt
             degraded = rng.uniform() < degrade_fraction
             if degraded:
-                image = degrade(image, rng)
+                image = degrade(image, rng, blur_max)
             passed, _, details = shapeeval.evaluate(prompt, image)
             correct = passed == positive
             row = stats["pos" if positive else "neg"][category]
@@ -200,6 +202,8 @@ def main(argv=None):
     parser.add_argument("--seed", type=int, default=20250)
     parser.add_argument("--degrade", type=float, default=0.5,
                         help="fraction of images blurred, noised and JPEG-compressed")
+    parser.add_argument("--blur-max", type=float, default=1.3,
+                        help="strongest blur of degraded images, in pixels at 256x256")
     parser.add_argument("--threshold", type=float, default=0.98)
     parser.add_argument("--verbose", action="store_true", help="print every wrong decision")
     parser.add_argument("--prototypes", action="store_true",
@@ -211,10 +215,10 @@ def main(argv=None):
         return 0
     start = time.time()
     stats = run_validation(args.positives, args.negatives, args.size, args.seed, args.degrade,
-                           args.verbose)
+                           args.verbose, args.blur_max)
     seconds = time.time() - start
     print_table(stats, f"ShapeEval validation: {args.size}x{args.size}, seed {args.seed}, "
-                f"{args.degrade:.0%} degraded, {seconds:.1f} s")
+                f"{args.degrade:.0%} degraded (blur <= {args.blur_max} px), {seconds:.1f} s")
     accept = sum(v[1] for v in stats["pos"].values()) / max(1, args.positives)
     reject = sum(v[1] for v in stats["neg"].values()) / max(1, args.negatives)
     ok = accept >= args.threshold and reject >= args.threshold

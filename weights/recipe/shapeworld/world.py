@@ -291,7 +291,7 @@ def render_background(background, image_size):
         pixels += t[..., None] * (np.asarray(background["color_b"], np.float32) - color)
     if background["noise"] > 0:
         noise_rng = np.random.default_rng(background["noise_seed"])
-        pixels += noise_rng.normal(0, background["noise"], pixels.shape).astype(np.float32)
+        pixels += noise_rng.standard_normal(pixels.shape, np.float32) * background["noise"]
     return pixels
 
 
@@ -396,15 +396,11 @@ def all_requirements(category, mention_colors=False):
         found = [[(a, ca, 1), (b, cb, 1)] for a in SHAPES for b in SHAPES if a != b
                  for ca in COLORS for cb in COLORS if ca != cb]
     elif category == "position":
-        result = []
-        for a in SHAPES:
-            for b in SHAPES:
-                if a != b:
-                    for rel in RELATIONS:
-                        result.append({"category": category, "relation": rel, "objects": [
-                            {"shape": a, "color": None, "count": 1},
-                            {"shape": b, "color": None, "count": 1}]})
-        return result
+        pairs = [(None, None)] if not mention_colors else [
+            (ca, cb) for ca in COLORS for cb in COLORS if ca != cb]
+        return [{"category": category, "relation": rel, "objects": [
+            {"shape": a, "color": ca, "count": 1}, {"shape": b, "color": cb, "count": 1}]}
+            for a in SHAPES for b in SHAPES if a != b for rel in RELATIONS for ca, cb in pairs]
     return [{"category": category, "relation": None,
              "objects": [{"shape": s, "color": c, "count": n} for s, c, n in objs]}
             for objs in found]

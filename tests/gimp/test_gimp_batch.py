@@ -1,0 +1,247 @@
+#!/usr/bin/env python3
+# test_gimp_batch.py: the plug-in in real GIMP 3 batch mode (gimp-console-3.0, Script-Fu with named
+# arguments): registration, translations found, a generated layer's count, size, name, position,
+# offsets and parasite, pixels equal to the headless runner's, and error paths that leave images as
+# they were and let GIMP exit normally.
+#
+# Environment: SNAPGEN_PLUGIN (the built plug-in), SNAPGEN_LOCALE_BUILD_DIR (build/po, holding
+# LANG/LC_MESSAGES/snapgen-gimp.mo), SNAPGEN (the headless runner), SNAPGEN_TEST_MODEL (optional:
+# a model folder; by default a small random one is made with weights/recipe/make_random_model.py).
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gimptest  # noqa: E402
+from gimptest import PROCEDURE, SCHEME_PRELUDE, check, scheme_string  # noqa: E402
+
+PROMPT = "A small red apple on a blue wooden table,\n photographed from above in soft light"
+SEED, STEPS, WIDTH, HEIGHT = 1234, 2, 64, 64
+BIG_W, BIG_H = 96, 80      # canvas larger than the layer: centred at (16, 8)
+SMALL_W, SMALL_H = 48, 40  # canvas smaller than the layer: centred at (-8, -12), not scaled
+MISSING_MODEL = "/nonexistent/snapgen-model"
+
+
+def layer_name(prompt):
+    """What the plug-in names the layer (see snapgen_layer_name in plugin/layer-insert.c)."""
+    collapsed = " ".join(prompt.split())
+    if not collapsed:
+        return "SnapGen image"
+    if len(collapsed) <= 40:
+        return collapsed
+    return collapsed[:39].rstrip() + "…"
+
+
+def call(model, *extra):
+    """A Script-Fu call of the procedure with named arguments."""
+    args = [f"#:run-mode RUN-NONINTERACTIVE", f"#:prompt {scheme_string(PROMPT)}",
+            f"#:seed {SEED}", f"#:steps {STEPS}", f"#:width {WIDTH}", f"#:height {HEIGHT}",
+            f"#:model-folder {scheme_string(model)}", "#:threads 2", *extra]
+    return f"({PROCEDURE} {' '.join(args)})"
+
+
+def batch_script(model, corrupt_model, out_new, out_big):
+    return SCHEME_PRELUDE + f"""
+(begin
+  (sg-say "registered" (gimp-pdb-procedure-exists "{PROCEDURE}"))
+  (define images-before (sg-image-count))
+
+  ; No image: the plug-in makes one of the generated size and returns it.
+  (let* ((r {call(model)}) (image (car r)) (layer (cadr r)))
+    (sg-say "new.layers" (sg-layer-count image))
+    (sg-say "new.image-size" (list (car (gimp-image-get-width image))
+                                   (car (gimp-image-get-height image))))
+    (sg-say "new.layer-size" (list (car (gimp-drawable-get-width layer))
+                                   (car (gimp-drawable-get-height layer))))
+    (sg-say "new.layer-name" (car (gimp-item-get-name layer)))
+    (sg-say "new.has-alpha" (car (gimp-drawable-has-alpha layer)))
+    (sg-say "new.seed" (caddr r))
+    (sg-say "new.parasite" (caddr (car (gimp-item-get-parasite layer "snapgen-settings"))))
+    (gimp-file-save RUN-NONINTERACTIVE image {scheme_string(out_new)} -1)
+    (gimp-image-delete image))
+
+  ; A larger canvas with two layers, the lower one selected: the new layer goes right above it,
+  ; centred; then errors on the same image must leave it as it is.
+  (let* ((image (car (gimp-image-new {BIG_W} {BIG_H} RGB)))
+         (bg (car (gimp-layer-new image "background" {BIG_W} {BIG_H} RGB-IMAGE 100
+                                  LAYER-MODE-NORMAL)))
+         (top (car (gimp-layer-new image "top" {BIG_W} {BIG_H} RGBA-IMAGE 100
+                                   LAYER-MODE-NORMAL))))
+    (gimp-image-insert-layer image bg 0 0)
+    (gimp-image-insert-layer image top 0 0)
+    (gimp-image-set-selected-layers image (vector bg))
+    (let* ((r {call(model, "#:image image")}) (layer (cadr r)))
+      (sg-say "big.same-image" (= (car r) image))
+      (sg-say "big.layers" (sg-layer-count image))
+      (sg-say "big.position" (car (gimp-image-get-item-position image layer)))
+      (sg-say "big.offsets" (gimp-drawable-get-offsets layer))
+      (sg-say "big.layer-size" (list (car (gimp-drawable-get-width layer))
+                                     (car (gimp-drawable-get-height layer))))
+      (gimp-item-set-visible bg FALSE)
+      (gimp-item-set-visible top FALSE)
+      (gimp-file-save RUN-NONINTERACTIVE image {scheme_string(out_big)} -1))
+    (sg-say "err.missing" (catch "error" {call(MISSING_MODEL, "#:image image")}))
+    (sg-say "err.missing.layers" (sg-layer-count image))
+    (sg-say "err.corrupt" (catch "error" {call(corrupt_model, "#:image image")}))
+    (sg-say "err.corrupt.layers" (sg-layer-count image))
+    (sg-say "err.size" (catch "error" {call(model, "#:image image", "#:width 100")}))
+    (sg-say "err.size.layers" (sg-layer-count image))
+    (gimp-image-delete image))
+
+  ; A smaller canvas: the layer keeps its size and hangs over the edges, centred.
+  (let* ((image (car (gimp-image-new {SMALL_W} {SMALL_H} RGB)))
+         (bg (car (gimp-layer-new image "background" {SMALL_W} {SMALL_H} RGB-IMAGE 100
+                                  LAYER-MODE-NORMAL))))
+    (gimp-image-insert-layer image bg 0 0)
+    (let* ((r {call(model, "#:image image")}) (layer (cadr r)))
+      (sg-say "small.offsets" (gimp-drawable-get-offsets layer))
+      (sg-say "small.layer-size" (list (car (gimp-drawable-get-width layer))
+                                       (car (gimp-drawable-get-height layer))))
+      (sg-say "small.image-size" (list (car (gimp-image-get-width image))
+                                       (car (gimp-image-get-height image)))))
+    (gimp-image-delete image))
+
+  ; An error without an image leaves no image behind.
+  (sg-say "err.noimage" (catch "error" {call(MISSING_MODEL)}))
+  (sg-say "images-left" (- (sg-image-count) images-before)))
+"""
+
+
+def load_rgba(path):
+    return np.asarray(Image.open(path).convert("RGBA")).astype(np.int32)
+
+
+def compare(name, image, reference):
+    if image.shape != reference.shape:
+        return check(name, False, f"shape {image.shape} != {reference.shape}")
+    diff = np.abs(image - reference)
+    return check(name, int(diff.max()) == 0,
+                 f"max difference {int(diff.max())}, {int((diff.max(axis=2) > 0).sum())} pixels differ")
+
+
+def main():
+    plugin = gimptest.require_env("SNAPGEN_PLUGIN")
+    locale_dir = gimptest.require_env("SNAPGEN_LOCALE_BUILD_DIR")
+    runner = gimptest.require_env("SNAPGEN")
+    profile = gimptest.GimpProfile(plugin, locale_dir)
+    try:
+        check("catalogues built", {"de", "ko"} <= set(profile.languages),
+              f"languages {profile.languages}")
+        model = gimptest.test_model(profile.tmp)
+        if not check("test model", model is not None and os.path.isfile(
+                os.path.join(model, "model_index.json")), str(model)):
+            return
+
+        # A copy of the model with the UNet weights cut in half: "corrupt weights".
+        corrupt = profile.path("corrupt-model")
+        shutil.copytree(model, corrupt)
+        unet_dir = os.path.join(corrupt, "unet")
+        for name in os.listdir(unet_dir):
+            if name.endswith(".safetensors"):
+                path = os.path.join(unet_dir, name)
+                os.truncate(path, os.path.getsize(path) // 2)
+
+        out_new, out_big = profile.path("new.png"), profile.path("big.png")
+        code, output = profile.run_gimp(batch_script(model, corrupt, out_new, out_big))
+        values = gimptest.sgtest_values(output)
+        if not check("batch run", code == 0, f"exit code {code}"):
+            print(output[-6000:], flush=True)
+
+        check("registered", values.get("registered") in ("1", "#t"), values.get("registered", ""))
+        complaint = gimptest.plugin_i18n_complaint(output)
+        check("catalogue folder found", complaint is None, complaint or "")
+
+        # The new image.
+        check("new image: one layer", values.get("new.layers") == "1", values.get("new.layers", ""))
+        check("new image: size", values.get("new.image-size") == f"{WIDTH} {HEIGHT}",
+              values.get("new.image-size", ""))
+        check("new layer: size", values.get("new.layer-size") == f"{WIDTH} {HEIGHT}",
+              values.get("new.layer-size", ""))
+        check("new layer: RGBA", values.get("new.has-alpha") in ("1", "#t"))
+        check("new layer: named after the prompt",
+              values.get("new.layer-name") == layer_name(PROMPT), repr(values.get("new.layer-name")))
+        check("returned seed", values.get("new.seed") == str(SEED), values.get("new.seed", ""))
+        try:
+            settings = json.loads(values.get("new.parasite", ""))
+        except ValueError:
+            settings = {}
+        check("parasite snapgen-settings",
+              settings.get("prompt") == PROMPT and settings.get("seed") == SEED
+              and settings.get("steps") == STEPS and settings.get("width") == WIDTH
+              and settings.get("height") == HEIGHT and settings.get("model") == model
+              and "guidance" in settings, values.get("new.parasite", "")[:200])
+
+        # The larger and smaller canvases.
+        check("existing image: result in the same image", values.get("big.same-image") in ("1", "#t"))
+        check("existing image: one layer more", values.get("big.layers") == "3",
+              values.get("big.layers", ""))
+        check("existing image: above the selected layer", values.get("big.position") == "1",
+              f"position {values.get('big.position')} (0 is the top layer, 'top' is above)")
+        big_offsets = f"{(BIG_W - WIDTH) // 2} {(BIG_H - HEIGHT) // 2}"
+        check("larger canvas: centred", values.get("big.offsets") == big_offsets,
+              f"{values.get('big.offsets')} (expected {big_offsets})")
+        check("larger canvas: layer not scaled", values.get("big.layer-size") == f"{WIDTH} {HEIGHT}",
+              values.get("big.layer-size", ""))
+        small_offsets = f"{(SMALL_W - WIDTH) // 2} {(SMALL_H - HEIGHT) // 2}"
+        check("smaller canvas: centred", values.get("small.offsets") == small_offsets,
+              f"{values.get('small.offsets')} (expected {small_offsets})")
+        check("smaller canvas: layer and canvas not scaled",
+              values.get("small.layer-size") == f"{WIDTH} {HEIGHT}"
+              and values.get("small.image-size") == f"{SMALL_W} {SMALL_H}",
+              f"layer {values.get('small.layer-size')}, canvas {values.get('small.image-size')}")
+
+        # Errors: a PDB error each, the image untouched, nothing left behind.
+        for key, what in (("missing", "missing model folder"), ("corrupt", "corrupt weights"),
+                          ("size", "bad size")):
+            check(f"error, {what}: PDB error", values.get(f"err.{key}") == "error",
+                  values.get(f"err.{key}", "(no result)"))
+            check(f"error, {what}: image unchanged", values.get(f"err.{key}.layers") == "3",
+                  f"{values.get(f'err.{key}.layers')} layers")
+        check("error message names the model folder",
+              f"Could not load the SnapGen model from “{MISSING_MODEL}”" in output)
+        check("error without image: PDB error", values.get("err.noimage") == "error")
+        check("no image left behind", values.get("images-left") == "0",
+              values.get("images-left", ""))
+        check("no stray image", "stray image" not in output)
+
+        # Pixels equal the headless runner's for the same seed and settings.
+        reference = profile.path("runner.png")
+        result = subprocess.run([runner, "generate", "--model", model, "--prompt", PROMPT,
+                                 "--seed", str(SEED), "--steps", str(STEPS), "--width", str(WIDTH),
+                                 "--height", str(HEIGHT), "--threads", "2", "--output", reference,
+                                 "--quiet"], capture_output=True, text=True)
+        if check("headless runner", result.returncode == 0, result.stderr.strip()[-300:]):
+            ref = load_rgba(reference)
+            if check("exported PNG (new image)", os.path.isfile(out_new)):
+                compare("pixels equal the runner's (new image)", load_rgba(out_new), ref)
+            if check("exported PNG (larger canvas)", os.path.isfile(out_big)):
+                big = load_rgba(out_big)
+                x0, y0 = (BIG_W - WIDTH) // 2, (BIG_H - HEIGHT) // 2
+                compare("pixels equal the runner's (larger canvas)",
+                        big[y0:y0 + HEIGHT, x0:x0 + WIDTH], ref)
+                outside = big.copy()
+                outside[y0:y0 + HEIGHT, x0:x0 + WIDTH] = 0
+                check("nothing drawn outside the layer", int(outside[..., 3].max()) == 0)
+
+        # An uncaught error ends the batch with a PDB error; GIMP still exits by itself.
+        code, output = profile.run_gimp(call(MISSING_MODEL))
+        check("uncaught error: GIMP exits normally", code not in (124, 137) and code >= 0,
+              f"exit code {code}")
+        check("uncaught error: reported as a PDB error",
+              f"Procedure execution of {PROCEDURE} failed" in output
+              and "Could not load the SnapGen model" in output)
+    finally:
+        if os.environ.get("SNAPGEN_KEEP_TEST_FILES"):
+            print(f"kept {profile.tmp}", flush=True)
+        else:
+            profile.cleanup()
+        gimptest.finish()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,130 @@
+#!/usr/bin/env python3
+# test_gimp_gui.py: the plug-in in the GIMP 3 GUI under Xvfb: the dialog opens in Korean
+# (LANGUAGE=ko), a picture of it is saved and is not blank; and the progress window's own Cancel
+# stops the engine within one step and leaves the image untouched.
+#
+# Environment: SNAPGEN_PLUGIN, SNAPGEN_LOCALE_BUILD_DIR (as for test_gimp_batch.py),
+# SNAPGEN_TEST_MODEL (optional), SNAPGEN_SCREENSHOT_OUT (optional: where to copy the picture,
+# e.g. ui/screenshots/dialog-ko.png). Needs xvfb-run, localedef (Debian package locales) and a
+# Korean font (fonts-nanum).
+import os
+import re
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gimptest  # noqa: E402
+from gimptest import PROCEDURE, ROOT, SCHEME_PRELUDE, check, scheme_string  # noqa: E402
+
+KOREAN_PROMPT = "파란 나무 탁자 위의 빨간 사과, 위에서 부드러운 빛으로 찍은 사진"
+CANCEL_AT_STEP, CANCEL_STEPS = 2, 12
+
+
+def po_translation(lang, msgid):
+    """The msgstr of a one-line msgid in po/LANG.po."""
+    text = open(os.path.join(ROOT, "po", lang + ".po"), encoding="utf-8").read()
+    match = re.search(r'^msgid "' + re.escape(msgid) + r'"\nmsgstr "(.*)"$', text, re.M)
+    return match.group(1) if match else None
+
+
+def korean_locale(workdir):
+    """A private ko_KR.UTF-8 locale (LOCPATH): gettext ignores LANGUAGE in the C locale."""
+    folder = os.path.join(workdir, "locales")
+    result = subprocess.run(["localedef", "--no-archive", "-i", "ko_KR", "-f", "UTF-8",
+                             os.path.join(folder, "ko_KR.UTF-8")], capture_output=True, text=True)
+    ok = os.path.isdir(os.path.join(folder, "ko_KR.UTF-8"))
+    return folder if ok else None, result.stderr.strip()
+
+
+def test_dialog(profile, model):
+    locpath, why = korean_locale(profile.tmp)
+    if not check("Korean locale", locpath is not None, why or "needs the locales package"):
+        return
+    fonts = subprocess.run(["fc-list", ":lang=ko"], capture_output=True, text=True).stdout
+    check("Korean font", fonts.strip() != "", "needs a Korean font such as fonts-nanum")
+
+    picture = profile.path("dialog-ko.png")
+    script = (f"({PROCEDURE} #:run-mode RUN-INTERACTIVE #:prompt {scheme_string(KOREAN_PROMPT)} "
+              f"#:seed 42 #:model-folder {scheme_string(model)})")
+    code, output = profile.run_gimp(script, gui=True, LANG="ko_KR.UTF-8", LANGUAGE="ko",
+                                    LOCPATH=locpath, SNAPGEN_DIALOG_SCREENSHOT=picture)
+    if not check("GUI run", code == 0, f"exit code {code}"):
+        print(output[-4000:], flush=True)
+    complaint = gimptest.plugin_i18n_complaint(output)
+    check("catalogue folder found", complaint is None, complaint or "")
+
+    match = re.search(r"snapgen: dialog screenshot saved to .* \(title: (.*)\)", output)
+    expected_title = po_translation("ko", "SnapGen Text to Image")
+    check("dialog title in Korean", match is not None and match.group(1) == expected_title,
+          f"{match.group(1) if match else '(no screenshot line)'} (expected {expected_title})")
+    if not check("dialog picture saved", os.path.isfile(picture)):
+        return
+    image = Image.open(picture).convert("RGB")
+    pixels = np.asarray(image).astype(np.float64)
+    check("dialog picture size", image.width >= 300 and image.height >= 300,
+          f"{image.width}x{image.height}")
+    check("dialog picture not blank", float(pixels.std()) > 10.0, f"pixel std {pixels.std():.1f}")
+    # Korean text is drawn: the label rows differ from an empty window's flat background.
+    distinct = len(np.unique(pixels.reshape(-1, 3), axis=0))
+    check("dialog picture has text and widgets", distinct > 50, f"{distinct} distinct colours")
+
+    out = os.environ.get("SNAPGEN_SCREENSHOT_OUT")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        shutil.copyfile(picture, out)
+        print(f"screenshot copied to {out}", flush=True)
+
+
+def test_cancel(profile, model):
+    # Repeat-last runs (no dialog) get the progress window too; the test hook presses its Cancel
+    # button when denoising reaches CANCEL_AT_STEP.
+    script = SCHEME_PRELUDE + f"""
+(let* ((image (car (gimp-image-new 128 128 RGB)))
+       (bg (car (gimp-layer-new image "background" 128 128 RGB-IMAGE 100 LAYER-MODE-NORMAL))))
+  (gimp-image-insert-layer image bg 0 0)
+  (sg-say "cancel.result" (catch "error"
+    ({PROCEDURE} #:run-mode RUN-WITH-LAST-VALS #:image image #:prompt "x" #:seed 3
+     #:steps {CANCEL_STEPS} #:width 256 #:height 256 #:model-folder {scheme_string(model)})))
+  (sg-say "cancel.layers" (sg-layer-count image))
+  (gimp-image-delete image))
+"""
+    code, output = profile.run_gimp(script, gui=True,
+                                    SNAPGEN_TEST_CANCEL_AT_STEP=str(CANCEL_AT_STEP))
+    values = gimptest.sgtest_values(output)
+    if not check("cancel run", code == 0, f"exit code {code}"):
+        print(output[-4000:], flush=True)
+    check("cancel: PDB status CANCEL (not an error)", values.get("cancel.result") == "#f",
+          values.get("cancel.result", "(no result)"))
+    check("cancel: image untouched", values.get("cancel.layers") == "1",
+          f"{values.get('cancel.layers')} layers")
+    match = re.search(r"pressed Cancel at step (\d+); the engine stopped at step (\d+)", output)
+    check("cancel: engine stopped within one step",
+          match is not None and int(match.group(2)) <= int(match.group(1)) + 1
+          and int(match.group(2)) < CANCEL_STEPS,
+          match.group(0) if match else "(no cancel report)")
+
+
+def main():
+    plugin = gimptest.require_env("SNAPGEN_PLUGIN")
+    locale_dir = gimptest.require_env("SNAPGEN_LOCALE_BUILD_DIR")
+    profile = gimptest.GimpProfile(plugin, locale_dir)
+    try:
+        check("Korean catalogue built", "ko" in profile.languages, f"languages {profile.languages}")
+        model = gimptest.test_model(profile.tmp)
+        if check("test model", model is not None, str(model)):
+            test_dialog(profile, model)
+            test_cancel(profile, model)
+    finally:
+        if os.environ.get("SNAPGEN_KEEP_TEST_FILES"):
+            print(f"kept {profile.tmp}", flush=True)
+        else:
+            profile.cleanup()
+        gimptest.finish()
+
+
+if __name__ == "__main__":
+    main()
