@@ -1,12 +1,14 @@
 /* generate-worker.c: the worker thread that loads the model and runs sg_generate(), and the wait
  * on the caller's thread that keeps the main loop running and forwards progress reports. */
-#include "config.h"
-
 #include "generate-worker.h"
 
 #include <glib/gi18n-lib.h>
 
-G_DEFINE_QUARK(snapgen-error-quark, snapgen_error)
+#include "config.h"
+
+GQuark snapgen_error_quark(void) {
+  return g_quark_from_static_string("snapgen-error-quark");
+}
 
 /* Shared between the worker and the waiting thread; the fields under "lock" change while the
  * worker runs, the rest is fixed before it starts or written before "finished" is set. */
@@ -70,7 +72,8 @@ static gpointer worker_main(gpointer data) {
     params.guidance = request->guidance < 0 ? -1.0f : (float)request->guidance;
     params.width = request->width;
     params.height = request->height;
-    job->result.steps_used = request->steps > 0 ? request->steps : sg_context_default_steps(context);
+    job->result.steps_used =
+        request->steps > 0 ? request->steps : sg_context_default_steps(context);
     job->result.guidance_used =
         request->guidance >= 0 ? request->guidance : sg_context_default_guidance(context);
     status = sg_generate(context, &params, on_engine_progress, job, &job->result.rgba, &job->error);
@@ -149,11 +152,9 @@ gboolean snapgen_generate(const SnapgenRequest *request, const gint *cancel_requ
       g_set_error_literal(error, SNAPGEN_ERROR, job.status, _("Generation was cancelled."));
     else if (job.failed_loading)
       g_set_error(error, SNAPGEN_ERROR, job.status,
-                  _("Could not load the SnapGen model from “%s”: %s"), request->model_dir,
-                  message);
+                  _("Could not load the SnapGen model from “%s”: %s"), request->model_dir, message);
     else
-      g_set_error(error, SNAPGEN_ERROR, job.status, _("Could not generate the image: %s"),
-                  message);
+      g_set_error(error, SNAPGEN_ERROR, job.status, _("Could not generate the image: %s"), message);
     return FALSE;
   }
   *result = job.result;

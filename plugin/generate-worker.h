@@ -33,7 +33,8 @@ typedef struct {
 } SnapgenResult;
 
 /* Called on the caller's thread whenever the engine reports a new stage or step. */
-typedef void (*SnapgenProgressFunc)(gpointer user_data, sg_stage stage, gint step, gint total_steps);
+typedef void (*SnapgenProgressFunc)(gpointer user_data, sg_stage stage, gint step,
+                                    gint total_steps);
 
 /* Starts the worker, pumps the default main context until it is done, and returns TRUE with
  * *result filled, or FALSE with *error set. Setting *cancel_requested to nonzero (with

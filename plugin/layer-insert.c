@@ -1,13 +1,12 @@
 /* layer-insert.c: names the new layer, records its settings in a parasite and inserts it above
  * the selected layer in one undo step. */
-#include "config.h"
-
 #include "layer-insert.h"
-
-#include <string.h>
 
 #include <glib/gi18n-lib.h>
 #include <json-glib/json-glib.h>
+#include <string.h>
+
+#include "config.h"
 
 gchar *snapgen_layer_name(const gchar *prompt) {
   GString *collapsed = g_string_new(NULL);
@@ -133,9 +132,9 @@ GimpLayer *snapgen_insert_layer(GimpImage *image, const guint8 *rgba, gint width
   g_object_unref(buffer); /* flushes the pixels to GIMP */
   gimp_drawable_update(GIMP_DRAWABLE(layer), 0, 0, width, height);
 
-  parasite = gimp_parasite_new(SNAPGEN_PARASITE_NAME,
-                               GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
-                               (guint32)strlen(settings_json) + 1, settings_json);
+  parasite =
+      gimp_parasite_new(SNAPGEN_PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
+                        (guint32)strlen(settings_json) + 1, settings_json);
   attached = gimp_item_attach_parasite(GIMP_ITEM(layer), parasite);
   gimp_parasite_free(parasite);
   if (!attached) {

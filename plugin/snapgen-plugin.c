@@ -1,14 +1,11 @@
 /* snapgen-plugin.c: the GIMP 3 plug-in: registers "SnapGen Text to Image" (Filters > Render),
  * reads its arguments, runs the engine off the main thread and adds the result as a layer. */
-#include "config.h"
-
-#include <stdlib.h>
-
+#include <glib/gi18n-lib.h>
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
+#include <stdlib.h>
 
-#include <glib/gi18n-lib.h>
-
+#include "config.h"
 #include "generate-worker.h"
 #include "layer-insert.h"
 #include "snapgen-dialog.h"
@@ -31,13 +28,13 @@ G_DEFINE_TYPE(SnapGenPlugIn, snapgen_plug_in, GIMP_TYPE_PLUG_IN)
 
 GIMP_MAIN(SNAPGEN_TYPE_PLUG_IN)
 
-/* Test hook: with a progress window up, press its Cancel button once denoising reaches this step. */
+/* Test hook: with a progress window up, press its Cancel button when denoising reaches step N. */
 #define CANCEL_AT_STEP_ENV "SNAPGEN_TEST_CANCEL_AT_STEP"
 
 /* Where progress goes: GIMP's progress bar always, the plug-in's own window when there is a GUI. */
 typedef struct {
-  GtkWidget *dialog;   /* NULL in non-interactive runs */
-  gint cancel_at_step; /* 0: never (see CANCEL_AT_STEP_ENV) */
+  GtkWidget *dialog;                 /* NULL in non-interactive runs */
+  gint cancel_at_step;               /* 0: never (see CANCEL_AT_STEP_ENV) */
   gint cancelled_at_step, last_step; /* what the hook did, for its report */
 } ProgressSink;
 
@@ -58,7 +55,8 @@ static void show_progress(gpointer data, sg_stage stage, gint step, gint total_s
     case SG_STAGE_DENOISING:
       /* The engine reports before each step, and once more when all are done. */
       /* TRANSLATORS: the step running now and the number of steps, e.g. "step 2 of 4" */
-      text = g_strdup_printf(_("Denoising: step %d of %d"), MIN(step + 1, total_steps), total_steps);
+      text =
+          g_strdup_printf(_("Denoising: step %d of %d"), MIN(step + 1, total_steps), total_steps);
       fraction = 0.1 + 0.85 * step / MAX(total_steps, 1);
       break;
     case SG_STAGE_DECODING:
@@ -120,9 +118,9 @@ static GimpLayer *add_result(GimpImage **image, gboolean *created_image,
   return layer;
 }
 
-static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mode,
-                                   GimpImage *image, GimpDrawable **drawables,
-                                   GimpProcedureConfig *config, gpointer run_data) {
+static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mode, GimpImage *image,
+                                   GimpDrawable **drawables, GimpProcedureConfig *config,
+                                   gpointer run_data) {
   gchar *prompt = NULL, *negative_prompt = NULL, *model_folder = NULL;
   gint seed, steps, width, height, threads;
   gboolean random_seed, created_image = FALSE;
@@ -156,16 +154,15 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
                               "(Image > Mode > RGB).")));
 
   g_object_get(config, "prompt", &prompt, "negative-prompt", &negative_prompt, "seed", &seed,
-               "random-seed", &random_seed, "steps", &steps, "guidance", &guidance, "width",
-               &width, "height", &height, "model-folder", &model_folder, "threads", &threads,
-               NULL);
+               "random-seed", &random_seed, "steps", &steps, "guidance", &guidance, "width", &width,
+               "height", &height, "model-folder", &model_folder, "threads", &threads, NULL);
   if (random_seed) {
     seed = g_random_int_range(0, G_MAXINT);
     g_object_set(config, "seed", seed, NULL); /* remembered, so a good result can be redone */
   }
 
-  request.model_dir = model_folder != NULL && *model_folder ? model_folder
-                                                            : SNAPGEN_DEFAULT_MODEL_DIR;
+  request.model_dir =
+      model_folder != NULL && *model_folder ? model_folder : SNAPGEN_DEFAULT_MODEL_DIR;
   request.threads = threads;
   request.prompt = prompt != NULL ? prompt : "";
   request.negative_prompt = negative_prompt != NULL ? negative_prompt : "";
@@ -224,8 +221,8 @@ static GimpProcedure *snapgen_create_procedure(GimpPlugIn *plug_in, const gchar 
 
   if (!g_str_equal(name, PROCEDURE_NAME)) return NULL;
 
-  procedure = gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, snapgen_run,
-                                       NULL, NULL);
+  procedure =
+      gimp_image_procedure_new(plug_in, name, GIMP_PDB_PROC_TYPE_PLUGIN, snapgen_run, NULL, NULL);
   /* Usable with no image at all (then it makes one), and with any layer selection. */
   gimp_procedure_set_image_types(procedure, "*");
   gimp_procedure_set_sensitivity_mask(procedure, GIMP_PROCEDURE_SENSITIVE_ALWAYS);
@@ -257,8 +254,8 @@ static GimpProcedure *snapgen_create_procedure(GimpPlugIn *plug_in, const gchar 
                                         "on the layer)"),
                                       FALSE, G_PARAM_READWRITE);
   gimp_procedure_add_int_argument(procedure, "steps", _("S_teps"),
-                                  _("Denoising steps; 0 uses the model's default"), 0, MAX_STEPS,
-                                  0, G_PARAM_READWRITE);
+                                  _("Denoising steps; 0 uses the model's default"), 0, MAX_STEPS, 0,
+                                  G_PARAM_READWRITE);
   gimp_procedure_add_double_argument(procedure, "guidance", _("G_uidance"),
                                      _("Classifier-free guidance scale; -1 uses the model's "
                                        "default, 1 or less turns it off"),
@@ -274,16 +271,16 @@ static GimpProcedure *snapgen_create_procedure(GimpPlugIn *plug_in, const gchar 
                                        "uses the installed default model"),
                                      "", G_PARAM_READWRITE);
   gimp_procedure_add_int_argument(procedure, "threads", _("Threa_ds"),
-                                  _("CPU threads for the engine; 0 uses all cores"), 0,
-                                  MAX_THREADS, 0, G_PARAM_READWRITE);
+                                  _("CPU threads for the engine; 0 uses all cores"), 0, MAX_THREADS,
+                                  0, G_PARAM_READWRITE);
 
   gimp_procedure_add_image_return_value(procedure, "image", _("Image"),
                                         _("The image holding the new layer"), TRUE,
                                         G_PARAM_READWRITE);
-  gimp_procedure_add_layer_return_value(procedure, "layer", _("Layer"),
-                                        _("The generated layer"), TRUE, G_PARAM_READWRITE);
-  gimp_procedure_add_int_return_value(procedure, "seed", _("Seed"), _("The seed that was used"),
-                                      0, G_MAXINT, 0, G_PARAM_READWRITE);
+  gimp_procedure_add_layer_return_value(procedure, "layer", _("Layer"), _("The generated layer"),
+                                        TRUE, G_PARAM_READWRITE);
+  gimp_procedure_add_int_return_value(procedure, "seed", _("Seed"), _("The seed that was used"), 0,
+                                      G_MAXINT, 0, G_PARAM_READWRITE);
   return procedure;
 }
 

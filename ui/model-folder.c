@@ -1,11 +1,11 @@
 /* model-folder.c: checks that a folder is laid out as a SnapGen model (weights/README.md) and
  * says in words what is missing, so the dialog can tell before a long load fails. */
-#include "config.h"
-
 #include "model-folder.h"
 
 #include <glib/gi18n-lib.h>
 #include <json-glib/json-glib.h>
+
+#include "config.h"
 
 /* The parts every SnapGen model has; text encoders and tokenizers are optional. */
 static const gchar *const required_components[] = {"unet", "decoder", "scheduler"};
@@ -68,12 +68,11 @@ gchar *snapgen_model_folder_problem(const gchar *folder) {
   } else {
     root = json_parser_get_root(parser);
     index = root != NULL && JSON_NODE_HOLDS_OBJECT(root) ? json_node_get_object(root) : NULL;
-    if (index == NULL)
-      problem = g_strdup(_("model_index.json does not hold a JSON object."));
+    if (index == NULL) problem = g_strdup(_("model_index.json does not hold a JSON object."));
     for (guint i = 0; problem == NULL && i < G_N_ELEMENTS(required_components); i++) {
       if (!json_object_has_member(index, required_components[i]))
-        problem = g_strdup_printf(_("model_index.json names no “%s” part."),
-                                  required_components[i]);
+        problem =
+            g_strdup_printf(_("model_index.json names no “%s” part."), required_components[i]);
       else
         problem = component_problem(folder, required_components[i]);
     }

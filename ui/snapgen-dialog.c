@@ -1,13 +1,11 @@
 /* snapgen-dialog.c: the SnapGen Text to Image dialog: prompt, negative prompt, seed, model
  * folder (checked as it changes), and the advanced settings folded away. */
-#include "config.h"
-
 #include "snapgen-dialog.h"
 
+#include <glib/gi18n-lib.h>
 #include <libgimp/gimpui.h>
 
-#include <glib/gi18n-lib.h>
-
+#include "config.h"
 #include "model-folder.h"
 
 /* What the callbacks need while the dialog is up; lives on snapgen_dialog_run()'s stack. */
@@ -66,11 +64,10 @@ static void on_browse_clicked(GtkButton *button, gpointer data) {
   const gchar *start;
 
   (void)button;
-  chooser = gtk_file_chooser_dialog_new(_("Choose a SnapGen Model Folder"),
-                                        GTK_WINDOW(state->dialog),
-                                        GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER, _("_Cancel"),
-                                        GTK_RESPONSE_CANCEL, _("_Select"), GTK_RESPONSE_ACCEPT,
-                                        NULL);
+  chooser =
+      gtk_file_chooser_dialog_new(_("Choose a SnapGen Model Folder"), GTK_WINDOW(state->dialog),
+                                  GTK_FILE_CHOOSER_ACTION_SELECT_FOLDER, _("_Cancel"),
+                                  GTK_RESPONSE_CANCEL, _("_Select"), GTK_RESPONSE_ACCEPT, NULL);
   g_object_get(state->config, "model-folder", &current, NULL);
   start = current != NULL && *current ? current : state->default_model_dir;
   if (g_file_test(start, G_FILE_TEST_IS_DIR))
@@ -104,9 +101,9 @@ static gboolean save_screenshot(gpointer data) {
   if (!gtk_widget_get_mapped(state->dialog) && ++state->screenshot_tries < 50)
     return G_SOURCE_CONTINUE;
 
-  surface = cairo_image_surface_create(CAIRO_FORMAT_ARGB32,
-                                       gtk_widget_get_allocated_width(state->dialog),
-                                       gtk_widget_get_allocated_height(state->dialog));
+  surface =
+      cairo_image_surface_create(CAIRO_FORMAT_ARGB32, gtk_widget_get_allocated_width(state->dialog),
+                                 gtk_widget_get_allocated_height(state->dialog));
   cr = cairo_create(surface);
   gtk_widget_draw(state->dialog, cr);
   cairo_destroy(cr);
@@ -125,7 +122,8 @@ static gboolean save_screenshot(gpointer data) {
 }
 
 /* A frame around a scrolled multi-line editor of a string property, titled with the property's
- * nick as the mnemonic label of the editor (built here: the dialog's own text view has no label). */
+ * nick as the mnemonic label of the editor (built here: the dialog's own text view has no label).
+ */
 static GtkWidget *new_text_frame(GimpProcedureConfig *config, const gchar *property,
                                  gint min_height) {
   GParamSpec *pspec = g_object_class_find_property(G_OBJECT_GET_CLASS(config), property);
@@ -159,7 +157,8 @@ static GtkWidget *new_text_frame(GimpProcedureConfig *config, const gchar *prope
   return frame;
 }
 
-/* The model folder entry with Browse and Default buttons, and a line saying whether it is usable. */
+/* The model folder entry with Browse and Default buttons, and a line saying whether it is usable.
+ */
 static void add_model_frame(GimpProcedureDialog *dialog, DialogState *state) {
   GtkWidget *entry_widget, *row, *box, *browse, *use_default, *status_row;
 
@@ -214,9 +213,8 @@ static void add_advanced_expander(GimpProcedureDialog *dialog, DialogState *stat
   gimp_procedure_dialog_fill_box(dialog, "advanced-box", "steps", "guidance", "width", "height",
                                  "threads", NULL);
   gimp_procedure_dialog_get_label(dialog, "advanced-title", _("Ad_vanced"), FALSE, TRUE);
-  state->advanced_expander = gimp_procedure_dialog_fill_expander(dialog, "advanced-expander",
-                                                                 "advanced-title", FALSE,
-                                                                 "advanced-box");
+  state->advanced_expander = gimp_procedure_dialog_fill_expander(
+      dialog, "advanced-expander", "advanced-title", FALSE, "advanced-box");
 }
 
 gboolean snapgen_dialog_run(GimpProcedure *procedure, GimpProcedureConfig *config,
@@ -253,8 +251,8 @@ gboolean snapgen_dialog_run(GimpProcedure *procedure, GimpProcedureConfig *confi
 
   gimp_procedure_dialog_fill(dialog, "main-box", "advanced-expander", NULL);
 
-  notify_id = g_signal_connect(config, "notify::model-folder",
-                               G_CALLBACK(on_model_folder_changed), &state);
+  notify_id =
+      g_signal_connect(config, "notify::model-folder", G_CALLBACK(on_model_folder_changed), &state);
   update_model_status(&state);
 
   if (g_getenv(SNAPGEN_DIALOG_SCREENSHOT_ENV) != NULL) {

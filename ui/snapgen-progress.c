@@ -1,11 +1,10 @@
 /* snapgen-progress.c: the progress window with a working Cancel button. */
-#include "config.h"
-
 #include "snapgen-progress.h"
 
+#include <glib/gi18n-lib.h>
 #include <libgimp/gimpui.h>
 
-#include <glib/gi18n-lib.h>
+#include "config.h"
 
 #define KEY_STATUS "snapgen-status-label"
 #define KEY_BAR "snapgen-progress-bar"

@@ -148,12 +148,15 @@ static int skip_count(const sg_unet_config *c) {
   return count;
 }
 
-static sg_status check_channels(const sg_unet_config *c, const char *source, const char *field,
-                                int channels, int attention, int depth, sg_error *error) {
+/* Checks the widths of stage `stage` (its block_channels entry) against the other fields;
+ * depth is the number of transformer blocks run at that width. */
+static sg_status check_channels(const sg_unet_config *c, const char *source, int stage, int depth,
+                                sg_error *error) {
+  int channels = c->block_channels[stage];
   if (channels % c->norm_groups != 0)
     return sg_fail(error, SG_ERR_FORMAT,
-                   "%s: field '%s': %d channels are not divisible by norm_groups %d", source,
-                   field, channels, c->norm_groups);
+                   "%s: field 'block_channels'[%d] = %d is not divisible by norm_groups %d",
+                   source, stage, channels, c->norm_groups);
   int inner = scaled_width(c->expansion, channels);
   if (c->separable &&
       (!is_whole(c->expansion, channels) || inner < 1 || inner % c->norm_groups != 0))
@@ -161,11 +164,11 @@ static sg_status check_channels(const sg_unet_config *c, const char *source, con
                    "%s: field 'expansion': %g x %d channels is not a whole multiple of "
                    "norm_groups %d",
                    source, c->expansion, channels, c->norm_groups);
-  if (!attention || depth == 0) return SG_OK;
+  if (depth == 0) return SG_OK;
   if (channels % c->head_dim != 0)
     return sg_fail(error, SG_ERR_FORMAT,
-                   "%s: field '%s': %d channels are not divisible by head_dim %d", source, field,
-                   channels, c->head_dim);
+                   "%s: field 'block_channels'[%d] = %d is not divisible by head_dim %d", source,
+                   stage, channels, c->head_dim);
   int heads = channels / c->head_dim;
   if (heads % c->num_kv_heads != 0)
     return sg_fail(error, SG_ERR_FORMAT,
@@ -183,16 +186,21 @@ sg_status sg_unet_config_check(const sg_unet_config *c, const char *source, sg_e
   if (c->num_stages < 1 || c->num_stages > SG_UNET_MAX_STAGES)
     return sg_fail(error, SG_ERR_FORMAT, "%s: %d stages (field 'block_channels'); 1 to %d allowed",
                    source, c->num_stages, SG_UNET_MAX_STAGES);
-  if (c->in_channels < 1 || c->in_channels > 256 || c->out_channels < 1 || c->out_channels > 256)
-    return sg_fail(error, SG_ERR_FORMAT, "%s: fields 'in_channels'/'out_channels' must be 1..256",
-                   source);
-  if (c->head_dim < 1 || c->head_dim > 512 || c->num_kv_heads < 1 || c->context_dim < 1 ||
-      c->context_dim > MAX_WIDTH || c->time_embed_dim < 1 || c->time_embed_dim > MAX_WIDTH ||
-      c->pooled_dim < 0 || c->pooled_dim > MAX_WIDTH || c->norm_groups < 1)
-    return sg_fail(error, SG_ERR_FORMAT,
-                   "%s: a width (head_dim, num_kv_heads, context_dim, time_embed_dim, pooled_dim, "
-                   "norm_groups) is out of range",
-                   source);
+  struct {
+    const char *field;
+    int value, min, max;
+  } widths[] = {{"in_channels", c->in_channels, 1, 256},
+                {"out_channels", c->out_channels, 1, 256},
+                {"head_dim", c->head_dim, 1, 512},
+                {"num_kv_heads", c->num_kv_heads, 1, 256},
+                {"context_dim", c->context_dim, 1, MAX_WIDTH},
+                {"time_embed_dim", c->time_embed_dim, 1, MAX_WIDTH},
+                {"pooled_dim", c->pooled_dim, 0, MAX_WIDTH},
+                {"norm_groups", c->norm_groups, 1, 1024}};
+  for (size_t k = 0; k < sizeof widths / sizeof widths[0]; k++)
+    if (widths[k].value < widths[k].min || widths[k].value > widths[k].max)
+      return sg_fail(error, SG_ERR_FORMAT, "%s: field '%s' = %d is not %d..%d", source,
+                     widths[k].field, widths[k].value, widths[k].min, widths[k].max);
   if (c->time_proj_dim < 2 || c->time_proj_dim > MAX_WIDTH || c->time_proj_dim % 2 != 0)
     return sg_fail(error, SG_ERR_FORMAT, "%s: field 'time_proj_dim' must be even, 2..%d", source,
                    MAX_WIDTH);
@@ -218,14 +226,9 @@ sg_status sg_unet_config_check(const sg_unet_config *c, const char *source, sg_e
     if (c->transformer_depth[i] < 0 || c->transformer_depth[i] > 16)
       return sg_fail(error, SG_ERR_FORMAT, "%s: field 'transformer_depth'[%d] must be 0..16",
                      source, i);
-    char field[64];
-    snprintf(field, sizeof field, "block_channels'[%d", i);
-    TRY_CFG(check_channels(c, source, field, c->block_channels[i], 1, c->transformer_depth[i],
-                           error));
+    TRY_CFG(check_channels(c, source, i, c->transformer_depth[i], error));
   }
-  int last = c->num_stages - 1;
-  TRY_CFG(check_channels(c, source, "block_channels", c->block_channels[last], 1,
-                         c->mid_transformer_depth, error));
+  TRY_CFG(check_channels(c, source, c->num_stages - 1, c->mid_transformer_depth, error));
   int pops = 0;
   for (int i = 0; i < c->num_stages; i++) pops += c->up_res_blocks[i];
   if (pops != skip_count(c))
@@ -936,7 +939,8 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
   int64_t largest = (int64_t)c->block_channels[S - 1] * h_size * w_size;
   for (int s = 0; s < S; s++) {
     int64_t res_output = (int64_t)c->block_channels[s] * (H >> s) * (W >> s);
-    int64_t upsample_output = s > 0 ? (int64_t)c->block_channels[s] * (H >> (s - 1)) * (W >> (s - 1)) : 0;
+    int64_t upsample_output =
+        s > 0 ? (int64_t)c->block_channels[s] * (H >> (s - 1)) * (W >> (s - 1)) : 0;
     if (res_output > largest) largest = res_output;
     if (upsample_output > largest) largest = upsample_output;
   }

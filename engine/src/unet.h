@@ -43,9 +43,11 @@ sg_status sg_unet_config_from_json(const sg_json *json, sg_unet_config *config, 
 /* The checks sg_unet_config_load makes (for configs filled in by hand); source names it in
  * messages. */
 sg_status sg_unet_config_check(const sg_unet_config *config, const char *source, sg_error *error);
-/* Parameter count implied by the config (analytic, no weights needed). */
+/* Parameter count implied by the config (analytic, no weights needed; equals what sg_unet_load
+ * fetches); -1 when the config fails sg_unet_config_check. */
 int64_t sg_unet_parameter_count(const sg_unet_config *config);
-/* Multiply-accumulates ×2 of one forward at a latent of h×w with ctx_tokens context tokens. */
+/* Multiply-accumulates ×2 of one forward at a latent of h×w with ctx_tokens context tokens
+ * (convolutions, linear layers, attention products; 0 for a config that fails its checks). */
 double sg_unet_flops(const sg_unet_config *config, int h, int w, int ctx_tokens);
 
 typedef struct sg_unet sg_unet;

@@ -23,7 +23,9 @@ root=${SNAPGEN_BUILDROOT:-/var/lib/snapgen/trixie-root}
 packages=(build-essential meson ninja-build pkgconf gettext libgimp-3.0-dev gimp libdnnl-dev
   libpng-dev libjson-glib-dev xvfb xauth python3 python3-numpy python3-pil python3-torch
   libopenblas0-openmp crossbuild-essential-arm64 qemu-user pkgconf:arm64 libdnnl3.6:arm64
-  clang libclang-rt-dev valgrind xdotool imagemagick)
+  clang libclang-rt-dev valgrind xdotool imagemagick
+  libglib2.0-dev:arm64 libjson-glib-dev:arm64 libpng-dev:arm64 libopenblas-openmp-dev:arm64
+  libopenblas-openmp-dev)
 
 # Runs inside the Debian 13 environment: build, then the requested action.
 run_inside() {

@@ -106,6 +106,15 @@ def batch_script(model, corrupt_model, out_new, out_big):
                                        (car (gimp-image-get-height image)))))
     (gimp-image-delete image))
 
+  ; A grayscale image is refused before any computing, and left as it is.
+  (let* ((image (car (gimp-image-new {WIDTH} {HEIGHT} GRAY)))
+         (bg (car (gimp-layer-new image "background" {WIDTH} {HEIGHT} GRAY-IMAGE 100
+                                  LAYER-MODE-NORMAL))))
+    (gimp-image-insert-layer image bg 0 0)
+    (sg-say "err.gray" (catch "error" {call(model, "#:image image")}))
+    (sg-say "err.gray.layers" (sg-layer-count image))
+    (gimp-image-delete image))
+
   ; An error without an image leaves no image behind.
   (sg-say "err.noimage" (catch "error" {call(MISSING_MODEL)}))
   (sg-say "images-left" (- (sg-image-count) images-before)))
@@ -120,8 +129,9 @@ def compare(name, image, reference):
     if image.shape != reference.shape:
         return check(name, False, f"shape {image.shape} != {reference.shape}")
     diff = np.abs(image - reference)
+    differing = int((diff.max(axis=2) > 0).sum())
     return check(name, int(diff.max()) == 0,
-                 f"max difference {int(diff.max())}, {int((diff.max(axis=2) > 0).sum())} pixels differ")
+                 f"max difference {int(diff.max())}, {differing} pixels differ")
 
 
 def main():
@@ -164,7 +174,8 @@ def main():
               values.get("new.layer-size", ""))
         check("new layer: RGBA", values.get("new.has-alpha") in ("1", "#t"))
         check("new layer: named after the prompt",
-              values.get("new.layer-name") == layer_name(PROMPT), repr(values.get("new.layer-name")))
+              values.get("new.layer-name") == layer_name(PROMPT),
+              repr(values.get("new.layer-name")))
         check("returned seed", values.get("new.seed") == str(SEED), values.get("new.seed", ""))
         try:
             settings = json.loads(values.get("new.parasite", ""))
@@ -177,7 +188,8 @@ def main():
               and "guidance" in settings, values.get("new.parasite", "")[:200])
 
         # The larger and smaller canvases.
-        check("existing image: result in the same image", values.get("big.same-image") in ("1", "#t"))
+        check("existing image: result in the same image",
+              values.get("big.same-image") in ("1", "#t"))
         check("existing image: one layer more", values.get("big.layers") == "3",
               values.get("big.layers", ""))
         check("existing image: above the selected layer", values.get("big.position") == "1",
@@ -185,8 +197,8 @@ def main():
         big_offsets = f"{(BIG_W - WIDTH) // 2} {(BIG_H - HEIGHT) // 2}"
         check("larger canvas: centred", values.get("big.offsets") == big_offsets,
               f"{values.get('big.offsets')} (expected {big_offsets})")
-        check("larger canvas: layer not scaled", values.get("big.layer-size") == f"{WIDTH} {HEIGHT}",
-              values.get("big.layer-size", ""))
+        check("larger canvas: layer not scaled",
+              values.get("big.layer-size") == f"{WIDTH} {HEIGHT}", values.get("big.layer-size", ""))
         small_offsets = f"{(SMALL_W - WIDTH) // 2} {(SMALL_H - HEIGHT) // 2}"
         check("smaller canvas: centred", values.get("small.offsets") == small_offsets,
               f"{values.get('small.offsets')} (expected {small_offsets})")
@@ -202,6 +214,9 @@ def main():
                   values.get(f"err.{key}", "(no result)"))
             check(f"error, {what}: image unchanged", values.get(f"err.{key}.layers") == "3",
                   f"{values.get(f'err.{key}.layers')} layers")
+        check("error, grayscale image: PDB error", values.get("err.gray") == "error")
+        check("error, grayscale image: image unchanged", values.get("err.gray.layers") == "1")
+        check("error message says to convert to RGB", "convert the image to RGB first" in output)
         check("error message names the model folder",
               f"Could not load the SnapGen model from “{MISSING_MODEL}”" in output)
         check("error without image: PDB error", values.get("err.noimage") == "error")

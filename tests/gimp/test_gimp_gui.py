@@ -34,6 +34,7 @@ def po_translation(lang, msgid):
 def korean_locale(workdir):
     """A private ko_KR.UTF-8 locale (LOCPATH): gettext ignores LANGUAGE in the C locale."""
     folder = os.path.join(workdir, "locales")
+    os.makedirs(folder, exist_ok=True)
     result = subprocess.run(["localedef", "--no-archive", "-i", "ko_KR", "-f", "UTF-8",
                              os.path.join(folder, "ko_KR.UTF-8")], capture_output=True, text=True)
     ok = os.path.isdir(os.path.join(folder, "ko_KR.UTF-8"))
@@ -42,10 +43,12 @@ def korean_locale(workdir):
 
 def test_dialog(profile, model):
     locpath, why = korean_locale(profile.tmp)
-    if not check("Korean locale", locpath is not None, why or "needs the locales package"):
+    if not check("Korean locale", locpath is not None,
+                 "" if locpath else why or "localedef failed (Debian package locales?)"):
         return
     fonts = subprocess.run(["fc-list", ":lang=ko"], capture_output=True, text=True).stdout
-    check("Korean font", fonts.strip() != "", "needs a Korean font such as fonts-nanum")
+    check("Korean font", fonts.strip() != "",
+          "" if fonts.strip() else "no font for Korean (Debian package fonts-nanum)")
 
     picture = profile.path("dialog-ko.png")
     script = (f"({PROCEDURE} #:run-mode RUN-INTERACTIVE #:prompt {scheme_string(KOREAN_PROMPT)} "

@@ -1,10 +1,13 @@
-# test_models.py: the engine's UNet modules, UNet, decoder and sampling loop against the PyTorch recipe.
-"""Each check draws fresh random weights (nonzero biases, norm scales away from 1, so a wrong sign or
-a missing term shows) and inputs, writes a case file (format: top of tests/tools/check_models.c),
-runs `$SGCHECK KIND case out` on both backends and compares with sgrecipe:
-relative L2 = ||engine - recipe|| / ||recipe|| <= 1e-4. Prints PASS/FAIL lines; exit 1 on a failure.
+# test_models.py: the engine's UNet modules, UNet, decoder and sampler against the PyTorch recipe.
+"""Each check draws fresh random weights (nonzero biases, norm scales away from 1, so a wrong sign
+or a missing term shows) and inputs, writes a case file (format: top of
+tests/tools/check_models.c), runs `$SGCHECK KIND case out` on both backends and compares with
+sgrecipe: relative L2 = ||engine - recipe|| / ||recipe|| <= 1e-4. Also checks parameter counts
+(engine analytic = loaded = module = recipe) and FLOPs (engine formula = torch's FlopCounterMode).
+Prints PASS/FAIL lines; exits 1 on a failure.
 
-Usage: SGCHECK=build/tests/sgcheck PYTHONPATH=weights/recipe python3 tests/ref/test_models.py [FILTER]
+Usage: SGCHECK=build/tests/sgcheck PYTHONPATH=weights/recipe \
+       python3 tests/ref/test_models.py [NAME-SUBSTRING]
 """
 import json
 import math
@@ -274,8 +277,8 @@ def main():
     if not os.path.exists(SGCHECK):
         print(f"FAIL setup: sgcheck not found at {SGCHECK} (set SGCHECK)")
         return 1
-    tiny = read_config("test-unet-tiny.json")               # separable, GEGLU, GQA (kv 2), qk norm
-    dense = read_config("test-unet-tiny-dense.json")        # dense, GELU, MQA, no qk norm, no pooled
+    tiny = read_config("test-unet-tiny.json")  # separable, GEGLU, GQA (kv 2), qk norm
+    dense = read_config("test-unet-tiny-dense.json")  # dense, GELU, MQA, no qk norm, no pooled
     mqa = read_config("test-unet-tiny.json", num_kv_heads=1)
     checks = [
         ("resblock-separable", lambda d: check_unet_module("resblock", "resblock-separable",

@@ -319,12 +319,17 @@ const CLIP_TRICKY = [
   'aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa', 'abababababababababababab',
   '1234567890', '0', '007', 'abc123def', '123abc', 'a1b2c3', 'iPhone15Pro',
   'word '.repeat(100), 'a, '.repeat(60) + 'end', '<|startoftext|>', '<|endoftext|>',
-  'a<|endoftext|>b', '!<|endoftext|>!', '<|startoftext|>hello<|endoftext|>', '<|ENDOFTEXT|>',
+  // Written special tokens: transformers splits them out first (OpenAI's regex would not, as
+  // in "!<|endoftext|>!"); a special token in another case is one token in OpenAI's code only.
+  'a<|endoftext|>b', ['!<|endoftext|>!', 'hf'], '<|startoftext|>hello<|endoftext|>',
+  ['<|ENDOFTEXT|>', 'openai'], ['a <|EndOfText|> b', 'openai'],
   '<|endoftext', '</w>', 'w</w>', 'ctrl\x01\x02char', 'tab\there', 'bell\x07', 'del\x7f',
   // HTML character references (OpenAI's html.unescape, twice)
   'AT&amp;T', 'a &lt;b&gt; c', '&quot;quoted&quot;', 'it&#39;s', 'it&#x27;s', '&#65;&#66;&#67;',
   'a&nbsp;b', '&amp;amp;', '&amp;lt;tag&amp;gt;', 'fish &amp; chips', 'AT&T', '& alone', '&&',
-  '&unknown;', '&amp', 'a&b;c', '&#;', '&#x;', 'x &gt;= y', 'tom &amp; jerry&#33;',
+  '&unknown;', 'a&b;c', '&#;', '&#x;', 'x &gt;= y', 'tom &amp; jerry&#33;', ['&amp', 'openai'],
+  ['a &lt b', 'openai'], ['&#65', 'openai'], ['&#x41 &#x42;', 'openai'], ['&#9;tab', 'openai'],
+  ['&quot &nbsp', 'openai'],
   // non-ASCII (Hugging Face pipeline: NFC, \s+, lower case)
   'café', 'cafe\u0301', 'CAFÉ', 'naïve résumé', 'Ångström', 'straße', 'STRASSE', 'ẞ', 'İstanbul',
   'ıi', 'ΣΟΦΙΑ', 'ΟΔΥΣΣΕΥΣ', 'ΑΣ ΣΑ Σ', 'Ὀδυσσεύς', 'Москва', 'ПРИВЕТ мир', 'שלום', 'مرحبا',
@@ -383,8 +388,17 @@ function writeClipFixture(m, file) {
     out.push(`# ${source}: ${JSON.stringify(text).slice(0, 100)}`);
     out.push(Buffer.from(text, 'utf8').toString('hex') + '\t' + ids.join(' '));
   }
+  const invalid = [[0x80], [0x61, 0xc3], [0xc0, 0xaf], [0xed, 0xa0, 0x80], [0xf4, 0x90, 0x80, 0x80],
+    [0x63, 0x61, 0x74, 0xff, 0x64, 0x6f, 0x67], [0xe4, 0xb8, 0x20, 0x61]];
+  for (const bytes of invalid) {
+    const buffer = Buffer.from(bytes);
+    const line = caseLine(buffer, hf);
+    if (!line.endsWith('\tERROR')) throw new Error('an invalid UTF-8 fixture case was accepted');
+    out.push('# invalid UTF-8 (TextDecoder with fatal=true rejects it): the engine must refuse it');
+    out.push(line);
+  }
   fs.writeFileSync(file, out.join('\n') + '\n');
-  console.log(`reference.js: wrote ${CLIP_TRICKY.length - disagreements} CLIP cases to ${file}`);
+  console.log(`reference.js: wrote ${out.length / 2 - 2} CLIP cases to ${file}`);
   return disagreements;
 }
 
