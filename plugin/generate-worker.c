@@ -4,8 +4,6 @@
 
 #include <glib/gi18n-lib.h>
 
-#include "config.h"
-
 GQuark snapgen_error_quark(void) {
   return g_quark_from_static_string("snapgen-error-quark");
 }

@@ -81,6 +81,7 @@ static void show_progress(gpointer data, sg_stage stage, gint step, gint total_s
 static GimpValueArray *error_return_values(GimpProcedure *procedure, GError *error) {
   GimpPDBStatusType status = GIMP_PDB_EXECUTION_ERROR;
 
+  if (error == NULL) error = g_error_new_literal(SNAPGEN_ERROR, SG_ERR_BACKEND, _("unknown error"));
   if (error->domain == SNAPGEN_ERROR && error->code == SG_ERR_CANCELLED) {
     g_error_free(error);
     return gimp_procedure_new_return_values(procedure, GIMP_PDB_CANCEL, NULL);
@@ -147,11 +148,10 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
 
   /* Check what can be checked before minutes of computing. */
   if (image != NULL && gimp_image_get_base_type(image) != GIMP_RGB)
-    return gimp_procedure_new_return_values(
-        procedure, GIMP_PDB_EXECUTION_ERROR,
-        g_error_new_literal(SNAPGEN_ERROR, SG_ERR_INVALID_ARGUMENT,
-                            _("SnapGen makes RGB layers: convert the image to RGB first "
-                              "(Image > Mode > RGB).")));
+    return error_return_values(
+        procedure, g_error_new_literal(SNAPGEN_ERROR, SG_ERR_INVALID_ARGUMENT,
+                                       _("SnapGen makes RGB layers: convert the image to RGB "
+                                         "first (Image > Mode > RGB).")));
 
   g_object_get(config, "prompt", &prompt, "negative-prompt", &negative_prompt, "seed", &seed,
                "random-seed", &random_seed, "steps", &steps, "guidance", &guidance, "width", &width,

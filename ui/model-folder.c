@@ -5,8 +5,6 @@
 #include <glib/gi18n-lib.h>
 #include <json-glib/json-glib.h>
 
-#include "config.h"
-
 /* The parts every SnapGen model has; text encoders and tokenizers are optional. */
 static const gchar *const required_components[] = {"unet", "decoder", "scheduler"};
 

@@ -5,7 +5,6 @@
 #include <glib/gi18n-lib.h>
 #include <libgimp/gimpui.h>
 
-#include "config.h"
 #include "model-folder.h"
 
 /* What the callbacks need while the dialog is up; lives on snapgen_dialog_run()'s stack. */

@@ -4,8 +4,6 @@
 #include <glib/gi18n-lib.h>
 #include <libgimp/gimpui.h>
 
-#include "config.h"
-
 #define KEY_STATUS "snapgen-status-label"
 #define KEY_BAR "snapgen-progress-bar"
 #define KEY_CANCEL "snapgen-cancel-flag"

@@ -43,7 +43,9 @@ void sg_bpe_merges_free(sg_bpe_merges *merges) {
   g_free(merges);
 }
 
-int sg_bpe_merges_count(const sg_bpe_merges *merges) { return merges->count; }
+int sg_bpe_merges_count(const sg_bpe_merges *merges) {
+  return merges->count;
+}
 
 static void grow(sg_bpe_merges *merges) {
   merge_slot *old = merges->slots;
@@ -123,8 +125,8 @@ static candidate heap_pop(candidate *heap, int *size) {
 static void push_pair(const sg_bpe_merges *merges, const int32_t *ids, const int *next, int pos,
                       candidate *heap, int *size) {
   int32_t rank, merged;
-  if (pos >= 0 && next[pos] >= 0 && sg_bpe_merges_find(merges, ids[pos], ids[next[pos]], &rank,
-                                                        &merged)) {
+  if (pos >= 0 && next[pos] >= 0 &&
+      sg_bpe_merges_find(merges, ids[pos], ids[next[pos]], &rank, &merged)) {
     heap_push(heap, size, (candidate){rank, pos});
   }
 }

@@ -1,4 +1,4 @@
-/* bpe.h: byte-pair merging by rank (lowest rank first, leftmost on ties), shared by the tokenizers. */
+/* bpe.h: byte-pair merging by rank (lowest first, leftmost on ties), shared by the tokenizers. */
 #ifndef SG_BPE_H
 #define SG_BPE_H
 

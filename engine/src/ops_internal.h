@@ -67,6 +67,29 @@ sg_status sg_ref_attention(const sg_tensor *q, const sg_tensor *k, const sg_tens
                            const sg_attention_params *params, sg_tensor *y, sg_error *error);
 sg_status sg_ref_gated(const sg_tensor *x, sg_activation act, sg_tensor *y);
 
+/* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined). The
+ * oneDNN backend runs convolutions and matrix products here when oneDNN itself only has a
+ * reference kernel for them (NEON-only arm64 cores). Arguments are checked as for the backends. */
+typedef struct {
+  float *data; /* im2col columns, grown on demand, freed with the oneDNN backend */
+  size_t count;
+} sg_blas_scratch;
+
+/* "OpenBLAS 0.3.29 NEOVERSEN1": the library and the kernel set it chose for this CPU. */
+const char *sg_blas_describe(char *buf, size_t size);
+sg_status sg_blas_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
+                         int padding, int groups, sg_activation act, sg_tensor *y,
+                         sg_blas_scratch *scratch, sg_error *error);
+sg_status sg_blas_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                         sg_activation act, sg_tensor *y);
+/* The two products of sg_dnnl_attention for a block of `block` queries, in its score layout:
+ * rows (query, head) when kv_heads == 1, else (head, query). q and y point at the block's first
+ * query row; k and v are whole. */
+void sg_blas_attention_scores(const sg_attention_params *p, int64_t block, int64_t keys,
+                              const float *q, const float *k, float *scores);
+void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64_t keys,
+                              const float *scores, const float *v, float *y);
+
 /* oneDNN backend (ops_dnnl.c). */
 sg_dnnl *sg_dnnl_new(sg_error *error);
 void sg_dnnl_free(sg_dnnl *dnnl);

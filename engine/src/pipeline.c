@@ -15,6 +15,8 @@
 
 /* The largest width or height accepted: 4096 px is 16× the pixels of the 1024² default. */
 #define SG_MAX_IMAGE_SIDE 4096
+/* The longest prompt accepted, in bytes (the tokenizers' SG_TEXT_MAX_BYTES). */
+#define SG_MAX_PROMPT_BYTES (64 * 1024)
 
 /* Text conditioning for one prompt: context tokens, their mask, and the pooled vector. */
 typedef struct {
@@ -122,6 +124,7 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
 
 sg_status sg_context_new(const char *model_dir, const sg_context_options *options,
                          sg_context **out, sg_error *error) {
+  if (out == NULL) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "sg_context_new: out is NULL");
   *out = NULL;
   sg_context_options defaults;
   if (options == NULL) {
@@ -265,8 +268,26 @@ static sg_status empty_conditioning(const sg_context *ctx, const sg_conditioning
   return SG_OK;
 }
 
+/* A prompt must be UTF-8 of at most SG_MAX_PROMPT_BYTES, checked here even while the model uses a
+ * fixed conditioning, so every model takes the same prompts (and the PNG text chunk can hold it). */
+static sg_status check_text(const char *text, const char *what, sg_error *error) {
+  if (text == NULL) return SG_OK;
+  size_t length = strlen(text);
+  if (length > SG_MAX_PROMPT_BYTES)
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "the %s is %zu bytes long; at most %d allowed",
+                   what, length, SG_MAX_PROMPT_BYTES);
+  const char *end = NULL;
+  if (!g_utf8_validate(text, (gssize)length, &end))
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "the %s is not valid UTF-8 text (bad byte at offset %td)", what, end - text);
+  return SG_OK;
+}
+
 static sg_status check_params(const sg_context *ctx, const sg_generate_params *p, int *steps,
                               double *guidance, sg_error *error) {
+  sg_status status = check_text(p->prompt, "prompt", error);
+  if (status == SG_OK) status = check_text(p->negative_prompt, "negative prompt", error);
+  if (status != SG_OK) return status;
   int stride = sg_context_pixel_stride(ctx);
   if (p->width <= 0 || p->height <= 0 || p->width > SG_MAX_IMAGE_SIDE ||
       p->height > SG_MAX_IMAGE_SIDE)
@@ -339,6 +360,10 @@ static sg_status denoise(sg_context *ctx, const sg_conditioning *cond,
 
 sg_status sg_generate(sg_context *ctx, const sg_generate_params *params, sg_progress_fn progress,
                       void *user_data, uint8_t **rgba_out, sg_error *error) {
+  if (rgba_out == NULL || ctx == NULL || params == NULL) {
+    if (rgba_out) *rgba_out = NULL;
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "sg_generate: context, params or output is NULL");
+  }
   *rgba_out = NULL;
   int steps = 0;
   double guidance = 1.0;

@@ -17,11 +17,18 @@
 
 typedef struct {
   char message[256];
+  int errno_value; /* errno when libpng gave up (ENOSPC, ENOMEM, ...), or 0 */
 } png_failure;
 
+/* libpng's messages ("Write Error") do not say why; errno, set by the failed write or malloc,
+ * does. */
 static void on_png_error(png_structp png, png_const_charp message) {
   png_failure *failure = png_get_error_ptr(png);
-  g_strlcpy(failure->message, message, sizeof failure->message);
+  failure->errno_value = errno;
+  if (errno != 0)
+    g_snprintf(failure->message, sizeof failure->message, "%s (%s)", message, g_strerror(errno));
+  else
+    g_strlcpy(failure->message, message, sizeof failure->message);
   png_longjmp(png, 1);
 }
 
@@ -125,13 +132,14 @@ sg_status sg_write_png(const char *path, const uint8_t *rgba, int width, int hei
     free(texts);
     return SG_ERR_IO;
   }
-  png_failure failure = {{0}};
+  png_failure failure = {{0}, 0};
   FILE *stream = fdopen(fd, "wb");
   int ok = 0;
   if (!stream) {
     g_strlcpy(failure.message, g_strerror(errno), sizeof failure.message);
     close(fd);
   } else {
+    errno = 0;
     ok = encode_png(stream, rgba, width, height, texts, text_count, &failure);
     if (ok && (fflush(stream) != 0 || ferror(stream) || fsync(fileno(stream)) != 0)) {
       ok = 0;
@@ -149,7 +157,8 @@ sg_status sg_write_png(const char *path, const uint8_t *rgba, int width, int hei
   sg_status status = SG_OK;
   if (!ok) {
     g_unlink(temp_path);
-    status = sg_fail(error, SG_ERR_IO, "%s: cannot write PNG: %s", path, failure.message);
+    status = sg_fail(error, failure.errno_value == ENOMEM ? SG_ERR_OUT_OF_MEMORY : SG_ERR_IO,
+                     "%s: cannot write PNG: %s", path, failure.message);
   }
   g_free(temp_path);
   free(texts);

@@ -227,9 +227,17 @@ sg_status sg_safetensors_open(const char *path, sg_safetensors **out, sg_error *
   GError *gerror = NULL;
   GMappedFile *mapping = g_mapped_file_new(path, FALSE, &gerror);
   if (!mapping) {
-    sg_fail(error, SG_ERR_IO, "%s: cannot open: %s", path, gerror->message);
+    /* Mapping a file larger than the address space left (ulimit -v) fails with ENOMEM: that is
+     * a memory limit, not a broken file. */
+    sg_status status = SG_ERR_IO;
+    if (g_error_matches(gerror, G_FILE_ERROR, G_FILE_ERROR_NOMEM)) {
+      status = sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory mapping the file (%s)", path,
+                       gerror->message);
+    } else {
+      sg_fail(error, status, "%s: cannot open: %s", path, gerror->message);
+    }
     g_error_free(gerror);
-    return SG_ERR_IO;
+    return status;
   }
   sg_safetensors *file = g_new0(sg_safetensors, 1);
   file->path = g_strdup(path);

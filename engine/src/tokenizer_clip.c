@@ -1,4 +1,4 @@
-/* tokenizer_clip.c: CLIP's byte-level BPE tokenizer, read from Hugging Face vocab.json + merges.txt. */
+/* tokenizer_clip.c: CLIP's byte-level BPE tokenizer (Hugging Face vocab.json + merges.txt). */
 #include "tokenizer_clip.h"
 
 #include <glib.h>
@@ -12,11 +12,6 @@
 #define DEFAULT_MAX_LENGTH 77
 #define LARGEST_MAX_LENGTH 4096
 
-/* CLIP's pre-tokenization pattern; GRegex runs it with PCRE2's Unicode properties (\s too). */
-static const char clip_pattern[] =
-    "<\\|startoftext\\|>|<\\|endoftext\\|>|'s|'t|'re|'ve|'m|'ll|'d|\\p{L}+|\\p{N}|"
-    "[^\\s\\p{L}\\p{N}]+";
-
 struct sg_clip_tokenizer {
   sg_vocab vocab;
   sg_bpe_merges *merges;
@@ -24,8 +19,6 @@ struct sg_clip_tokenizer {
   int32_t byte_end_ids[256]; /* id of the byte's character + "</w>" */
   int32_t bos_id, eos_id, pad_id;
   int max_length;
-  GRegex *whitespace; /* \s+ */
-  GRegex *pieces;     /* clip_pattern */
 };
 
 /* GPT-2's bytes_to_unicode: printable Latin-1 bytes stand for themselves, the other 68 bytes for
@@ -62,9 +55,8 @@ static sg_status read_config(const char *path, char **bos, char **eos, char **pa
       int64_t value = json_node_get_int(node);
       if (value < 3 || value > LARGEST_MAX_LENGTH) {
         g_object_unref(parser);
-        return sg_fail(error, SG_ERR_FORMAT,
-                       "%s: model_max_length %lld is outside 3..%d", path, (long long)value,
-                       LARGEST_MAX_LENGTH);
+        return sg_fail(error, SG_ERR_FORMAT, "%s: model_max_length %lld is outside 3..%d", path,
+                       (long long)value, LARGEST_MAX_LENGTH);
       }
       *max_length = (int)value;
     }
@@ -110,8 +102,11 @@ static sg_status load_merges(sg_clip_tokenizer *tokenizer, const char *path, sg_
     int32_t right_id = sg_vocab_find(&tokenizer->vocab, right);
     int32_t merged_id = sg_vocab_find(&tokenizer->vocab, joined->str);
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
-      status = sg_fail(error, SG_ERR_FORMAT, "%s: line %d: \"%s\" is not in vocab.json", path,
-                       i + 1, left_id < 0 ? left : right_id < 0 ? right : joined->str);
+      status =
+          sg_fail(error, SG_ERR_FORMAT, "%s: line %d: \"%s\" is not in vocab.json", path, i + 1,
+                  left_id < 0    ? left
+                  : right_id < 0 ? right
+                                 : joined->str);
       break;
     }
     sg_bpe_merges_add(tokenizer->merges, left_id, right_id, rank++, merged_id);
@@ -173,13 +168,6 @@ sg_status sg_clip_tokenizer_load(const char *dir, sg_clip_tokenizer **out, sg_er
                        vocab_path, (unsigned)b, token);
     }
   }
-  if (!status) {
-    tokenizer->whitespace = g_regex_new("\\s+", 0, 0, NULL);
-    tokenizer->pieces = g_regex_new(clip_pattern, 0, 0, NULL);
-    if (!tokenizer->whitespace || !tokenizer->pieces) {
-      status = sg_fail(error, SG_ERR_BACKEND, "GLib could not compile CLIP's split pattern");
-    }
-  }
   g_free(bos);
   g_free(eos);
   g_free(pad);
@@ -199,17 +187,21 @@ void sg_clip_tokenizer_free(sg_clip_tokenizer *tokenizer) {
   if (!tokenizer) return;
   sg_vocab_clear(&tokenizer->vocab);
   sg_bpe_merges_free(tokenizer->merges);
-  if (tokenizer->whitespace) g_regex_unref(tokenizer->whitespace);
-  if (tokenizer->pieces) g_regex_unref(tokenizer->pieces);
   g_free(tokenizer);
 }
 
 int sg_clip_tokenizer_max_length(const sg_clip_tokenizer *tokenizer) {
   return tokenizer->max_length;
 }
-int32_t sg_clip_tokenizer_bos_id(const sg_clip_tokenizer *tokenizer) { return tokenizer->bos_id; }
-int32_t sg_clip_tokenizer_eos_id(const sg_clip_tokenizer *tokenizer) { return tokenizer->eos_id; }
-int32_t sg_clip_tokenizer_pad_id(const sg_clip_tokenizer *tokenizer) { return tokenizer->pad_id; }
+int32_t sg_clip_tokenizer_bos_id(const sg_clip_tokenizer *tokenizer) {
+  return tokenizer->bos_id;
+}
+int32_t sg_clip_tokenizer_eos_id(const sg_clip_tokenizer *tokenizer) {
+  return tokenizer->eos_id;
+}
+int32_t sg_clip_tokenizer_pad_id(const sg_clip_tokenizer *tokenizer) {
+  return tokenizer->pad_id;
+}
 int32_t sg_clip_tokenizer_vocab_size(const sg_clip_tokenizer *tokenizer) {
   return tokenizer->vocab.size;
 }
@@ -238,8 +230,8 @@ static size_t character_reference(const char *text, gunichar *value) {
     const char *name;
     gunichar value;
     int needs_semicolon; /* HTML's legacy names may omit it; &apos; is not one of them */
-  } names[] = {{"amp", '&', 0},    {"lt", '<', 0},   {"gt", '>', 0},
-               {"quot", '"', 0},   {"nbsp", 0xA0, 0}, {"apos", '\'', 1}};
+  } names[] = {{"amp", '&', 0},  {"lt", '<', 0},    {"gt", '>', 0},
+               {"quot", '"', 0}, {"nbsp", 0xA0, 0}, {"apos", '\'', 1}};
   const char *p = text + 1;
   if (*p == '#') {
     int hex = p[1] == 'x' || p[1] == 'X';
@@ -361,20 +353,88 @@ static char *lower_case(const char *text) {
   return g_string_free(out, FALSE);
 }
 
+/* \s: the Unicode White_Space characters. */
+static int is_space(gunichar c) {
+  return (c >= 0x09 && c <= 0x0D) || c == 0x20 || c == 0x85 || c == 0xA0 || c == 0x1680 ||
+         (c >= 0x2000 && c <= 0x200A) || c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F ||
+         c == 0x3000;
+}
+
+/* \p{L} */
+static int is_letter(gunichar c) {
+  switch (g_unichar_type(c)) {
+    case G_UNICODE_UPPERCASE_LETTER:
+    case G_UNICODE_LOWERCASE_LETTER:
+    case G_UNICODE_TITLECASE_LETTER:
+    case G_UNICODE_MODIFIER_LETTER:
+    case G_UNICODE_OTHER_LETTER:
+      return 1;
+    default:
+      return 0;
+  }
+}
+
+/* \p{N} */
+static int is_number(gunichar c) {
+  GUnicodeType type = g_unichar_type(c);
+  return type == G_UNICODE_DECIMAL_NUMBER || type == G_UNICODE_LETTER_NUMBER ||
+         type == G_UNICODE_OTHER_NUMBER;
+}
+
+/* Runs of white space become one space; leading and trailing ones go. */
+static char *collapse_spaces(const char *text) {
+  GString *out = g_string_sized_new(strlen(text));
+  int pending = 0;
+  for (const char *p = text; *p; p = g_utf8_next_char(p)) {
+    gunichar c = g_utf8_get_char(p);
+    if (is_space(c)) {
+      pending = out->len > 0;
+      continue;
+    }
+    if (pending) g_string_append_c(out, ' ');
+    pending = 0;
+    g_string_append_unichar(out, c);
+  }
+  return g_string_free(out, FALSE);
+}
+
 /* NFC, HTML references (twice), white space collapsed and stripped, lower case. */
-static char *clean_text(const sg_clip_tokenizer *tokenizer, const char *text) {
+static char *clean_text(const char *text) {
   char *normal = g_utf8_normalize(text, -1, G_NORMALIZE_NFC);
   char *once = html_unescape(normal);
   char *twice = html_unescape(once);
-  char *collapsed = g_regex_replace_literal(tokenizer->whitespace, twice, -1, 0, " ", 0, NULL);
-  char *stripped = g_strdup(g_strstrip(collapsed)); /* only ' ' is left at the ends */
-  char *lower = lower_case(stripped);
+  char *collapsed = collapse_spaces(twice);
+  char *lower = lower_case(collapsed);
   g_free(normal);
   g_free(once);
   g_free(twice);
   g_free(collapsed);
-  g_free(stripped);
   return lower;
+}
+
+/* The length in bytes of the piece of CLIP's split pattern that starts at text (0 where no
+ * alternative matches: white space). The alternatives are tried in the pattern's order and each
+ * is a plain run, so this is what a regex engine finds, in linear time (GRegex re-checks the rest
+ * of the string at every match, which made long prompts quadratic). */
+static size_t piece_length(const char *text) {
+  static const char *const literals[] = {
+      "<|startoftext|>", "<|endoftext|>", "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
+  for (size_t i = 0; i < G_N_ELEMENTS(literals); i++) {
+    size_t length = strlen(literals[i]);
+    if (!strncmp(text, literals[i], length)) return length;
+  }
+  gunichar c = g_utf8_get_char(text);
+  if (is_space(c)) return 0;
+  if (is_number(c)) return (size_t)(g_utf8_next_char(text) - text);
+  int letters = is_letter(c);
+  const char *p = text;
+  while (*p) {
+    gunichar next = g_utf8_get_char(p);
+    int fits = letters ? is_letter(next) : !is_space(next) && !is_letter(next) && !is_number(next);
+    if (!fits) break;
+    p = g_utf8_next_char(p);
+  }
+  return (size_t)(p - text);
 }
 
 /* ---- encoding ---- */
@@ -405,16 +465,16 @@ static void encode_piece(const sg_clip_tokenizer *tokenizer, const char *piece, 
 static void encode_stretch(const sg_clip_tokenizer *tokenizer, const char *text, size_t length,
                            GArray *ids) {
   char *raw = g_strndup(text, length);
-  char *clean = clean_text(tokenizer, raw);
-  GMatchInfo *match = NULL;
-  g_regex_match(tokenizer->pieces, clean, 0, &match);
-  while (g_match_info_matches(match)) {
-    int start, end;
-    g_match_info_fetch_pos(match, 0, &start, &end);
-    if (end > start) encode_piece(tokenizer, clean + start, (size_t)(end - start), ids);
-    g_match_info_next(match, NULL);
+  char *clean = clean_text(raw);
+  for (const char *p = clean; *p;) {
+    size_t piece = piece_length(p);
+    if (piece == 0) {
+      p = g_utf8_next_char(p);
+      continue;
+    }
+    encode_piece(tokenizer, p, piece, ids);
+    p += piece;
   }
-  g_match_info_free(match);
   g_free(clean);
   g_free(raw);
 }
@@ -468,7 +528,7 @@ sg_status sg_clip_tokenize(const sg_clip_tokenizer *tokenizer, const char *text,
   out->count = pad_to_max_length ? tokenizer->max_length : out->length;
   out->ids = g_new(int32_t, out->count);
   out->ids[0] = tokenizer->bos_id;
-  memcpy(out->ids + 1, tokens, (size_t)kept * sizeof(int32_t));
+  if (kept > 0) memcpy(out->ids + 1, tokens, (size_t)kept * sizeof(int32_t));
   out->ids[kept + 1] = tokenizer->eos_id;
   for (int i = out->length; i < out->count; i++) out->ids[i] = tokenizer->pad_id;
   g_free(tokens);

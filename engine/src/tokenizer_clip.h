@@ -1,4 +1,4 @@
-/* tokenizer_clip.h: CLIP's byte-level BPE tokenizer, read from Hugging Face vocab.json + merges.txt. */
+/* tokenizer_clip.h: CLIP's byte-level BPE tokenizer (Hugging Face vocab.json + merges.txt). */
 #ifndef SG_TOKENIZER_CLIP_H
 #define SG_TOKENIZER_CLIP_H
 
@@ -38,13 +38,13 @@ const char *sg_clip_tokenizer_token(const sg_clip_tokenizer *tokenizer, int32_t 
  * OpenAI's CLIP does, except for ftfy: Unicode NFC; HTML character references decoded twice
  * (only &amp; &lt; &gt; &quot; &nbsp;, also without the semicolon, &apos; with it, and numeric
  * &#N; &#xH; for printable characters: other references are left as written, where Python's
- * html.unescape knows 2,231 names); runs of white space (\s: Unicode White_Space and U+180E)
- * become one space, ends stripped; lower case (full Unicode mapping with final sigma, not
- * locale-dependent). It is then split with CLIP's pattern
+ * html.unescape knows 2,231 names); runs of white space (\s: the Unicode White_Space
+ * characters) become one space, ends stripped; lower case (full Unicode mapping with final sigma,
+ * not locale-dependent). It is then split with CLIP's pattern
  * <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+
- * (GRegex, PCRE2 Unicode properties), and each piece's UTF-8 bytes, as GPT-2's byte characters
- * with "</w>" on the last one, are merged by rank. Not done: ftfy's repairs (mojibake, curly
- * quotes, ligatures, full-width forms, control characters). Text that is not valid UTF-8 or
+ * (GLib's Unicode categories for \p{L} and \p{N}), and each piece's UTF-8 bytes, as GPT-2's byte
+ * characters with "</w>" on the last one, are merged by rank. Not done: ftfy's repairs (mojibake,
+ * curly quotes, ligatures, full-width forms, control characters). Text that is not valid UTF-8 or
  * longer than 64 KiB: SG_ERR_INVALID_ARGUMENT. */
 sg_status sg_clip_encode(const sg_clip_tokenizer *tokenizer, const char *text, int32_t **ids,
                          int *count, sg_error *error);

@@ -86,8 +86,8 @@ sg_status sg_vocab_load_object(sg_vocab *vocab, JsonObject *object, const char *
   json_object_iter_init(&iter, object);
   while (json_object_iter_next(&iter, &token, &node)) {
     if (!JSON_NODE_HOLDS_VALUE(node) || json_node_get_value_type(node) != G_TYPE_INT64) {
-      return sg_fail(error, SG_ERR_FORMAT, "%s: %s: the id of token \"%s\" is not an integer",
-                     path, field, token);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: %s: the id of token \"%s\" is not an integer", path,
+                     field, token);
     }
     int64_t id = json_node_get_int(node);
     if (id < 0 || id >= MAX_TOKEN_ID) {
@@ -111,10 +111,10 @@ sg_status sg_json_read_object(const char *path, JsonParser **parser, JsonObject 
   JsonParser *json = json_parser_new();
   GError *gerror = NULL;
   if (!json_parser_load_from_file(json, path, &gerror)) {
-    sg_status status = g_error_matches(gerror, G_FILE_ERROR, G_FILE_ERROR_NOENT) ||
-                               gerror->domain == G_FILE_ERROR
-                           ? SG_ERR_IO
-                           : SG_ERR_FORMAT;
+    sg_status status =
+        g_error_matches(gerror, G_FILE_ERROR, G_FILE_ERROR_NOENT) || gerror->domain == G_FILE_ERROR
+            ? SG_ERR_IO
+            : SG_ERR_FORMAT;
     sg_fail(error, status, "%s: %s", path, gerror->message);
     g_error_free(gerror);
     g_object_unref(json);

@@ -1,4 +1,4 @@
-/* tokenizer_gemma.c: SentencePiece-style BPE with byte fallback (Gemma), read from tokenizer.json. */
+/* tokenizer_gemma.c: SentencePiece-style BPE with byte fallback (Gemma) from tokenizer.json. */
 #include "tokenizer_gemma.h"
 
 #include <glib.h>
@@ -14,9 +14,9 @@ typedef enum { NORMALIZE_REPLACE, NORMALIZE_PREPEND, NORMALIZE_UNICODE } normali
 
 typedef struct {
   normalizer_kind kind;
-  char *pattern;        /* Replace: the string replaced */
-  char *content;        /* Replace: its replacement; Prepend: the prefix */
-  GNormalizeMode mode;  /* NORMALIZE_UNICODE */
+  char *pattern;       /* Replace: the string replaced */
+  char *content;       /* Replace: its replacement; Prepend: the prefix */
+  GNormalizeMode mode; /* NORMALIZE_UNICODE */
 } normalizer_step;
 
 typedef enum {
@@ -40,14 +40,13 @@ struct sg_gemma_tokenizer {
   int32_t unk_id;        /* -1: none */
   int32_t byte_ids[256]; /* <0xNN>, -1 where missing */
 
-  GHashTable *added;         /* added token text -> GINT_TO_POINTER(id + 1) */
-  GPtrArray *added_texts;    /* owns the keys of `added` */
-  gboolean first_bytes[256]; /* bytes an added token starts with */
-  gboolean *added_lengths;   /* [0..added_max_bytes]: lengths some added token has */
-  int added_max_bytes;
+  GHashTable *added;          /* added token text -> GINT_TO_POINTER(id + 1) */
+  GHashTable *added_prefixes; /* every leading part of an added token (a set) */
+  GPtrArray *added_texts;     /* owns the keys of `added` */
+  GStringChunk *prefix_texts; /* owns the keys of `added_prefixes` */
 
-  GArray *normalizers;    /* normalizer_step, applied in order */
-  GArray *splits;         /* split_step, applied in order */
+  GArray *normalizers;     /* normalizer_step, applied in order */
+  GArray *splits;          /* split_step, applied in order */
   GArray *prefix, *suffix; /* int32_t ids the template puts around the sequence */
 
   int32_t bos_id, eos_id, pad_id;
@@ -142,8 +141,7 @@ static sg_status parse_normalizer(sg_gemma_tokenizer *tokenizer, JsonObject *par
                                                   : G_NORMALIZE_NFKD;
     step = (normalizer_step){NORMALIZE_UNICODE, NULL, NULL, mode};
   } else {
-    return sg_fail(error, SG_ERR_FORMAT, "%s: normalizer type \"%s\" is not supported", path,
-                   type);
+    return sg_fail(error, SG_ERR_FORMAT, "%s: normalizer type \"%s\" is not supported", path, type);
   }
   g_array_append_val(tokenizer->normalizers, step);
   return SG_OK;
@@ -162,8 +160,8 @@ static sg_status parse_pre_tokenizer(sg_gemma_tokenizer *tokenizer, JsonObject *
     for (guint i = 0; i < json_array_get_length(list); i++) {
       JsonNode *node = json_array_get_element(list, i);
       if (!JSON_NODE_HOLDS_OBJECT(node)) {
-        return sg_fail(error, SG_ERR_FORMAT,
-                       "%s: pre_tokenizer Sequence item %u is not an object", path, i);
+        return sg_fail(error, SG_ERR_FORMAT, "%s: pre_tokenizer Sequence item %u is not an object",
+                       path, i);
       }
       sg_status status = parse_pre_tokenizer(tokenizer, json_node_get_object(node), error);
       if (status) return status;
@@ -181,16 +179,16 @@ static sg_status parse_pre_tokenizer(sg_gemma_tokenizer *tokenizer, JsonObject *
     return sg_fail(error, SG_ERR_FORMAT, "%s: pre_tokenizer Split with invert is not supported",
                    path);
   }
-  static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious",
-                                      "MergedWithNext", "Contiguous"};
+  static const char *const names[] = {"Removed", "Isolated", "MergedWithPrevious", "MergedWithNext",
+                                      "Contiguous"};
   const char *behavior = member_string(part, "behavior");
   int found = -1;
   for (int i = 0; i < 5 && behavior; i++) {
     if (!strcmp(behavior, names[i])) found = i;
   }
   if (found < 0) {
-    return sg_fail(error, SG_ERR_FORMAT, "%s: pre_tokenizer Split behavior \"%s\" is unknown",
-                   path, behavior ? behavior : "(none)");
+    return sg_fail(error, SG_ERR_FORMAT, "%s: pre_tokenizer Split behavior \"%s\" is unknown", path,
+                   behavior ? behavior : "(none)");
   }
   split_step step = {g_strdup(pattern), (split_behavior)found};
   g_array_append_val(tokenizer->splits, step);
@@ -209,8 +207,8 @@ static sg_status template_special(sg_gemma_tokenizer *tokenizer, JsonObject *spe
   for (guint i = 0; i < json_array_get_length(ids); i++) {
     int64_t id = json_array_get_int_element(ids, i);
     if (id < 0 || id >= G_MAXINT32) {
-      return sg_fail(error, SG_ERR_FORMAT, "%s: post_processor: bad id for \"%s\"",
-                     tokenizer->path, name);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: post_processor: bad id for \"%s\"", tokenizer->path,
+                     name);
     }
     int32_t value = (int32_t)id;
     g_array_append_val(target, value);
@@ -256,8 +254,8 @@ static sg_status parse_post_processor(sg_gemma_tokenizer *tokenizer, JsonObject 
                            seen_sequence ? tokenizer->suffix : tokenizer->prefix, error);
       if (status) return status;
     } else {
-      return sg_fail(error, SG_ERR_FORMAT, "%s: TemplateProcessing single item %u is unknown",
-                     path, i);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: TemplateProcessing single item %u is unknown", path,
+                     i);
     }
   }
   return SG_OK;
@@ -278,7 +276,8 @@ static sg_status parse_merges(sg_gemma_tokenizer *tokenizer, JsonArray *merges, 
         left = g_strndup(line, (gsize)(space - line));
         right = g_strdup(space + 1);
       }
-    } else if (JSON_NODE_HOLDS_ARRAY(node) && json_array_get_length(json_node_get_array(node)) == 2) {
+    } else if (JSON_NODE_HOLDS_ARRAY(node) &&
+               json_array_get_length(json_node_get_array(node)) == 2) {
       JsonArray *pair = json_node_get_array(node);
       JsonNode *a = json_array_get_element(pair, 0), *b = json_array_get_element(pair, 1);
       if (JSON_NODE_HOLDS_VALUE(a) && json_node_get_value_type(a) == G_TYPE_STRING &&
@@ -288,9 +287,9 @@ static sg_status parse_merges(sg_gemma_tokenizer *tokenizer, JsonArray *merges, 
       }
     }
     if (!left) {
-      status = sg_fail(error, SG_ERR_FORMAT,
-                       "%s: model.merges[%u] is neither \"left right\" nor [left, right]", path,
-                       rank);
+      status =
+          sg_fail(error, SG_ERR_FORMAT,
+                  "%s: model.merges[%u] is neither \"left right\" nor [left, right]", path, rank);
       break;
     }
     g_string_assign(joined, left);
@@ -300,7 +299,10 @@ static sg_status parse_merges(sg_gemma_tokenizer *tokenizer, JsonArray *merges, 
     int32_t merged_id = sg_vocab_find(&tokenizer->vocab, joined->str);
     if (left_id < 0 || right_id < 0 || merged_id < 0) {
       status = sg_fail(error, SG_ERR_FORMAT, "%s: model.merges[%u]: \"%s\" is not in model.vocab",
-                       path, rank, left_id < 0 ? left : right_id < 0 ? right : joined->str);
+                       path, rank,
+                       left_id < 0    ? left
+                       : right_id < 0 ? right
+                                      : joined->str);
     } else {
       sg_bpe_merges_add(tokenizer->merges, left_id, right_id, (int32_t)rank, merged_id);
     }
@@ -367,8 +369,7 @@ static sg_status parse_added_tokens(sg_gemma_tokenizer *tokenizer, JsonArray *li
     JsonNode *id_node = member(token, "id");
     if (!content || !*content || !id_node || !JSON_NODE_HOLDS_VALUE(id_node) ||
         json_node_get_value_type(id_node) != G_TYPE_INT64) {
-      return sg_fail(error, SG_ERR_FORMAT, "%s: added_tokens[%u] needs content and an id", path,
-                     i);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: added_tokens[%u] needs content and an id", path, i);
     }
     int64_t id = json_node_get_int(id_node);
     if (id < 0 || id >= 16 * 1024 * 1024) {
@@ -385,15 +386,10 @@ static sg_status parse_added_tokens(sg_gemma_tokenizer *tokenizer, JsonArray *li
     char *text = g_strdup(content);
     g_ptr_array_add(tokenizer->added_texts, text);
     g_hash_table_insert(tokenizer->added, text, GINT_TO_POINTER((int)id + 1));
-    size_t length = strlen(text);
-    tokenizer->first_bytes[(unsigned char)text[0]] = TRUE;
-    if ((int)length > tokenizer->added_max_bytes) {
-      tokenizer->added_lengths = g_renew(gboolean, tokenizer->added_lengths, length + 1);
-      memset(tokenizer->added_lengths + tokenizer->added_max_bytes + 1, 0,
-             (length - (size_t)tokenizer->added_max_bytes) * sizeof(gboolean));
-      tokenizer->added_max_bytes = (int)length;
+    for (size_t length = 1; length <= strlen(text); length++) {
+      char *prefix = g_string_chunk_insert_len(tokenizer->prefix_texts, text, (gssize)length);
+      g_hash_table_add(tokenizer->added_prefixes, prefix);
     }
-    tokenizer->added_lengths[length] = TRUE;
   }
   return SG_OK;
 }
@@ -431,8 +427,10 @@ static sg_status read_config(sg_gemma_tokenizer *tokenizer, sg_error *error) {
     int add_bos = member_bool(config, "add_bos_token", 0);
     int add_eos = member_bool(config, "add_eos_token", 0);
     if ((add_bos && tokenizer->bos_id < 0) || (add_eos && tokenizer->eos_id < 0)) {
-      status = sg_fail(error, SG_ERR_FORMAT, "%s: add_bos_token/add_eos_token name a token that "
-                       "is not in the vocabulary", path);
+      status = sg_fail(error, SG_ERR_FORMAT,
+                       "%s: add_bos_token/add_eos_token name a token that "
+                       "is not in the vocabulary",
+                       path);
     }
     g_array_set_size(tokenizer->prefix, 0);
     g_array_set_size(tokenizer->suffix, 0);
@@ -453,7 +451,8 @@ sg_status sg_gemma_tokenizer_load(const char *path, sg_gemma_tokenizer **out, sg
   sg_vocab_init(&tokenizer->vocab);
   tokenizer->added = g_hash_table_new(g_str_hash, g_str_equal);
   tokenizer->added_texts = g_ptr_array_new_with_free_func(g_free);
-  tokenizer->added_lengths = g_new0(gboolean, 1);
+  tokenizer->added_prefixes = g_hash_table_new(g_str_hash, g_str_equal);
+  tokenizer->prefix_texts = g_string_chunk_new(4096);
   tokenizer->normalizers = g_array_new(FALSE, TRUE, sizeof(normalizer_step));
   tokenizer->splits = g_array_new(FALSE, TRUE, sizeof(split_step));
   tokenizer->prefix = g_array_new(FALSE, FALSE, sizeof(int32_t));
@@ -490,7 +489,8 @@ void sg_gemma_tokenizer_free(sg_gemma_tokenizer *tokenizer) {
   sg_bpe_merges_free(tokenizer->merges);
   g_hash_table_destroy(tokenizer->added);
   g_ptr_array_free(tokenizer->added_texts, TRUE);
-  g_free(tokenizer->added_lengths);
+  g_hash_table_destroy(tokenizer->added_prefixes);
+  g_string_chunk_free(tokenizer->prefix_texts);
   for (guint i = 0; i < tokenizer->normalizers->len; i++) {
     normalizer_step *step = &g_array_index(tokenizer->normalizers, normalizer_step, i);
     g_free(step->pattern);
@@ -515,9 +515,15 @@ int32_t sg_gemma_tokenizer_vocab_size(const sg_gemma_tokenizer *tokenizer) {
   }
   return size;
 }
-int32_t sg_gemma_tokenizer_bos_id(const sg_gemma_tokenizer *tokenizer) { return tokenizer->bos_id; }
-int32_t sg_gemma_tokenizer_eos_id(const sg_gemma_tokenizer *tokenizer) { return tokenizer->eos_id; }
-int32_t sg_gemma_tokenizer_pad_id(const sg_gemma_tokenizer *tokenizer) { return tokenizer->pad_id; }
+int32_t sg_gemma_tokenizer_bos_id(const sg_gemma_tokenizer *tokenizer) {
+  return tokenizer->bos_id;
+}
+int32_t sg_gemma_tokenizer_eos_id(const sg_gemma_tokenizer *tokenizer) {
+  return tokenizer->eos_id;
+}
+int32_t sg_gemma_tokenizer_pad_id(const sg_gemma_tokenizer *tokenizer) {
+  return tokenizer->pad_id;
+}
 
 const char *sg_gemma_tokenizer_token(const sg_gemma_tokenizer *tokenizer, int32_t id) {
   if (id >= 0 && id < tokenizer->vocab.size && tokenizer->vocab.tokens[id]) {
@@ -532,25 +538,25 @@ const char *sg_gemma_tokenizer_token(const sg_gemma_tokenizer *tokenizer, int32_
 
 /* ---- tokenizing ---- */
 
-/* Length in bytes of the longest added token at text[0..], or 0. */
+/* Length in bytes of the longest added token at text[0..], or 0. The text is extended one byte
+ * at a time while it is still the start of some added token, so a miss costs one lookup. */
 static int added_match(const sg_gemma_tokenizer *tokenizer, const char *text, size_t left,
                        int32_t *id) {
-  if (!tokenizer->first_bytes[(unsigned char)text[0]]) return 0;
-  int longest = tokenizer->added_max_bytes < (int)left ? tokenizer->added_max_bytes : (int)left;
-  char buffer[256];
-  for (int length = longest; length > 0; length--) {
-    if (!tokenizer->added_lengths[length]) continue;
-    char *key = length < (int)sizeof buffer ? buffer : g_malloc((size_t)length + 1);
-    memcpy(key, text, (size_t)length);
-    key[length] = '\0';
-    int32_t found = GPOINTER_TO_INT(g_hash_table_lookup(tokenizer->added, key)) - 1;
-    if (key != buffer) g_free(key);
+  char first[2] = {text[0], '\0'};
+  if (!g_hash_table_contains(tokenizer->added_prefixes, first)) return 0; /* the common case */
+  GString *key = g_string_sized_new(32);
+  int longest = 0;
+  for (size_t length = 1; length <= left; length++) {
+    g_string_append_c(key, text[length - 1]);
+    if (!g_hash_table_contains(tokenizer->added_prefixes, key->str)) break;
+    int32_t found = GPOINTER_TO_INT(g_hash_table_lookup(tokenizer->added, key->str)) - 1;
     if (found >= 0) {
       *id = found;
-      return length;
+      longest = (int)length;
     }
   }
-  return 0;
+  g_string_free(key, TRUE);
+  return longest;
 }
 
 static char *normalize(const sg_gemma_tokenizer *tokenizer, const char *text, size_t length) {
@@ -670,7 +676,8 @@ static sg_status encode_word(const sg_gemma_tokenizer *tokenizer, const char *wo
       all_bytes = tokenizer->byte_ids[(unsigned char)p[b]] >= 0;
     }
     if (all_bytes) {
-      for (size_t b = 0; b < bytes; b++) symbols[count++] = tokenizer->byte_ids[(unsigned char)p[b]];
+      for (size_t b = 0; b < bytes; b++)
+        symbols[count++] = tokenizer->byte_ids[(unsigned char)p[b]];
     } else if (tokenizer->unk_id >= 0) {
       int previous_unk = count > 0 && symbols[count - 1] == tokenizer->unk_id;
       if (!(tokenizer->fuse_unk && previous_unk)) symbols[count++] = tokenizer->unk_id;
@@ -702,12 +709,18 @@ static sg_status encode_stretch(const sg_gemma_tokenizer *tokenizer, const char 
   sg_status status = SG_OK;
   for (guint i = 0; i < spans->len && !status; i++) {
     span piece = g_array_index(spans, span, i);
-    status = encode_word(tokenizer, normal + piece.start, (size_t)(piece.end - piece.start), ids,
-                         error);
+    status =
+        encode_word(tokenizer, normal + piece.start, (size_t)(piece.end - piece.start), ids, error);
   }
   g_array_free(spans, TRUE);
   g_free(normal);
   return status;
+}
+
+/* Copies count ids (none: data may be NULL) to target[at..]; returns the new end. */
+static int append_ids(int32_t *target, int at, const void *data, guint count) {
+  if (count > 0) memcpy(target + at, data, count * sizeof(int32_t));
+  return at + (int)count;
 }
 
 sg_status sg_gemma_tokenize(const sg_gemma_tokenizer *tokenizer, const char *text,
@@ -749,15 +762,10 @@ sg_status sg_gemma_tokenize(const sg_gemma_tokenizer *tokenizer, const char *tex
   out->count = kept + specials;
   out->ids = g_new(int32_t, out->count > 0 ? out->count : 1);
   int at = 0;
-  if (add_special_tokens) {
-    memcpy(out->ids, tokenizer->prefix->data, tokenizer->prefix->len * sizeof(int32_t));
-    at = (int)tokenizer->prefix->len;
-  }
-  memcpy(out->ids + at, ids->data, (size_t)kept * sizeof(int32_t));
-  at += kept;
-  if (add_special_tokens) {
-    memcpy(out->ids + at, tokenizer->suffix->data, tokenizer->suffix->len * sizeof(int32_t));
-  }
+  if (add_special_tokens)
+    at = append_ids(out->ids, at, tokenizer->prefix->data, tokenizer->prefix->len);
+  at = append_ids(out->ids, at, ids->data, (guint)kept);
+  if (add_special_tokens) append_ids(out->ids, at, tokenizer->suffix->data, tokenizer->suffix->len);
   g_array_free(ids, TRUE);
   return SG_OK;
 }

@@ -1,4 +1,4 @@
-/* tokenizer_gemma.h: SentencePiece-style BPE with byte fallback (Gemma), read from tokenizer.json. */
+/* tokenizer_gemma.h: SentencePiece-style BPE with byte fallback (Gemma) from tokenizer.json. */
 #ifndef SG_TOKENIZER_GEMMA_H
 #define SG_TOKENIZER_GEMMA_H
 
@@ -9,7 +9,7 @@
 typedef struct sg_gemma_tokenizer sg_gemma_tokenizer;
 
 typedef struct {
-  int32_t *ids;  /* `count` ids (free with sg_gemma_tokens_clear) */
+  int32_t *ids; /* `count` ids (free with sg_gemma_tokens_clear) */
   int count;
   int truncated; /* 1 when max_length cut the prompt's tokens (special tokens are kept) */
 } sg_gemma_tokens;

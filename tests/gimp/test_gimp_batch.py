@@ -9,9 +9,11 @@
 # a model folder; by default a small random one is made with weights/recipe/make_random_model.py).
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 from PIL import Image
@@ -121,6 +123,17 @@ def batch_script(model, corrupt_model, out_new, out_big):
 """
 
 
+def pluginrc_entry(profile):
+    """Our procedure's registration as GIMP recorded it in the profile's pluginrc."""
+    try:
+        text = open(os.path.join(profile.home, ".config", "GIMP", "3.0", "pluginrc"),
+                    encoding="utf-8", errors="replace").read()
+    except OSError:
+        return ""
+    start = text.find(f'(proc-def "{PROCEDURE}"')
+    return text[start:text.find("(plug-in-def", start)] if start >= 0 else ""
+
+
 def load_rgba(path):
     return np.asarray(Image.open(path).convert("RGBA")).astype(np.int32)
 
@@ -163,6 +176,11 @@ def main():
             print(output[-6000:], flush=True)
 
         check("registered", values.get("registered") in ("1", "#t"), values.get("registered", ""))
+        registration = pluginrc_entry(profile)
+        check("menu: Filters > Render", '(menu-path "<Image>/Filters/Render")' in registration)
+        check("menu label", '"SnapGen Text to _Image…"' in registration)
+        check("usable without an image (sensitivity ALWAYS)",
+              re.search(r'^\s*"\*"\s*\n\s*2147483647\s*$', registration, re.M) is not None)
         complaint = gimptest.plugin_i18n_complaint(output)
         check("catalogue folder found", complaint is None, complaint or "")
 
@@ -250,12 +268,15 @@ def main():
         check("uncaught error: reported as a PDB error",
               f"Procedure execution of {PROCEDURE} failed" in output
               and "Could not load the SnapGen model" in output)
+    except Exception:  # a broken check is a failure, not a silent stop
+        traceback.print_exc()
+        check("test script ran to the end", False)
     finally:
         if os.environ.get("SNAPGEN_KEEP_TEST_FILES"):
             print(f"kept {profile.tmp}", flush=True)
         else:
             profile.cleanup()
-        gimptest.finish()
+    gimptest.finish()
 
 
 if __name__ == "__main__":

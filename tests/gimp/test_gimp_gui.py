@@ -12,6 +12,7 @@ import re
 import shutil
 import subprocess
 import sys
+import traceback
 
 import numpy as np
 from PIL import Image
@@ -121,12 +122,15 @@ def main():
         if check("test model", model is not None, str(model)):
             test_dialog(profile, model)
             test_cancel(profile, model)
+    except Exception:  # a broken check is a failure, not a silent stop
+        traceback.print_exc()
+        check("test script ran to the end", False)
     finally:
         if os.environ.get("SNAPGEN_KEEP_TEST_FILES"):
             print(f"kept {profile.tmp}", flush=True)
         else:
             profile.cleanup()
-        gimptest.finish()
+    gimptest.finish()
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-# Checks ShapeWorld's parser and generator and runs a reduced ShapeEval validation (256² and 1024²).
+# Checks ShapeWorld's parser and generator; runs a reduced ShapeEval validation (256², 1024²).
 import os
 import sys
 import time

@@ -56,7 +56,8 @@ function clipVocabulary(m) {
   const lines = m.clipVocabText.split('\n');
   const merges = lines.slice(1, 49152 - 256 - 2 + 1);
   const chars = byteCharacters();
-  const tokens = [...chars, ...chars.map((c) => c + '</w>'), ...merges.map((x) => x.split(' ').join(''))];
+  const merged = merges.map((x) => x.split(' ').join(''));
+  const tokens = [...chars, ...chars.map((c) => c + '</w>'), ...merged];
   tokens.push('<|startoftext|>', '<|endoftext|>');
   const vocab = {};
   tokens.forEach((t, i) => {
@@ -119,7 +120,9 @@ function clipHuggingFace(m) {
     tokenizer_class: 'CLIPTokenizer', bos_token: '<|startoftext|>', eos_token: '<|endoftext|>',
     pad_token: '<|endoftext|>', unk_token: '<|endoftext|>', model_max_length: 77,
   };
-  const tokenizer = m.lenml.TokenizerLoader.fromPreTrained({ tokenizerJSON: json, tokenizerConfig: config });
+  const tokenizer = m.lenml.TokenizerLoader.fromPreTrained({
+    tokenizerJSON: json, tokenizerConfig: config,
+  });
   return (text) => tokenizer.encode(text, { add_special_tokens: false });
 }
 
@@ -132,7 +135,9 @@ function gemmaTokenizer(m, name) {
   const dir = m.gemmaDir(name);
   const json = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
   const config = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8'));
-  const tokenizer = m.lenml.TokenizerLoader.fromPreTrained({ tokenizerJSON: json, tokenizerConfig: config });
+  const tokenizer = m.lenml.TokenizerLoader.fromPreTrained({
+    tokenizerJSON: json, tokenizerConfig: config,
+  });
   return (text) => tokenizer.encode(text);
 }
 
@@ -212,13 +217,20 @@ function makeGenerator(seed, forClip) {
       return r < 0.6 ? w : r < 0.8 ? w.toUpperCase() : w[0].toUpperCase() + w.slice(1);
     },
     () => times(1 + int(4), () => pick(PUNCT)),
-    () => { const r = rnd(); return r < 0.5 ? String(int(10 ** (1 + int(9)))) : r < 0.8 ? (rnd() * 1000).toFixed(int(4)) : times(1 + int(30), () => String(int(10))); },
+    () => { // numbers
+      const r = rnd();
+      if (r < 0.5) return String(int(10 ** (1 + int(9))));
+      if (r < 0.8) return (rnd() * 1000).toFixed(int(4));
+      return times(1 + int(30), () => String(int(10)));
+    },
     () => times(1 + int(6), () => cp(0xac00, 0xd7a3)), // Hangul syllables
-    () => times(1 + int(3), () => cp(0x1100, 0x1112) + cp(0x1161, 0x1175) + (rnd() < 0.5 ? cp(0x11a8, 0x11c2) : '')), // conjoining jamo
+    () => times(1 + int(3), () => // conjoining jamo: leading, vowel, maybe trailing
+      cp(0x1100, 0x1112) + cp(0x1161, 0x1175) + (rnd() < 0.5 ? cp(0x11a8, 0x11c2) : '')),
     () => times(1 + int(8), () => (rnd() < 0.1 ? cp(0x20000, 0x2a6df) : cp(0x4e00, 0x9fff))), // CJK
     () => times(1 + int(6), () => cp(0x3041, 0x30fa)), // kana
     () => times(1 + int(3), () => pick(EMOJI)),
-    () => times(1 + int(3), () => pick('aeiouAEIOUnNcC') + times(1 + int(3), () => cp(0x300, 0x36f))), // combining marks
+    () => times(1 + int(3), () => // combining marks
+      pick('aeiouAEIOUnNcC') + times(1 + int(3), () => cp(0x300, 0x36f))),
     () => { // white space runs
       const r = rnd();
       if (r < 0.4) return ' '.repeat(1 + int(50));
@@ -227,7 +239,10 @@ function makeGenerator(seed, forClip) {
       if (r < 0.8) return times(1 + int(10), () => pick([' ', '\t', '\n', '\r\n', '\r']));
       return times(1 + int(4), () => pick(forClip ? SPACES : SPACES.concat(GEMMA_ONLY_SPACES)));
     },
-    () => times(1 + int(6), () => { const range = pick(SCRIPT_RANGES); return cp(range[0], range[1]); }),
+    () => times(1 + int(6), () => {
+      const range = pick(SCRIPT_RANGES);
+      return cp(range[0], range[1]);
+    }),
     () => pick(GREEK_WORDS),
     () => times(1 + int(3), () => pick(ODD)),
     () => pick(forClip ? SPECIALS_CLIP : SPECIALS_GEMMA),
@@ -268,8 +283,11 @@ function makeGenerator(seed, forClip) {
       copy[int(copy.length)] = 0x80 + int(0x80);
       return copy;
     }
-    if (r < 0.3) return Buffer.concat([valid, Buffer.from(pick([[0xe4, 0xb8], [0xf0, 0x9f, 0x98], [0xc3]]))]);
-    return Buffer.concat([valid.subarray(0, at), Buffer.from(pick(corruptions)), valid.subarray(at)]);
+    if (r < 0.3) { // cut short at the end
+      return Buffer.concat([valid, Buffer.from(pick([[0xe4, 0xb8], [0xf0, 0x9f, 0x98], [0xc3]]))]);
+    }
+    const inserted = Buffer.from(pick(corruptions));
+    return Buffer.concat([valid.subarray(0, at), inserted, valid.subarray(at)]);
   }
   return bytes;
 }
@@ -373,7 +391,8 @@ function writeClipFixture(m, file) {
       } else {
         const b = hf(text);
         if (a.join(' ') !== b.join(' ')) {
-          console.error(`reference.js: the two CLIP implementations disagree on ${JSON.stringify(text)}: ${a} / ${b}`);
+          console.error(`reference.js: the two CLIP implementations disagree on ` +
+            `${JSON.stringify(text)}: ${a} / ${b}`);
           disagreements++;
           continue;
         }

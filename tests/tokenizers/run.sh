@@ -18,12 +18,19 @@ for tool in node npm; do
   fi
 done
 
+# In the Debian 13 build root, engine/tools/snapgen-env.sh copies the host's CA bundle here so that
+# npm trusts what the host trusts (a proxy's own CA, for example).
+host_ca=/etc/ssl/certs/snapgen-host-ca.crt
+if [ -z "${NODE_EXTRA_CA_CERTS:-}" ] && [ -s "$host_ca" ]; then
+  export NODE_EXTRA_CA_CERTS=$host_ca
+fi
+
 mkdir -p "$work"
 stamp="$work/node_modules/.snapgen-lock"
 if ! cmp -s "$here/package-lock.json" "$stamp"; then
   cp "$here/package.json" "$here/package-lock.json" "$work/"
   echo "run.sh: npm ci in $work (pinned reference tokenizers and vocabularies)"
-  (cd "$work" && npm ci --no-audit --no-fund --loglevel=error)
+  (cd "$work" && npm ci --prefer-offline --no-audit --no-fund --loglevel=error)
   cp "$here/package-lock.json" "$stamp"
 fi
 modules="$work/node_modules"

@@ -1,11 +1,11 @@
 /* tokcheck.c: compares the engine's CLIP and Gemma tokenizers with expected ids from a case file.
  *
- * Usage: tokcheck clip VOCAB_DIR CASES        (ids without BOS/EOS; also checks the 77-token layout)
- *        tokcheck gemma TOKENIZER_JSON CASES  (ids with the template's special tokens)
- *        tokcheck clip-print VOCAB_DIR TEXT... / tokcheck gemma-print TOKENIZER_JSON TEXT...
- * A case file has one case per line: the input's bytes in hex, a tab, then the expected ids
- * separated by spaces, or ERROR where the input must be rejected (invalid UTF-8). Lines starting
- * with '#' are comments. Exit status 0 when every case matches, 1 on a mismatch, 2 on bad usage. */
+ * Usage: tokcheck clip VOCAB_DIR CASES        (ids without BOS/EOS; also checks the 77-token
+ * layout) tokcheck gemma TOKENIZER_JSON CASES  (ids with the template's special tokens) tokcheck
+ * clip-print VOCAB_DIR TEXT... / tokcheck gemma-print TOKENIZER_JSON TEXT... A case file has one
+ * case per line: the input's bytes in hex, a tab, then the expected ids separated by spaces, or
+ * ERROR where the input must be rejected (invalid UTF-8). Lines starting with '#' are comments.
+ * Exit status 0 when every case matches, 1 on a mismatch, 2 on bad usage. */
 #include <glib.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -135,7 +135,7 @@ static int check_clip_layout(const sg_clip_tokenizer *tokenizer, const test_case
            tokens.eos_index == kept + 1 && tokens.truncated == ((int)one->ids->len > kept) &&
            tokens.ids[0] == sg_clip_tokenizer_bos_id(tokenizer) &&
            tokens.ids[kept + 1] == sg_clip_tokenizer_eos_id(tokenizer) &&
-           !memcmp(tokens.ids + 1, one->ids->data, (size_t)kept * sizeof(int32_t));
+           (kept == 0 || !memcmp(tokens.ids + 1, one->ids->data, (size_t)kept * sizeof(int32_t)));
   for (int i = kept + 2; i < tokens.count && ok; i++) {
     ok = tokens.ids[i] == sg_clip_tokenizer_pad_id(tokenizer);
   }
@@ -159,7 +159,7 @@ static int run_cases(const char *name, const void *tokenizer, encode_fn encode,
       ok = status == SG_ERR_INVALID_ARGUMENT;
     } else {
       ok = status == SG_OK && ids->len == one->ids->len &&
-           !memcmp(ids->data, one->ids->data, ids->len * sizeof(int32_t));
+           (ids->len == 0 || !memcmp(ids->data, one->ids->data, ids->len * sizeof(int32_t)));
       if (ok && clip_layout) ok = check_clip_layout(clip_layout, one);
     }
     if (!ok && ++failed <= SHOWN_DIFFERENCES) {
@@ -199,8 +199,7 @@ static int run_cases(const char *name, const void *tokenizer, encode_fn encode,
 }
 
 static int print_tokens(const void *tokenizer, encode_fn encode,
-                        const char *(*token_text)(const void *, int32_t), char **texts,
-                        int count) {
+                        const char *(*token_text)(const void *, int32_t), char **texts, int count) {
   for (int i = 0; i < count; i++) {
     GArray *ids = g_array_new(FALSE, FALSE, sizeof(int32_t));
     sg_error error = {0};
@@ -219,6 +218,21 @@ static int print_tokens(const void *tokenizer, encode_fn encode,
     g_array_free(ids, TRUE);
   }
   return 0;
+}
+
+/* The process's peak resident memory as Linux reports it, or "unknown". */
+static const char *peak_memory(char *text, size_t size) {
+  char *status = NULL;
+  g_strlcpy(text, "unknown", size);
+  if (g_file_get_contents("/proc/self/status", &status, NULL, NULL)) {
+    const char *line = strstr(status, "VmHWM:");
+    long kib = 0;
+    if (line && sscanf(line + 6, "%ld", &kib) == 1) {
+      snprintf(text, size, "%.0f MiB", (double)kib / 1024.0);
+    }
+    g_free(status);
+  }
+  return text;
 }
 
 static const char *clip_token(const void *tokenizer, int32_t id) {
@@ -241,16 +255,17 @@ int main(int argc, char **argv) {
   sg_error error = {0};
   gint64 started = g_get_monotonic_time();
   void *tokenizer = NULL;
-  sg_status status = is_clip ? sg_clip_tokenizer_load(argv[2], (sg_clip_tokenizer **)&tokenizer,
-                                                      &error)
-                             : sg_gemma_tokenizer_load(argv[2], (sg_gemma_tokenizer **)&tokenizer,
-                                                       &error);
+  sg_status status =
+      is_clip ? sg_clip_tokenizer_load(argv[2], (sg_clip_tokenizer **)&tokenizer, &error)
+              : sg_gemma_tokenizer_load(argv[2], (sg_gemma_tokenizer **)&tokenizer, &error);
   if (status) {
     printf("FAIL %s: cannot load %s: %s\n", mode, argv[2], error.message);
     return 1;
   }
   if (!printing) {
-    printf("loaded %s in %.2f s\n", argv[2], (double)(g_get_monotonic_time() - started) / 1e6);
+    char memory[64];
+    printf("loaded %s in %.2f s (peak memory so far: %s)\n", argv[2],
+           (double)(g_get_monotonic_time() - started) / 1e6, peak_memory(memory, sizeof memory));
   }
   int result;
   if (printing) {

@@ -1,4 +1,4 @@
-# ShapeWorld prompt parser: caption text -> requirement (category, objects, colours, counts, relation).
+# ShapeWorld prompt parser: caption -> requirement (category, objects, colours, counts, relation).
 import re
 
 from .world import COLORS, COUNT_WORDS, PLURALS, RELATIONS, SHAPES

@@ -138,9 +138,9 @@ def run_validation(positives, negatives, size=256, seed=20250, degrade_fraction=
                 stats["fails"].append((positive, index, kind, degraded, prompt,
                                        details["reason"], details["objects"]))
                 if verbose:
+                    seen = [(o["color"], o["shape"], o["distance"]) for o in details["objects"]]
                     print(f"  wrong: {'pos' if positive else 'neg'} #{index} {kind or ''} "
-                          f"degraded={degraded} {prompt!r}: {details['reason']}; "
-                          f"{[(o['color'], o['shape'], o['distance']) for o in details['objects']]}")
+                          f"degraded={degraded} {prompt!r}: {details['reason']}; {seen}")
     return stats
 
 
@@ -211,7 +211,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.prototypes:
         for shape, vector in measure_prototypes().items():
-            print(f'    "{shape}": [{", ".join(f"{v:.4f}" for v in vector)}],')
+            print(f'    "{shape}": [{", ".join(f"{v:.3f}" for v in vector)}],')
         return 0
     start = time.time()
     stats = run_validation(args.positives, args.negatives, args.size, args.seed, args.degrade,

@@ -1,4 +1,4 @@
-# ShapeWorld: the vocabulary, the scene sampler and the anti-aliased renderer of the procedural dataset.
+# ShapeWorld: vocabulary, scene sampler and anti-aliased renderer of the procedural dataset.
 import math
 import zlib
 
@@ -31,7 +31,7 @@ RELATION_PHRASES = {"left of": "to the left of", "right of": "to the right of",
 POSITION_THRESHOLD = 0.1  # GenEval's: half-sizes are discounted by 10% of both boxes' sides
 COLOR_JITTER = 8  # per channel, in 0..255 units
 ROTATION_JITTER_DEG = 6.0
-HELD_OUT_MODULUS = 8  # 1 in 8 compositions of the compositional categories is reserved for evaluation
+HELD_OUT_MODULUS = 8  # 1 in 8 compositions (two objects, position, colour pairs) is for evaluation
 
 
 def _normalize(points):
@@ -89,7 +89,8 @@ def object_bbox(obj):
 
 
 def relations_between(box_a, box_b, threshold=POSITION_THRESHOLD):
-    """GenEval's relative position of box A to box B (x0, y0, x1, y1; y down): a set of relations."""
+    """GenEval's relative position of box A to box B (x0, y0, x1, y1; y down): a set of
+    relations."""
     box_a, box_b = np.asarray(box_a, float), np.asarray(box_b, float)
     offset = (box_a[:2] + box_a[2:]) / 2 - (box_b[:2] + box_b[2:]) / 2
     dims = (box_a[2:] - box_a[:2]) + (box_b[2:] - box_b[:2])

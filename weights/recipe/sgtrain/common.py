@@ -1,0 +1,171 @@
+# common.py: logging, time budgets, checkpoints, EMA and mixed precision shared by the training stages.
+import contextlib
+import json
+import os
+import time
+
+import torch
+
+
+class Run:
+    """What every stage needs: the work folder, device, log, budgets and the invocation's deadline.
+
+    A stage's budget is wall-clock seconds of its own work, summed over resumed invocations (the
+    elapsed time is kept in its checkpoints). `deadline` (time.time() value or None) ends this
+    invocation early: the stage checkpoints and the driver exits asking to be run again."""
+
+    def __init__(self, workdir, device, budgets, deadline, ckpt_seconds, sizes, args):
+        self.workdir = workdir
+        self.device = device
+        self.budgets = budgets
+        self.deadline = deadline
+        self.ckpt_seconds = ckpt_seconds
+        self.sizes = sizes
+        self.args = args
+        os.makedirs(workdir, exist_ok=True)
+        self.log_path = os.path.join(workdir, "log.txt")
+
+    def log(self, message):
+        line = f"{time.strftime('%H:%M:%S')} {message}"
+        print(line, flush=True)
+        with open(self.log_path, "a") as f:
+            f.write(line + "\n")
+
+    def path(self, *parts):
+        return os.path.join(self.workdir, *parts)
+
+    def out_of_time(self):
+        return self.deadline is not None and time.time() >= self.deadline
+
+    @property
+    def cuda(self):
+        return self.device.type == "cuda"
+
+    def autocast(self):
+        """bf16 autocast on the GPU; plain float32 on the CPU."""
+        if self.cuda:
+            return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def sync(self):
+        if self.cuda:
+            torch.cuda.synchronize()
+
+    def stage_done(self, name):
+        return os.path.exists(self.path("stages", name + ".json"))
+
+    def mark_done(self, name, stats):
+        os.makedirs(self.path("stages"), exist_ok=True)
+        stats = dict(stats, device=device_name(self.device))
+        with open(self.path("stages", name + ".json.part"), "w") as f:
+            json.dump(stats, f, indent=2)
+        os.replace(self.path("stages", name + ".json.part"), self.path("stages", name + ".json"))
+
+    def stage_stats(self, name):
+        try:
+            with open(self.path("stages", name + ".json")) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+
+class Interrupted(Exception):
+    """Raised when the invocation's deadline is reached; the stage has checkpointed."""
+
+
+def device_name(device):
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads)"
+
+
+def save_checkpoint(path, state):
+    """torch.save to path atomically."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    torch.save(state, path + ".part")
+    os.replace(path + ".part", path)
+
+
+def load_checkpoint(path, device):
+    if not os.path.exists(path):
+        return None
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+class Clock:
+    """Stage time: `elapsed` seconds so far (carried across resumes), checkpoint cadence."""
+
+    def __init__(self, run, budget, elapsed=0.0):
+        self.run = run
+        self.budget = budget
+        self.base = elapsed
+        self.start = time.time()
+        self.last_ckpt = self.start
+
+    @property
+    def elapsed(self):
+        return self.base + time.time() - self.start
+
+    @property
+    def fraction(self):
+        return min(1.0, self.elapsed / max(self.budget, 1e-9))
+
+    def finished(self):
+        return self.elapsed >= self.budget
+
+    def checkpoint_due(self):
+        if time.time() - self.last_ckpt >= self.run.ckpt_seconds or self.run.out_of_time():
+            self.last_ckpt = time.time()
+            return True
+        return False
+
+
+class EMA:
+    """Exponential moving average of a module's parameters and buffers, decay warmed up as
+    min(decay, (1 + step) / (10 + step))."""
+
+    def __init__(self, module, decay):
+        self.decay = decay
+        self.shadow = {k: v.detach().clone().float() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module, step):
+        d = min(self.decay, (1.0 + step) / (10.0 + step))
+        current = module.state_dict()
+        floats = [k for k, v in self.shadow.items() if v.is_floating_point()]
+        torch._foreach_lerp_([self.shadow[k] for k in floats],
+                             [current[k].float() for k in floats], 1.0 - d)
+
+    def state_dict(self):
+        return self.shadow
+
+    def load_state_dict(self, state):
+        self.shadow = {k: v.clone().float() for k, v in state.items()}
+
+    def copy_to(self, module):
+        module.load_state_dict(self.shadow)
+
+
+def lr_factor(step, fraction, warmup_steps, decay_from=0.7, floor=0.1):
+    """Linear warm-up over warmup_steps, constant, then linear decay to `floor` over the last
+    (1 - decay_from) of the stage's time budget."""
+    warm = min(1.0, (step + 1) / max(1, warmup_steps))
+    if fraction <= decay_from:
+        return warm
+    return warm * (1.0 - (1.0 - floor) * (fraction - decay_from) / (1.0 - decay_from))
+
+
+def set_lr(optimizer, base_lr, factor):
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("base_lr", base_lr) * factor
+
+
+def adamw(params, lr, run, betas=(0.9, 0.99), weight_decay=0.01):
+    """AdamW, fused on the GPU."""
+    params = [p for p in params if p.requires_grad]
+    kwargs = {"fused": True} if run.cuda else {}
+    return torch.optim.AdamW(params, lr=lr, betas=betas, weight_decay=weight_decay, **kwargs)
+
+
+def count_parameters(module):
+    return sum(p.numel() for p in module.parameters())

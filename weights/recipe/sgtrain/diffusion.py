@@ -1,0 +1,469 @@
+# diffusion.py: teacher flow matching, the three-way student KD ablation and adversarial step distillation.
+"""Stages `teacher`, `students` and `adversarial` (SPEC §5.1, §6.1–6.4).
+
+All three train on the cached latents with captions; every batch is drawn on the device (the
+whole latent set lives there), so no data loader is involved.
+"""
+import json
+import os
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import nets
+from .common import EMA, Clock, Interrupted, adamw, count_parameters, load_checkpoint, \
+    lr_factor, save_checkpoint, set_lr
+from .data import load_latents
+from .text import Conditioner, clip_config, encoder_outputs, load_tokenizer, make_text_encoder, \
+    tokenize_all, write_tokenizer
+
+CAPTION_DROPOUT = 0.1
+VARIANTS = ("tas", "plain", "none")  # timestep-aware KD, fixed-weight KD, no KD
+VARIANT_NAMES = {"tas": "student, timestep-aware multi-level KD",
+                 "plain": "student, plain KD (0.5 task + 0.5 KD)",
+                 "none": "student, no KD"}
+FEW_STEP_TIMES = [1.0, 0.75, 0.5, 0.25]
+
+
+# ---------------------------------------------------------------------------------------------
+# text side and model construction
+
+
+def text_side(run):
+    """(tokenizer, text encoder config), writing the tokenizer folder on first use."""
+    folder = run.path("text", "tokenizer")
+    if not os.path.exists(os.path.join(folder, "merges.txt")):
+        write_tokenizer(folder)
+    with open(os.path.join(folder, "vocab.json"), encoding="utf-8") as f:
+        vocab = json.load(f)
+    t = run.sizes["text"]
+    cfg = clip_config(len(vocab), vocab["<|startoftext|>"], vocab["<|endoftext|>"], t["hidden"],
+                      t["layers"], t["heads"], t["intermediate"], t["projection"])
+    return load_tokenizer(folder), cfg
+
+
+def zero_init(unet):
+    """Residual branches and the output start at zero (each block starts as the identity)."""
+    for name, module in unet.named_modules():
+        last = name.rsplit(".", 1)[-1]
+        if last in ("pw2", "conv2", "proj_out", "conv_out") and hasattr(module, "weight") \
+                and isinstance(module, (nn.Conv2d, nn.Linear)) and not name.startswith("ff"):
+            if ".ff." in f".{name}.":
+                continue
+            nn.init.zeros_(module.weight)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+
+def make_teacher(run, text_cfg):
+    sizes = run.sizes
+    unet = nets.UNet(sizes["teacher"])
+    zero_init(unet)
+    return nn.ModuleDict({"text_encoder": make_text_encoder(text_cfg),
+                          "conditioner": Conditioner(text_cfg["hidden_size"],
+                                                     sizes["teacher"]["context_dim"]),
+                          "unet": unet}).to(run.device)
+
+
+def kd_channels(cfg):
+    n = len(cfg["block_channels"])
+    return cfg["block_channels"][n - 1 - min(1, n - 1)]
+
+
+def make_student(run, text_cfg):
+    sizes = run.sizes
+    unet = nets.UNet(sizes["student"])
+    zero_init(unet)
+    return nn.ModuleDict({
+        "conditioner": Conditioner(text_cfg["hidden_size"], sizes["student"]["context_dim"]),
+        "unet": unet,
+        "projector": nn.Conv2d(kd_channels(sizes["student"]), kd_channels(sizes["teacher"]), 1),
+    }).to(run.device)
+
+
+def load_teacher(run, text_cfg):
+    """The teacher's EMA weights (text encoder, conditioner, UNet), frozen."""
+    teacher = make_teacher(run, text_cfg)
+    state = torch.load(run.path("ckpt", "teacher_final.pt"), map_location=run.device,
+                       weights_only=True)
+    teacher.load_state_dict(state["ema"])
+    return nets.frozen_copy(teacher)
+
+
+def load_student(run, text_cfg, variant, final_name="students_final.pt"):
+    student = make_student(run, text_cfg)
+    state = torch.load(run.path("ckpt", final_name), map_location=run.device, weights_only=True)
+    student.load_state_dict(state["ema"][variant] if variant else state["ema"])
+    return student
+
+
+class Batches:
+    """Random training batches drawn on the device: latents, caption ids (with dropout to "")."""
+
+    def __init__(self, run, tokenizer, seed_offset):
+        self.latents, captions = load_latents(run)
+        self.ids = tokenize_all(tokenizer, captions).to(run.device)
+        self.empty = torch.tensor(tokenizer(""), device=run.device)
+        self.device = run.device
+        self.gen = torch.Generator(device=run.device).manual_seed(run.args.seed * 7919 +
+                                                                  seed_offset)
+
+    def reseed(self, value):
+        self.gen.manual_seed(value)
+
+    def __len__(self):
+        return len(self.latents)
+
+    def draw(self, batch, dropout=CAPTION_DROPOUT):
+        idx = torch.randint(len(self.latents), (batch,), device=self.device, generator=self.gen)
+        x0 = self.latents[idx].float()
+        ids = self.ids[idx]
+        if dropout > 0:
+            drop = torch.rand(batch, device=self.device, generator=self.gen) < dropout
+            ids = torch.where(drop[:, None], self.empty[None, :], ids)
+        return x0, ids
+
+    def noise_like(self, x):
+        return torch.randn(x.shape, device=self.device, generator=self.gen)
+
+
+def expand(t, x):
+    return t.reshape(-1, *([1] * (x.dim() - 1)))
+
+
+# ---------------------------------------------------------------------------------------------
+# teacher
+
+
+def stage_teacher(run):
+    """Flow matching with logit-normal t (shift 1: the 32×32 latent is the token count at which
+    SD3's resolution rule gives α = 1), 10% caption dropout to "", AdamW, bf16 autocast, EMA.
+    The tiny CLIP text encoder and the conditioner train jointly with the UNet."""
+    sizes, dev, args = run.sizes, run.device, run.args
+    tokenizer, text_cfg = text_side(run)
+    data = Batches(run, tokenizer, 1)
+    system = make_teacher(run, text_cfg)
+    params = [p for p in system.parameters()]
+    opt = adamw(params, args.lr, run)
+    ema = EMA(system, args.ema)
+    ckpt_path = run.path("ckpt", "teacher.pt")
+    step, elapsed = 0, 0.0
+    state = load_checkpoint(ckpt_path, dev)
+    if state:
+        system.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        ema.load_state_dict(state["ema"])
+        step, elapsed = state["step"], state["elapsed"]
+        data.reseed(args.seed * 7919 + 1 + step)
+    clock = Clock(run, run.budgets["teacher"], elapsed)
+    unet = system["unet"]
+    macs = nets.unet_macs(unet, nets.latent_size(sizes), 77)
+    run.log(f"teacher: UNet {count_parameters(unet) / 1e6:.2f}M parameters, {macs / 1e9:.2f} "
+            f"GMAC/forward; text encoder {count_parameters(system['text_encoder']) / 1e6:.3f}M; "
+            f"{len(data)} latents; batch {sizes['batch']}; from step {step}")
+    batch = sizes["batch"]
+    losses, t0, s0 = [], time.time(), step
+
+    def save(path=ckpt_path):
+        save_checkpoint(path, {"model": system.state_dict(), "opt": opt.state_dict(),
+                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed})
+
+    system.train()
+    while not clock.finished():
+        x0, ids = data.draw(batch)
+        t = nets.logit_normal(batch, dev, data.gen)
+        eps = data.noise_like(x0)
+        xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
+        with run.autocast():
+            hidden, pooled = encoder_outputs(system["text_encoder"], ids)
+            context = system["conditioner"](hidden)
+            v = unet(xt, t * 1000.0, context, None, pooled)
+        loss = F.mse_loss(v.float(), eps - x0)
+        set_lr(opt, args.lr, lr_factor(step, clock.fraction, args.warmup))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        step += 1
+        ema.update(system, step)
+        losses.append(loss.detach())
+        if step % 100 == 0:
+            rate = (step - s0) / (time.time() - t0)
+            run.log(f"teacher: step {step} loss {torch.stack(losses).mean().item():.4f} "
+                    f"{rate:.2f} steps/s ({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+            losses = []
+        if clock.checkpoint_due():
+            save()
+            if run.out_of_time():
+                raise Interrupted()
+    run.sync()
+    save(run.path("ckpt", "teacher_final.pt"))
+    run.log(f"teacher: {step} steps of batch {batch} in {clock.elapsed:.0f} s")
+    run.mark_done("teacher", {"steps": step, "batch": batch, "seconds": clock.elapsed,
+                              "parameters": count_parameters(unet), "gmac_per_forward": macs / 1e9,
+                              "text_encoder_parameters": count_parameters(system["text_encoder"]),
+                              "lr": args.lr, "ema": args.ema, "config": sizes["teacher"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# students: three variants trained side by side on identical batches
+
+
+def student_loss(variant, student, v_student, feats, target, v_teacher, f_teacher, t):
+    """(loss, task, kd) for one variant; task/kd are per-sample (kd None without KD)."""
+    task = nets.per_sample_mse(v_student, target)
+    if variant == "none":
+        return task.mean(), task, None
+    kd = nets.per_sample_mse(v_student, v_teacher) + \
+        nets.feature_kd(feats["kd"], student["projector"], f_teacher)
+    if variant == "tas":
+        return nets.timestep_aware(task, kd, t), task, kd
+    return (0.5 * task + 0.5 * kd).mean(), task, kd
+
+
+def stage_students(run):
+    """Students (a) timestep-aware multi-level KD, (b) plain KD, (c) no KD, from scratch, on the
+    same batches, same t, same noise, same steps (one shared teacher forward per step). KD: output
+    (teacher velocity, no CFG) + feature (student up.1 last transformer → 1×1 conv → teacher's)."""
+    sizes, dev, args = run.sizes, run.device, run.args
+    tokenizer, text_cfg = text_side(run)
+    teacher = load_teacher(run, text_cfg)
+    data = Batches(run, tokenizer, 2)
+    students = {v: make_student(run, text_cfg) for v in VARIANTS}
+    for v in VARIANTS[1:]:  # identical initial weights for a fair comparison
+        students[v].load_state_dict(students[VARIANTS[0]].state_dict())
+    opts = {v: adamw(students[v].parameters(), args.lr, run) for v in VARIANTS}
+    emas = {v: EMA(students[v], args.ema) for v in VARIANTS}
+    ckpt_path = run.path("ckpt", "students.pt")
+    step, elapsed = 0, 0.0
+    state = load_checkpoint(ckpt_path, dev)
+    if state:
+        for v in VARIANTS:
+            students[v].load_state_dict(state["model"][v])
+            opts[v].load_state_dict(state["opt"][v])
+            emas[v].load_state_dict(state["ema"][v])
+        step, elapsed = state["step"], state["elapsed"]
+        data.reseed(args.seed * 7919 + 2 + step)
+    clock = Clock(run, run.budgets["students"], elapsed)
+    unet = students["tas"]["unet"]
+    macs = nets.unet_macs(unet, nets.latent_size(sizes), 77)
+    run.log(f"students: UNet {count_parameters(unet) / 1e6:.2f}M parameters, {macs / 1e9:.2f} "
+            f"GMAC/forward; variants {', '.join(VARIANTS)}; batch {sizes['batch']}; "
+            f"from step {step}")
+    batch = sizes["batch"]
+    sums = {v: [] for v in VARIANTS}
+    t0, s0 = time.time(), step
+
+    def save(path=ckpt_path):
+        save_checkpoint(path, {"model": {v: students[v].state_dict() for v in VARIANTS},
+                               "opt": {v: opts[v].state_dict() for v in VARIANTS},
+                               "ema": {v: emas[v].state_dict() for v in VARIANTS},
+                               "step": step, "elapsed": clock.elapsed})
+
+    for v in VARIANTS:
+        students[v].train()
+    while not clock.finished():
+        x0, ids = data.draw(batch)
+        t = nets.logit_normal(batch, dev, data.gen)
+        eps = data.noise_like(x0)
+        xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
+        target = eps - x0
+        with torch.no_grad(), run.autocast():
+            hidden, pooled = encoder_outputs(teacher["text_encoder"], ids)
+            v_teacher, t_feats = teacher["unet"](xt, t * 1000.0, teacher["conditioner"](hidden),
+                                                 None, pooled, return_features=True)
+            f_teacher = t_feats["kd"]
+        factor = lr_factor(step, clock.fraction, args.warmup)
+        for v in VARIANTS:
+            student = students[v]
+            with run.autocast():
+                context = student["conditioner"](hidden)
+                out = student["unet"](xt, t * 1000.0, context, None, pooled,
+                                      return_features=v != "none")
+                v_student, feats = out if v != "none" else (out, None)
+                loss, task, kd = student_loss(v, student, v_student, feats, target,
+                                              v_teacher, f_teacher, t)
+            set_lr(opts[v], args.lr, factor)
+            opts[v].zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(student.parameters(), 1.0)
+            opts[v].step()
+            emas[v].update(student, step + 1)
+            sums[v].append(torch.stack([loss.detach(), task.mean().detach(),
+                                        kd.mean().detach() if kd is not None
+                                        else torch.zeros((), device=dev)]))
+        step += 1
+        if step % 100 == 0:
+            rate = (step - s0) / (time.time() - t0)
+            parts = []
+            for v in VARIANTS:
+                loss, task, kd = torch.stack(sums[v]).mean(0).tolist()
+                parts.append(f"{v} loss {loss:.4f} task {task:.4f} kd {kd:.4f}")
+                sums[v] = []
+            run.log(f"students: step {step} {'; '.join(parts)} {rate:.2f} steps/s "
+                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+        if clock.checkpoint_due():
+            save()
+            if run.out_of_time():
+                raise Interrupted()
+    run.sync()
+    save_checkpoint(run.path("ckpt", "students_final.pt"),
+                    {"ema": {v: emas[v].state_dict() for v in VARIANTS}, "step": step})
+    run.log(f"students: {step} steps of batch {batch} each in {clock.elapsed:.0f} s")
+    run.mark_done("students", {"steps": step, "batch": batch, "seconds": clock.elapsed,
+                               "parameters": count_parameters(unet),
+                               "gmac_per_forward": macs / 1e9, "lr": args.lr,
+                               "config": sizes["student"]})
+
+
+# ---------------------------------------------------------------------------------------------
+# adversarial step distillation
+
+
+@torch.no_grad()
+def guided_segment_velocity(run, teacher, xt, t, t_next, context, pooled, context_u, pooled_u,
+                            guidance, substeps):
+    """The teacher's classifier-free-guided ODE from t to t_next in `substeps` Euler steps,
+    as one velocity (x_t − x_{t_next}) / (t − t_next); with substeps = 1 it is the guided
+    velocity at (x_t, t) (SPEC §6.4's KD target). Also returns the teacher's conditional "kd"
+    feature at (x_t, t)."""
+    b = xt.shape[0]
+    x = xt
+    feature = None
+    ctx2 = torch.cat([context, context_u.expand(b, -1, -1)])
+    pooled2 = torch.cat([pooled, pooled_u.expand(b, -1)])
+    for j in range(substeps):
+        tau = t - (t - t_next) * (j / substeps)
+        tau_next = t - (t - t_next) * ((j + 1) / substeps)
+        with run.autocast():
+            v2, feats = teacher["unet"](torch.cat([x, x]), torch.cat([tau, tau]) * 1000.0, ctx2,
+                                        None, pooled2, return_features=True)
+        v_c, v_u = v2.float().chunk(2)
+        if j == 0:
+            feature = feats["kd"][:b]
+        x = x + expand(tau_next - tau, x) * (v_u + guidance * (v_c - v_u))
+    return (xt - x) / expand(t - t_next, x), feature
+
+
+def hinge_d(real_logits, fake_logits):
+    return sum(F.relu(1 - r.float()).mean() + F.relu(1 + f.float()).mean()
+               for r, f in zip(real_logits, fake_logits))
+
+
+def stage_adversarial(run):
+    """Student (a) → 4 steps t ∈ {1, .75, .5, .25} (SPEC §6.4): x_t from real latents; KD target
+    = the teacher's CFG-guided velocity over the step (substeps Euler; SPEC's target when 1), plus
+    the feature KD, under timestep-aware scaling; adversarial term: x̂0 = x_t − t·v and the real x0
+    re-noised to s ~ logit-normal with shared noise, discriminator = frozen teacher features (2
+    down stages + mid) with conv heads FiLM-conditioned on s and pooled text, hinge loss, λ_adv
+    ramped from 0. AdamW betas (0, 0.99), EMA on the generator."""
+    sizes, dev, args = run.sizes, run.device, run.args
+    tokenizer, text_cfg = text_side(run)
+    teacher = load_teacher(run, text_cfg)
+    data = Batches(run, tokenizer, 3)
+    gen_model = load_student(run, text_cfg, "tas")
+    disc = nets.Discriminator(sizes["teacher"], sizes["disc_channels"],
+                              sizes["teacher"]["pooled_dim"]).to(dev)
+    opt_g = adamw(gen_model.parameters(), args.adv_lr, run, betas=(0.0, 0.99))
+    opt_d = adamw(disc.parameters(), args.adv_lr_d, run, betas=(0.0, 0.99))
+    ema = EMA(gen_model, args.adv_ema)
+    ckpt_path = run.path("ckpt", "adversarial.pt")
+    step, elapsed = 0, 0.0
+    state = load_checkpoint(ckpt_path, dev)
+    if state:
+        gen_model.load_state_dict(state["model"])
+        disc.load_state_dict(state["disc"])
+        opt_g.load_state_dict(state["opt_g"])
+        opt_d.load_state_dict(state["opt_d"])
+        ema.load_state_dict(state["ema"])
+        step, elapsed = state["step"], state["elapsed"]
+        data.reseed(args.seed * 7919 + 3 + step)
+    clock = Clock(run, run.budgets["adversarial"], elapsed)
+    with torch.no_grad(), run.autocast():
+        hidden_u, pooled_u = encoder_outputs(teacher["text_encoder"], data.empty[None])
+        context_u = teacher["conditioner"](hidden_u)
+    times = torch.tensor(FEW_STEP_TIMES + [0.0], device=dev)
+    batch = sizes["adv_batch"]
+    run.log(f"adversarial: 4 steps {FEW_STEP_TIMES}, batch {batch}, teacher CFG "
+            f"{args.adv_guidance} over {args.adv_substeps} substeps, λ_adv {args.adv_lambda} "
+            f"(ramp {args.adv_ramp:.0%} of the budget), discriminator layers {disc.names}; "
+            f"from step {step}")
+    sums, t0, s0 = [], time.time(), step
+
+    def save(path=ckpt_path):
+        save_checkpoint(path, {"model": gen_model.state_dict(), "disc": disc.state_dict(),
+                               "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
+                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed})
+
+    gen_model.train()
+    disc.train()
+    while not clock.finished():
+        x0, ids = data.draw(batch, dropout=0.0)
+        k = torch.randint(len(FEW_STEP_TIMES), (batch,), device=dev, generator=data.gen)
+        t, t_next = times[k], times[k + 1]
+        eps = data.noise_like(x0)
+        xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
+        with torch.no_grad(), run.autocast():
+            hidden, pooled = encoder_outputs(teacher["text_encoder"], ids)
+            t_context = teacher["conditioner"](hidden)
+        v_target, f_teacher = guided_segment_velocity(
+            run, teacher, xt, t, t_next, t_context, pooled.float(), context_u, pooled_u.float(),
+            args.adv_guidance, args.adv_substeps)
+        s = nets.logit_normal(batch, dev, data.gen)
+        eps_s = data.noise_like(x0)
+        x_s = (1 - expand(s, x0)) * x0 + expand(s, x0) * eps_s
+
+        # generator
+        with run.autocast():
+            v, feats = gen_model["unet"](xt, t * 1000.0, gen_model["conditioner"](hidden), None,
+                                         pooled, return_features=True)
+            task = nets.per_sample_mse(v, eps - x0)
+            kd = nets.per_sample_mse(v, v_target) + \
+                nets.feature_kd(feats["kd"], gen_model["projector"], f_teacher)
+            distill = nets.timestep_aware(task, kd, t, args.adv_alpha_scale)
+            x0_hat = xt - expand(t, xt) * v.float()
+            fake_s = (1 - expand(s, x0)) * x0_hat + expand(s, x0) * eps_s
+            adv = -sum(f.float().mean() for f in disc(teacher["unet"], fake_s, s, t_context,
+                                                      pooled))
+        lam = args.adv_lambda * min(1.0, clock.fraction / max(args.adv_ramp, 1e-9))
+        loss_g = distill + lam * adv
+        set_lr(opt_g, args.adv_lr, lr_factor(step, clock.fraction, 20, decay_from=0.8))
+        opt_g.zero_grad(set_to_none=True)
+        loss_g.backward()
+        torch.nn.utils.clip_grad_norm_(gen_model.parameters(), 1.0)
+        opt_g.step()
+        ema.update(gen_model, step + 1)
+
+        # discriminator
+        with run.autocast():
+            real = disc(teacher["unet"], x_s, s, t_context, pooled)
+            fake = disc(teacher["unet"], fake_s.detach(), s, t_context, pooled)
+            loss_d = hinge_d(real, fake)
+        opt_d.zero_grad(set_to_none=True)
+        loss_d.backward()
+        opt_d.step()
+        step += 1
+        sums.append(torch.stack([distill.detach(), task.mean().detach(), kd.mean().detach(),
+                                 adv.detach(), loss_d.detach()]))
+        if step % 50 == 0:
+            rate = (step - s0) / (time.time() - t0)
+            d, ta, kd_m, a, ld = torch.stack(sums).mean(0).tolist()
+            run.log(f"adversarial: step {step} distill {d:.4f} (task {ta:.4f} kd {kd_m:.4f}) "
+                    f"adv_g {a:.3f} d {ld:.3f} λ {lam:.3f} {rate:.2f} steps/s "
+                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+            sums = []
+        if clock.checkpoint_due():
+            save()
+            if run.out_of_time():
+                raise Interrupted()
+    run.sync()
+    save_checkpoint(run.path("ckpt", "adversarial_final.pt"), {"ema": ema.state_dict(),
+                                                               "step": step})
+    run.log(f"adversarial: {step} steps of batch {batch} in {clock.elapsed:.0f} s")
+    run.mark_done("adversarial", {"steps": step, "batch": batch, "seconds": clock.elapsed,
+                                  "guidance": args.adv_guidance, "substeps": args.adv_substeps,
+                                  "lambda_adv": args.adv_lambda, "lr_g": args.adv_lr,
+                                  "lr_d": args.adv_lr_d, "alpha_scale": args.adv_alpha_scale,
+                                  "times": FEW_STEP_TIMES})
