@@ -25,7 +25,7 @@ packages=(build-essential meson ninja-build pkgconf gettext libgimp-3.0-dev gimp
   libopenblas0-openmp crossbuild-essential-arm64 qemu-user pkgconf:arm64 libdnnl3.6:arm64
   clang libclang-rt-dev valgrind xdotool imagemagick
   libglib2.0-dev:arm64 libjson-glib-dev:arm64 libpng-dev:arm64 libopenblas-openmp-dev:arm64
-  libopenblas-openmp-dev)
+  libopenblas-openmp-dev nodejs npm)
 
 # Runs inside the Debian 13 environment: build, then the requested action.
 run_inside() {
@@ -70,6 +70,9 @@ if [ ! -x "$root/usr/bin/apt-get" ] || [ ! -f "$root/.snapgen-bootstrapped" ]; t
   touch "$root/.snapgen-bootstrapped"
 fi
 cp /etc/resolv.conf "$root/etc/resolv.conf" 2>/dev/null || true
+# npm in the root must trust the same certificate authorities as the host (a proxy may add one).
+mkdir -p "$root/etc/ssl/certs"
+cp /etc/ssl/certs/ca-certificates.crt "$root/etc/ssl/certs/snapgen-host-ca.crt" 2>/dev/null || true
 
 # Mounts live in a private mount namespace, so they vanish with this process and concurrent runs
 # (a developer's tree and a CI clone) do not disturb each other.

@@ -45,13 +45,13 @@ def text_side(run):
 
 
 def zero_init(unet):
-    """Residual branches and the output start at zero (each block starts as the identity)."""
+    """Residual branches (res pw2/conv2, transformer proj_out) and conv_out start at zero, so
+    every block starts as the identity (ADM/SD practice)."""
     for name, module in unet.named_modules():
-        last = name.rsplit(".", 1)[-1]
-        if last in ("pw2", "conv2", "proj_out", "conv_out") and hasattr(module, "weight") \
-                and isinstance(module, (nn.Conv2d, nn.Linear)) and not name.startswith("ff"):
-            if ".ff." in f".{name}.":
-                continue
+        parts = name.split(".")
+        res_out = parts[-1] in ("pw2", "conv2")
+        transformer_out = parts[-1] == "proj_out" and len(parts) > 1 and parts[-2] != "ff"
+        if res_out or transformer_out or name == "conv_out":
             nn.init.zeros_(module.weight)
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
