@@ -25,7 +25,7 @@ packages=(build-essential meson ninja-build pkgconf gettext libgimp-3.0-dev gimp
   libopenblas0-openmp crossbuild-essential-arm64 qemu-user pkgconf:arm64 libdnnl3.6:arm64
   clang libclang-rt-dev valgrind xdotool imagemagick
   libglib2.0-dev:arm64 libjson-glib-dev:arm64 libpng-dev:arm64 libopenblas-openmp-dev:arm64
-  libopenblas-openmp-dev nodejs npm)
+  libopenblas-openmp-dev nodejs npm fonts-nanum locales)
 
 # Runs inside the Debian 13 environment: build, then the requested action.
 run_inside() {

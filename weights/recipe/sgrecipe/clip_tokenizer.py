@@ -7,8 +7,9 @@ tokenizer_config.json and special_tokens_map.json) and tokenizes the way the C e
    tokens; each stretch between them is cleaned and encoded on its own.
 2. Clean-up: Unicode NFC; HTML character references decoded twice (only &amp; &lt; &gt; &quot;
    &nbsp; with or without the semicolon, &apos; with it, and numeric &#N; / &#xH; references of
-   printable characters); runs of white space (Unicode White_Space and U+180E) become one space,
-   ends stripped; lower case (full mapping; capital sigma always becomes σ, as in the engine).
+   printable characters); runs of white space (the Unicode White_Space characters) become one
+   space, ends stripped; lower case as Python's str.lower() (full mapping, final sigma), which
+   the engine reproduces without a locale.
 3. Split with CLIP's pattern 's|'t|'re|'ve|'m|'ll|'d|\\p{L}+|\\p{N}|[^\\s\\p{L}\\p{N}]+.
 4. Each piece's UTF-8 bytes as GPT-2's byte characters, "</w>" on the last, merged by rank (lowest
    first, leftmost among equals).
@@ -23,9 +24,9 @@ MAX_TEXT_BYTES = 64 * 1024
 SPECIALS = ("<|startoftext|>", "<|endoftext|>")
 CONTRACTIONS = ("s", "t", "re", "ve", "m", "ll", "d")
 
-# \s as the engine's pattern sees it (PCRE2 with Unicode properties).
+# \s as the engine sees it: the Unicode White_Space characters.
 WHITE_SPACE = frozenset(
-    [chr(c) for c in range(0x09, 0x0E)] + [" ", "\x85", "\xa0", "\u1680", "\u180e"] +
+    [chr(c) for c in range(0x09, 0x0E)] + [" ", "\x85", "\xa0", "\u1680"] +
     [chr(c) for c in range(0x2000, 0x200B)] + ["\u2028", "\u2029", "\u202f", "\u205f", "\u3000"])
 
 # HTML references the engine decodes: name -> (character, needs a semicolon).
@@ -96,7 +97,7 @@ def html_unescape(text):
 
 
 def lower_case(text):
-    return "".join("σ" if c == "Σ" else c.lower() for c in text)
+    return text.lower()
 
 
 def clean_text(text):
