@@ -1,4 +1,4 @@
-/* clip_text.h: CLIP's text transformer (Hugging Face CLIPTextModel / CLIPTextModelWithProjection). */
+/* clip_text.h: CLIP's text transformer (Hugging Face CLIPTextModel[WithProjection]). */
 #ifndef SG_CLIP_TEXT_H
 #define SG_CLIP_TEXT_H
 

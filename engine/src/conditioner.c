@@ -1,4 +1,4 @@
-/* conditioner.c: runs the model's text encoders and builds the UNet's context, mask and pooled vector. */
+/* conditioner.c: runs the text encoders and builds the UNet's context, mask and pooled vector. */
 #include "conditioner.h"
 
 #include <glib.h>

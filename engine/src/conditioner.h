@@ -1,4 +1,4 @@
-/* conditioner.h: prompt -> UNet conditioning (context tokens, mask, pooled) from the text encoders. */
+/* conditioner.h: prompt -> UNet conditioning (context tokens, mask, pooled) from the encoders. */
 #ifndef SG_CONDITIONER_H
 #define SG_CONDITIONER_H
 

@@ -1,4 +1,4 @@
-/* gemma2.c: the Gemma-2 decoder stack as a text encoder, with Hugging Face config and tensor names. */
+/* gemma2.c: the Gemma-2 decoder stack as a text encoder, Hugging Face config and names. */
 #include "gemma2.h"
 
 #include <glib.h>
@@ -330,7 +330,8 @@ sg_status sg_gemma2_forward(sg_gemma2 *m, sg_backend *be, sg_arena *arena, const
   float *xd = x.data;
   const float *table_data = m->embed_tokens.data;
   for (int t = 0; t < count; t++)
-    for (int64_t j = 0; j < h; j++) xd[t * h + j] = table_data[(int64_t)ids[t] * h + j] * normalizer;
+    for (int64_t j = 0; j < h; j++)
+      xd[t * h + j] = table_data[(int64_t)ids[t] * h + j] * normalizer;
 
   int run_layers = wanted < layers ? wanted : layers;
   for (int l = 0; l < run_layers; l++) CHECK(run_layer(m, l, be, &x, &s, error));

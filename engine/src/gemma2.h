@@ -1,4 +1,4 @@
-/* gemma2.h: the Gemma-2 decoder used as a text encoder (Hugging Face Gemma2Model, last hidden state). */
+/* gemma2.h: the Gemma-2 decoder as a text encoder (Hugging Face Gemma2Model, hidden states). */
 #ifndef SG_GEMMA2_H
 #define SG_GEMMA2_H
 

@@ -1,5 +1,6 @@
 /* ops_dnnl.c: the ops on oneDNN 3.x primitives, each created once per shape and kept in a cache
- * owned by the backend (not thread-safe: one backend per thread). */
+ * owned by the backend (not thread-safe: one backend per thread). Convolutions and matrix products
+ * for which oneDNN only has a reference kernel run on OpenBLAS instead (ops_blas.c), where built. */
 #include <glib.h>
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -17,6 +18,9 @@
 /* Attention works on blocks of queries so the score matrix stays below this many floats. */
 #define ATTENTION_SCORE_BUDGET (4 << 20)
 
+/* SNAPGEN_BLAS: when convolutions and matrix products run on OpenBLAS (see consider_blas). */
+typedef enum { BLAS_AUTO = 0, BLAS_ALWAYS, BLAS_NEVER } blas_mode;
+
 struct sg_dnnl {
   dnnl_engine_t engine;
   dnnl_stream_t stream;
@@ -25,6 +29,9 @@ struct sg_dnnl {
   size_t scores_count;
   unsigned char *empty;  /* attention: 1 for a query that sees no key */
   size_t empty_count;
+  blas_mode blas;
+  int log_kernels;       /* SNAPGEN_LOG_KERNELS=1: one stderr line per conv/matmul kernel chosen */
+  sg_blas_scratch blas_scratch;
 };
 
 /* One primitive with its arguments. */
@@ -43,6 +50,7 @@ typedef struct {
   dnnl_memory_t memories[MAX_MEMORIES]; /* all, destroyed with the op */
   int nuser;
   dnnl_memory_t user[MAX_USER];
+  int use_blas; /* no steps: the caller runs the OpenBLAS path instead */
 } sg_dnnl_op;
 
 static void op_free(gpointer data) {
@@ -81,6 +89,22 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
     return NULL;
   }
   dnnl->cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, op_free);
+  const char *blas = getenv("SNAPGEN_BLAS");
+  if (blas && *blas && strcmp(blas, "auto") != 0) {
+    if (!strcmp(blas, "always")) {
+      dnnl->blas = BLAS_ALWAYS;
+    } else if (!strcmp(blas, "never")) {
+      dnnl->blas = BLAS_NEVER;
+    } else {
+      sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+              "the environment variable SNAPGEN_BLAS is '%s'; it must be auto, always or never",
+              blas);
+      sg_dnnl_free(dnnl);
+      return NULL;
+    }
+  }
+  const char *log_kernels = getenv("SNAPGEN_LOG_KERNELS");
+  dnnl->log_kernels = log_kernels && *log_kernels && strcmp(log_kernels, "0") != 0;
   return dnnl;
 }
 
@@ -91,6 +115,7 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   if (dnnl->engine) dnnl_engine_destroy(dnnl->engine);
   free(dnnl->scores);
   free(dnnl->empty);
+  free(dnnl->blas_scratch.data);
   free(dnnl);
 }
 
@@ -118,6 +143,7 @@ static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *c
 typedef struct {
   sg_dnnl *dnnl;
   sg_dnnl_op *op;
+  const char *key; /* the op's cache key, named in the kernel log (convolutions, matmuls) */
   dnnl_status_t status;
   const char *failed; /* source text of the first call that failed */
   int nmds, npds;
@@ -272,6 +298,52 @@ static int is_reference_impl(const_dnnl_primitive_desc_t pd) {
   return impl && strncmp(impl, "ref", 3) == 0;
 }
 
+/* True when oneDNN's implementation of a convolution or matmul is a reference kernel: its name
+ * says "ref", or on arm64 it is a "gemm:" one, which there always runs oneDNN's reference sgemm
+ * (its JIT sgemm is x86-only, whatever the name says: "gemm:jit:f32" on a NEON-only core). */
+static int is_slow_impl(const char *impl) {
+  if (strstr(impl, "ref")) return 1;
+#if defined(__aarch64__)
+  if (!strncmp(impl, "gemm:", 5)) return 1;
+#endif
+  return 0;
+}
+
+/* Decides, once per op, whether a convolution or matmul runs on OpenBLAS instead of pd: where
+ * oneDNN has no fast kernel (SNAPGEN_BLAS=auto, the default), for all (always) or never. Logs the
+ * choice when SNAPGEN_LOG_KERNELS is set. depthwise: the OpenBLAS path is the engine's own loop. */
+static int consider_blas(builder *b, const_dnnl_primitive_desc_t pd, int depthwise) {
+  if (b->status != dnnl_success) return 0;
+  const char *impl = NULL;
+  if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) {
+    impl = "unknown";
+  }
+  int use_blas = 0;
+#ifdef SG_HAVE_BLAS
+  use_blas = b->dnnl->blas == BLAS_ALWAYS || (b->dnnl->blas == BLAS_AUTO && is_slow_impl(impl));
+#endif
+  if (b->dnnl->log_kernels) {
+    char blas_name[128] = "";
+#ifdef SG_HAVE_BLAS
+    if (use_blas) {
+      if (depthwise) {
+        snprintf(blas_name, sizeof blas_name, "engine depthwise loop");
+      } else {
+        sg_blas_describe(blas_name, sizeof blas_name);
+      }
+    }
+#endif
+    if (use_blas) {
+      fprintf(stderr, "snapgen kernel: %s: %s (oneDNN offers %s)\n", b->key, blas_name, impl);
+    } else {
+      fprintf(stderr, "snapgen kernel: %s: oneDNN %s%s\n", b->key, impl,
+              is_slow_impl(impl) ? " (reference kernel)" : "");
+    }
+  }
+  if (use_blas) b->op->use_blas = 1;
+  return use_blas;
+}
+
 /* Frees the descriptors; on success caches the op under key, else reports the failed call. */
 static sg_status build_finish(builder *b, const char *key, const char *name, sg_dnnl_op **out,
                               sg_error *error) {
@@ -304,6 +376,7 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
                             const sg_tensor *y, sg_dnnl_op **out, sg_error *error) {
   builder b;
   build_start(&b, dnnl);
+  b.key = key;
   const int64_t in_c = x->dims[0], out_c = y->dims[0], kh = w->dims[2], kw = w->dims[3];
   const int64_t src_dims[4] = {1, in_c, x->dims[1], x->dims[2]};
   const int64_t dst_dims[4] = {1, out_c, y->dims[1], y->dims[2]};
@@ -327,7 +400,9 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
               &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, w_any,
               bias_md, dst_any, strides, dilates, pad, pad, attr));
   keep_pd(&b, pd);
-  if (b.status != dnnl_success) return build_finish(&b, key, "conv2d", out, error);
+  if (b.status != dnnl_success || consider_blas(&b, pd, groups == in_c && groups == out_c)) {
+    return build_finish(&b, key, "conv2d", out, error);
+  }
 
   const_dnnl_memory_desc_t src_md = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
   const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -372,6 +447,11 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
                                   error);
     if (status != SG_OK) return status;
   }
+#ifdef SG_HAVE_BLAS
+  if (op->use_blas) {
+    return sg_blas_conv2d(x, w, b, stride, padding, groups, act, y, &dnnl->blas_scratch, error);
+  }
+#endif
   /* Without a bias the third pointer is y (the op was built without a bias memory). */
   return op_run(dnnl, op, "conv2d", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
                 error);
@@ -396,6 +476,10 @@ static void add_matmul(builder *b, const operand *src, const operand *weights,
   dnnl_primitive_desc_t pd = NULL;
   TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_md, bias_md, dst_md,
                                            attr));
+  if (consider_blas(b, pd, 0)) {
+    keep_pd(b, pd);
+    return;
+  }
   dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, user_memory(b, src_md)},
                              {DNNL_ARG_WEIGHTS, user_memory(b, w_md)},
                              {DNNL_ARG_DST, NULL},
@@ -415,6 +499,7 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   if (!op) {
     builder bl;
     build_start(&bl, dnnl);
+    bl.key = key;
     /* w [N,K] row-major is the weights matrix [K,N] with strides {1, K}. */
     const int64_t w_strides[2] = {1, in};
     operand src = {2, {rows, in}, NULL}, weights = {2, {in, out}, w_strides};
@@ -423,6 +508,9 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
     sg_status status = build_finish(&bl, key, "linear", &op, error);
     if (status != SG_OK) return status;
   }
+#ifdef SG_HAVE_BLAS
+  if (op->use_blas) return sg_blas_linear(x, w, b, act, y);
+#endif
   /* Without a bias the third pointer is y (the op was built without a bias memory). */
   return op_run(dnnl, op, "linear", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
                 error);
@@ -757,6 +845,7 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
   if (!*scores_op) {
     builder b;
     build_start(&b, dnnl);
+    b.key = key;
     eltwise_post_op post_ops[3];
     int count = 0;
     if (p->softcap > 0.0f) {
@@ -788,6 +877,7 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
   if (!*values_op) {
     builder b;
     build_start(&b, dnnl);
+    b.key = key;
     if (kv_heads == 1) {
       operand scores = {2, {block * heads, keys}, NULL}, v = {2, {keys, dim}, NULL};
       operand y = {2, {block * heads, dim}, NULL};
@@ -877,14 +967,24 @@ sg_status sg_dnnl_attention(sg_dnnl *dnnl, const sg_tensor *q, const sg_tensor *
     if (status == SG_OK) status = softmax_op(dnnl, count * heads, keys, &softmax, error);
     if (status != SG_OK) return status;
     float *q_block = (float *)q->data + first * q_row, *y_block = (float *)y->data + first * q_row;
-    status = op_run(dnnl, scores_op, "attention", (void *[]){q_block, k->data, scores}, error);
-    if (status != SG_OK) return status;
+#ifdef SG_HAVE_BLAS
+    if (scores_op->use_blas) sg_blas_attention_scores(p, count, keys, q_block, k->data, scores);
+#endif
+    if (!scores_op->use_blas) {
+      status = op_run(dnnl, scores_op, "attention", (void *[]){q_block, k->data, scores}, error);
+      if (status != SG_OK) return status;
+    }
     if (masked) mask_scores(scores, dnnl->empty, p, first, count, keys, head_major);
     status = op_run(dnnl, softmax, "attention", (void *[]){scores, scores}, error);
     if (status != SG_OK) return status;
     if (masked) zero_empty_rows(scores, dnnl->empty, heads, count, keys, head_major);
-    status = op_run(dnnl, values_op, "attention", (void *[]){scores, v->data, y_block}, error);
-    if (status != SG_OK) return status;
+#ifdef SG_HAVE_BLAS
+    if (values_op->use_blas) sg_blas_attention_values(p, count, keys, scores, v->data, y_block);
+#endif
+    if (!values_op->use_blas) {
+      status = op_run(dnnl, values_op, "attention", (void *[]){scores, v->data, y_block}, error);
+      if (status != SG_OK) return status;
+    }
   }
   return SG_OK;
 }

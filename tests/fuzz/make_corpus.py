@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 # make_corpus.py: writes the fuzz seed corpora in tests/fuzz/corpus/<target>/ (small valid and
-# near-valid inputs; standard library only, so it runs anywhere). Rerun after changing it.
+# near-valid inputs) and the small tokenizer files in tests/fuzz/tokenizers/ (standard library
+# only, so it runs anywhere). Rerun after changing it.
 import json
 import os
 import shutil
@@ -133,13 +134,129 @@ def prompt_corpus():
                                                   run_to_end))
 
 
+TOKENIZERS = os.path.join(HERE, "tokenizers")
+CLIP_WORDS = ["the", "a", "red", "circle", "on", "blue", "square", "photo", "of", "cat", "<3"]
+
+
+def byte_characters():
+    """GPT-2's byte -> printable character table, as CLIP's vocabulary uses it."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(0xA1, 0xAD)) + \
+        list(range(0xAE, 0x100))
+    table, extra = {}, 0
+    for b in range(256):
+        if b in printable:
+            table[b] = chr(b)
+        else:
+            table[b] = chr(256 + extra)
+            extra += 1
+    return table
+
+
+def small_clip():
+    """A tiny CLIP-layout vocabulary: every byte character with and without </w>, the merges
+    that spell CLIP_WORDS, and the two special tokens."""
+    chars = byte_characters()
+    vocab, merges = {}, []
+    for b in range(256):
+        vocab[chars[b]] = len(vocab)
+    for b in range(256):
+        vocab[chars[b] + "</w>"] = len(vocab)
+    for word in CLIP_WORDS:
+        pieces = [chars[c] for c in word.encode()]
+        pieces[-1] += "</w>"
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            if merged not in vocab:
+                merges.append(f"{pieces[0]} {pieces[1]}")
+                vocab[merged] = len(vocab)
+            pieces = [merged] + pieces[2:]
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    folder = os.path.join(TOKENIZERS, "clip")
+    os.makedirs(folder, exist_ok=True)
+    with open(os.path.join(folder, "vocab.json"), "w") as f:
+        json.dump(vocab, f, ensure_ascii=False)
+    with open(os.path.join(folder, "merges.txt"), "w") as f:
+        f.write("#version: 0.2\n" + "\n".join(merges) + "\n")
+    return "#version: 0.2\n" + "\n".join(merges) + "\n"
+
+
+def small_gemma():
+    """A tiny Gemma-layout tokenizer.json: special tokens, <0xNN> byte fallback, some letters and
+    merges, Replace normalizer, Split pre-tokenizer, <bos> template, one added turn token."""
+    vocab = {"<pad>": 0, "<eos>": 1, "<bos>": 2, "<unk>": 3}
+    for b in range(256):
+        vocab[f"<0x{b:02X}>"] = len(vocab)
+    for c in "\u2581abcdefghijklmnopqrstuvwxyz.,":
+        vocab[c] = len(vocab)
+    merges = []
+    for word in ("\u2581the", "\u2581red", "\u2581circle", "\u2581a", "ing"):
+        pieces = list(word)
+        while len(pieces) > 1:
+            merged = pieces[0] + pieces[1]
+            if merged not in vocab:
+                merges.append(f"{pieces[0]} {pieces[1]}")
+                vocab[merged] = len(vocab)
+            pieces = [merged] + pieces[2:]
+    vocab["<start_of_turn>"] = len(vocab)
+    added = [{"id": vocab[t], "content": t, "single_word": False, "lstrip": False,
+              "rstrip": False, "normalized": False, "special": True}
+             for t in ("<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>")]
+    tokenizer = {
+        "version": "1.0", "truncation": None, "padding": None, "added_tokens": added,
+        "normalizer": {"type": "Replace", "pattern": {"String": " "}, "content": "\u2581"},
+        "pre_tokenizer": {"type": "Split", "pattern": {"String": " "},
+                          "behavior": "MergedWithPrevious", "invert": False},
+        "post_processor": {"type": "TemplateProcessing",
+                           "single": [{"SpecialToken": {"id": "<bos>", "type_id": 0}},
+                                      {"Sequence": {"id": "A", "type_id": 0}}],
+                           "special_tokens": {"<bos>": {"id": "<bos>", "ids": [2],
+                                                        "tokens": ["<bos>"]}}},
+        "decoder": None,
+        "model": {"type": "BPE", "dropout": None, "unk_token": "<unk>",
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": True, "byte_fallback": True, "ignore_merges": False,
+                  "vocab": vocab, "merges": merges}}
+    folder = os.path.join(TOKENIZERS, "gemma")
+    os.makedirs(folder, exist_ok=True)
+    text = json.dumps(tokenizer, ensure_ascii=False, indent=1)
+    with open(os.path.join(folder, "tokenizer.json"), "w") as f:
+        f.write(text)
+    return text
+
+
+# Tokenizer targets: first byte < 0xF0 (text mode): the rest is the prompt; 0xF0..0xF7: the rest
+# is a tokenizer file (CLIP: merges.txt; Gemma: tokenizer.json); 0xF8..0xFF (CLIP only): the rest
+# is tokenizer_config.json.
+TEXTS = [b"a red circle on a blue square", b"A Photo of THE Cat &amp; &lt;3 <|endoftext|>!",
+         "Caf\u00e9 \u03a3\u03bf\u03c6\u03af\u03b1\u03a3 \u4e2d\u6587 \U0001F600\u200d"
+         "\U0001F466 \t\n  spaces".encode(),
+         b"<start_of_turn>user the red circle<eos>", b"bad \xc3\x28 utf8", b"x" * 300]
+
+
+def tokenizer_corpus():
+    merges = small_clip()
+    gemma = small_gemma()
+    for i, text in enumerate(TEXTS):
+        write("clip", f"text-{i}", bytes([i * 7 % 0xF0]) + text)
+        write("gemma", f"text-{i}", bytes([i * 37 % 0xF0]) + text)
+    write("clip", "file-merges", b"\xf0" + merges.encode())
+    write("clip", "file-merges-bad", b"\xf0#version: 0.2\nt h\nzz q\n")
+    write("clip", "file-config", b"\xf8" + json.dumps(
+        {"bos_token": {"content": "<|startoftext|>"}, "eos_token": "<|endoftext|>",
+         "pad_token": "!", "model_max_length": 77}).encode())
+    write("gemma", "file-tokenizer", b"\xf0" + gemma.encode())
+    write("gemma", "file-tokenizer-bad", b"\xf0" + gemma.replace('"BPE"', '"Unigram"').encode())
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
-    for target in ("safetensors", "config", "prompt"):
+    for target in ("safetensors", "config", "prompt", "clip", "gemma"):
         os.makedirs(os.path.join(CORPUS, target))
     safetensors_corpus()
     config_corpus()
     prompt_corpus()
+    tokenizer_corpus()
     print(f"wrote {sum(len(f) for _, _, f in os.walk(CORPUS))} seed files in {CORPUS}")
 
 

@@ -2,8 +2,11 @@
 # run-fuzz.sh: builds the libFuzzer targets (clang, ASan + UBSan, reference backend, no oneDNN or
 # OpenMP) and runs each for a bounded time; prints executions, exec/s and crashes per target and
 # exits nonzero on any crash or build failure. Usage: run-fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
-# Run it inside the build environment (engine/tools/snapgen-env.sh shell ...). Environment:
+# Targets: safetensors config prompt clip gemma (default: all). Run it inside the build
+# environment (engine/tools/snapgen-env.sh shell ...). Environment:
 #   SG_FUZZ_BUILD  build and work folder (default build-fuzz/ in the repository)
+#   SG_FUZZ_CLIP_DIR, SG_FUZZ_GEMMA_PATH  real tokenizer files for the prompt-text modes
+#                  (default: the small ones in tests/fuzz/tokenizers/)
 #   SG_FUZZ_JOBS   parallel compiles (default 2)
 #   SG_FUZZ_ARGS   extra libFuzzer arguments (e.g. "-max_len=65536")
 set -uo pipefail
@@ -88,6 +91,9 @@ fi
 export ASAN_OPTIONS=${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0:symbolize=1}
 export UBSAN_OPTIONS=${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}
 export SG_FUZZ_MODEL=$model
+# The tokenizer targets use the small committed tokenizers unless pointed at real ones.
+export SG_FUZZ_CLIP_DIR=${SG_FUZZ_CLIP_DIR:-$root/tests/fuzz/tokenizers/clip}
+export SG_FUZZ_GEMMA_PATH=${SG_FUZZ_GEMMA_PATH:-$root/tests/fuzz/tokenizers/gemma/tokenizer.json}
 
 failures=0
 printf '%-12s %8s %12s %10s %8s  %s\n' target seconds executions exec/s crashes note
@@ -108,8 +114,10 @@ for t in "${targets[@]}"; do
   mkdir -p "$work"
   before=$(ls "$build/artifacts" | grep -c "^$t-" || true)
   log=$build/logs/run-$t.log
+  dict=()
+  [ -f "$root/tests/fuzz/$t.dict" ] && dict=(-dict="$root/tests/fuzz/$t.dict")
   # shellcheck disable=SC2086
-  nice -n 10 "$exe" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
+  nice -n 10 "$exe" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
     -artifact_prefix="$build/artifacts/$t-" ${SG_FUZZ_ARGS:-} "$work" "$root/tests/fuzz/corpus/$t" \
     > "$log" 2>&1
   rc=$?

@@ -1,4 +1,4 @@
-# test_text.py: the engine's CLIP and Gemma-2 text encoders, conditioner and CLIP tokenizer against sgrecipe.
+# test_text.py: the engine's text encoders, conditioner and CLIP tokenizer against sgrecipe.
 """Each check draws random weights and token ids, writes a case file (format: top of
 tests/tools/check_text.c), runs `$SGCHECK text-KIND case out` and compares with the PyTorch twins in
 weights/recipe/sgrecipe (clip.py, gemma2.py, conditioner.py, clip_tokenizer.py): relative L2 =
@@ -279,7 +279,8 @@ TRICKY = [
     "", " ", "a", "A PHOTO OF A CAT", "  a   photo\tof\n\na cat  ", "don't STOP it's 'sup",
     "hello&amp;world &lt;3 &#65;&#x42; &amp;amp; &nbsp;x &apos;q &bogus; &#0;", "3.14159 v2 x86_64",
     "Ünïcödé café naïve ΣΊΣΥΦΟΣ", "İstanbul ǅemal Ⅻ ⓐⒷ", "東京タワー 한국어 텍스트 ١٢٣",
-    "emoji 😀🎉 👩‍👩‍👧 flags 🇫🇷", "e\u0301 combining a\u0308", "tabs\u00a0nbsp\u2003em\u3000ideo\u180emvs",
+    "emoji 😀🎉 👩‍👩‍👧 flags 🇫🇷", "e\u0301 combining a\u0308",
+    "tabs\u00a0nbsp\u2003em\u3000ideo\u180emvs",
     "<|startoftext|>hi<|endoftext|> there <|endoftext|>", "!!!??? ... --- ___ ***",
     "word" * 40, "x" * 300, "a,b;c:d", "\u0085next\u2028line\u2029para\u000bvt\u001cfs",
 ]
@@ -396,7 +397,7 @@ def check_tokenizer_folder(name, folder, texts, workdir, expected=None):
             if f"ids.{k}" in outputs:
                 engine_ids = [int(v) for v in outputs[f"ids.{k}"]]
                 engine_ids = [] if engine_ids == [-1] else engine_ids
-            want = expected[start + k] if expected else python_ids
+            want = expected[start + k] if expected is not None else python_ids
             if python_ids != engine_ids or want != engine_ids:
                 mismatches.append((text, python_ids, engine_ids, want))
         for text, p, e, w in mismatches[:3]:
@@ -422,7 +423,7 @@ def check_tokenizer(workdir):
                     continue
                 text_hex, ids = line.rstrip("\n").split("\t")
                 texts.append(bytes.fromhex(text_hex))
-                expected.append([int(v) for v in ids.split()])
+                expected.append(None if ids == "ERROR" else [int(v) for v in ids.split()])
         check_tokenizer_folder("clip-tokenizer python=engine=published (real vocab, fixture)",
                                real, texts, workdir, expected)
     else:
@@ -584,7 +585,8 @@ def check_conditioner(workdir):
         reference, _ = reference_conditioning(partial, models, conditioner, ["text_encoder_2"],
                                               prompt, outputs)
         report("conditioner CLIP-L and Gemma missing", outputs, reference)
-        shape_ok = outputs["context"].shape[0] == 77 + 16 and outputs["context_mask"][:77].sum() == 0
+        shape_ok = (outputs["context"].shape[0] == 77 + 16 and
+                    outputs["context_mask"][:77].sum() == 0)
         record("conditioner missing CLIP slot = 77 masked zero tokens, missing Gemma = none",
                shape_ok, f"context {outputs['context'].shape}")
     else:

@@ -28,14 +28,17 @@ if [ ! -f "$build/build.ninja" ]; then
 fi
 ninja -C "$build" -j"${SG_ASAN_JOBS:-2}" engine/snapgen tests/unit-tests tests/sgcheck >"$build/ninja.log" 2>&1 ||
   { tail -40 "$build/ninja.log"; echo "run-asan: build failed"; exit 1; }
-# The cancel test links the sanitized libsnapgen (meson builds it too once tests/meson.build has
-# it; built here by hand so this script works either way).
-deps=$(pkg-config --libs glib-2.0 json-glib-1.0 libpng)
-# shellcheck disable=SC2086
-gcc -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror -fsanitize=address,undefined \
-  $sanitize_flags -I engine/include tests/reliability/cancel_test.c "$build/engine/libsnapgen.a" \
-  $deps -ldnnl -fopenmp -lm -lpthread -o "$build/cancel-test" ||
-  { echo "run-asan: cancel_test.c did not build"; exit 1; }
+# The API test programs link the sanitized libsnapgen exactly as meson links snapgen (its link
+# line, read from build.ninja), so this script does not depend on how tests/meson.build lists them.
+link_args=$(sed -n '/^build engine\/snapgen:/{n;s/^ LINK_ARGS = //p;}' "$build/build.ninja")
+[ -n "$link_args" ] || { echo "run-asan: no link line for engine/snapgen in $build/build.ninja"; exit 1; }
+for program in cancel_test api_bad_inputs; do
+  # shellcheck disable=SC2086
+  (cd "$build" && gcc -std=c11 -D_GNU_SOURCE -O1 -g -Wall -Wextra -Werror \
+    -fsanitize=address,undefined $sanitize_flags -I "$root/engine/include" \
+    "$root/tests/reliability/$program.c" $link_args -o "$build/$program") ||
+    { echo "run-asan: $program.c did not build"; exit 1; }
+done
 
 # Suppressions: see tests/sanitize/lsan.supp (each one is documented there).
 # allocator_may_return_null=1: the unit tests ask for absurd sizes on purpose, to check the engine
@@ -86,8 +89,13 @@ step "generate-bad-size-is-an-error" bash -c "! '$build/engine/snapgen' --model 
   --output '$out/x.png' --width 70 --quiet"
 step "generate-bad-conditioning-is-an-error" bash -c "! '$build/engine/snapgen' --model '$model' \
   --output '$out/x.png' --width 64 --height 64 --conditioning '$model/unet/config.json' --quiet"
-step cancel "$build/cancel-test" "$model" --runs "$cancel_runs" --seed 7
-step cancel-reference "$build/cancel-test" "$model" --runs 10 --seed 8 --backend reference --size 32
+step api-bad-inputs "$build/api_bad_inputs" "$model"
+# The runner's bad-input table under the sanitizers: every error path must exit cleanly too.
+step bad-inputs env SNAPGEN="$build/engine/snapgen" PYTHONPATH=weights/recipe \
+  python3 tests/reliability/test_bad_inputs.py
+# Leak check of cancelled generations (and of the full ones around them).
+step cancel "$build/cancel_test" "$model" --runs "$cancel_runs" --seed 7
+step cancel-reference "$build/cancel_test" "$model" --runs 10 --seed 8 --backend reference --size 32
 
 if [ "$full" = 1 ]; then
   for t in test_ops test_models; do

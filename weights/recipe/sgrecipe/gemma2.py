@@ -1,4 +1,4 @@
-# gemma2.py: the Gemma-2 decoder stack in PyTorch as a text encoder, keys identical to Hugging Face's.
+# gemma2.py: the Gemma-2 decoder stack in PyTorch as a text encoder, Hugging Face's keys.
 """Gemma2Model written from the published architecture (Gemma Team 2024, "Gemma 2: Improving Open
 Language Models at a Practical Size"), with the configuration fields and parameter names of Hugging
 Face's `Gemma2Config` checkpoints (a Gemma2Model state_dict; Gemma2ForCausalLM files put "model."
@@ -82,7 +82,8 @@ class Gemma2RMSNorm(nn.Module):
 def rope_tables(cfg, count, dtype=torch.float32):
     """cos, sin [count, head_dim] for positions 0..count-1 (float32 angles, rotate-half layout)."""
     dim = cfg["head_dim"]
-    inv_freq = 1.0 / (cfg["rope_theta"] ** (torch.arange(0, dim, 2, dtype=torch.int64).float() / dim))
+    exponents = torch.arange(0, dim, 2, dtype=torch.int64).float() / dim
+    inv_freq = 1.0 / (cfg["rope_theta"] ** exponents)
     angles = torch.arange(count).float()[:, None] * inv_freq[None, :]
     both = torch.cat([angles, angles], dim=-1)
     return both.cos().to(dtype), both.sin().to(dtype)

@@ -227,7 +227,8 @@ def stage_ae(run, pool):
     run.sync()
     seconds = clock.elapsed
     ae.eval()
-    ae.fold_norm()
+    with torch.no_grad():
+        ae.fold_norm(_nchw(low[:min(n_train, 512)]))
 
     # held-out reconstructions: PSNR at full size, ShapeEval of reconstructions and of the renders
     with torch.no_grad():
@@ -246,8 +247,8 @@ def stage_ae(run, pool):
             f"reconstructions {recon_rate:.3f}, renders {truth_rate:.3f} ({len(prompts)} images); "
             f"latent channel mean {mean.abs().max().item():.3f} max |.|, std "
             f"{std.min().item():.3f}..{std.max().item():.3f}")
-    torch.save({"encoder": ae.encoder.state_dict(), "decoder": ae.decoder.state_dict()},
-               run.path("ckpt", "ae_final.pt"))
+    save_checkpoint(run.path("ckpt", "ae_final.pt"), {"encoder": ae.encoder.state_dict(),
+                                                      "decoder": ae.decoder.state_dict()})
     run.mark_done("ae", {"steps": step, "batch": batch, "crop": crop * scale,
                          "seconds": seconds, "psnr_db": psnr, "shapeeval_recon": recon_rate,
                          "shapeeval_renders": truth_rate, "holdout": len(prompts),

@@ -204,14 +204,17 @@ class AutoEncoder(nn.Module):
         return self.norm(self.encoder(image))
 
     @torch.no_grad()
-    def fold_norm(self):
-        """Moves the running mean/var into encoder.conv_out; the norm becomes the identity."""
+    def fold_norm(self, images, batch=64):
+        """Measures the encoder's per-channel mean/std on `images` (what the decoder saw in
+        training through batch statistics) and folds them into encoder.conv_out, so the encoder
+        itself gives the normalised latent; the norm is then unused."""
+        outs = [self.encoder(images[i:i + batch]) for i in range(0, len(images), batch)]
+        z = torch.cat(outs)
+        mean = z.mean(dim=(0, 2, 3))
+        std = torch.sqrt(z.var(dim=(0, 2, 3)) + self.norm.eps)
         conv = self.encoder.conv_out
-        std = torch.sqrt(self.norm.running_var + self.norm.eps)
         conv.weight.div_(std[:, None, None, None])
-        conv.bias.sub_(self.norm.running_mean).div_(std)
-        self.norm.running_mean.zero_()
-        self.norm.running_var.fill_(1.0 - self.norm.eps)
+        conv.bias.sub_(mean).div_(std)
 
 
 def decoder_macs(cfg, out_size):

@@ -1,0 +1,293 @@
+# test_bad_inputs.py: the `snapgen` runner on bad inputs test_pipeline.py leaves out: steps 10,000,
+# odd/negative sizes, large and invalid-UTF-8 prompts, absurd config sizes (under a `ulimit -v`
+# guard), a full disk, read-only and odd output paths, and memory limits. Each case expects one
+# line on stderr naming the fault, a given exit code, and no file written. Env: SNAPGEN (a build
+# without sanitizers: the memory-limit cases use RLIMIT_AS), PYTHONPATH=weights/recipe.
+import json
+import os
+import resource
+import shutil
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+CONFIGS = os.path.join(ROOT, "weights", "configs")
+SNAPGEN = os.environ.get("SNAPGEN", os.path.join(ROOT, "build", "engine", "snapgen"))
+GIB = 1 << 30
+failures = []
+
+
+def check(name, ok, detail=""):
+    print(f"{'PASS' if ok else 'FAIL'} {name} {detail}".rstrip(), flush=True)
+    if not ok:
+        failures.append(name)
+
+
+def make_model(folder, seed=3):
+    subprocess.run([sys.executable, os.path.join(ROOT, "weights", "recipe", "make_random_model.py"),
+                    "--unet-config", os.path.join(CONFIGS, "test-unet-tiny.json"),
+                    "--decoder-config", os.path.join(CONFIGS, "test-decoder-tiny.json"),
+                    "--out", folder, "--seed", str(seed),
+                    "--conditioning", os.path.join(folder, "conditioning", "default.safetensors")],
+                   check=True, capture_output=True)
+
+
+def is_sanitized(path):
+    with open(path, "rb") as f:
+        return b"__asan_init" in f.read()
+
+
+def limits(address_space=None, file_size=None):
+    """A preexec_fn setting RLIMIT_AS / RLIMIT_FSIZE (with SIGXFSZ ignored, so writes fail with
+    EFBIG instead of killing the process)."""
+    def apply():
+        if address_space is not None:
+            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+        if file_size is not None:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    return apply
+
+
+def run(args, preexec=None, prefix=()):
+    env = dict(os.environ, MALLOC_ARENA_MAX="2")  # bounded address space per thread
+    return subprocess.run([*prefix, SNAPGEN, *args], capture_output=True, text=True,
+                          preexec_fn=preexec, env=env, timeout=300)
+
+
+def leftovers(folder, since):
+    return sorted(set(os.listdir(folder)) - set(since))
+
+
+def expect(name, result, code, mentions, folder=None, before=()):
+    """One line on stderr holding every word in mentions, the exit code, nothing new in folder."""
+    lines = result.stderr.strip().splitlines()
+    ok = result.returncode == code and len(lines) == 1 and all(m in result.stderr for m in mentions)
+    extra = leftovers(folder, before) if folder else []
+    ok = ok and not extra
+    check(name, ok, f"exit={result.returncode} stderr={result.stderr.strip()[:300]!r}"
+          + (f" left behind {extra}" if extra else ""))
+
+
+def gen_args(model, out, *extra, size=64):
+    return ["generate", "--model", model, "--output", out, "--width", str(size), "--height",
+            str(size), "--steps", "2", "--threads", "1", "--quiet", *extra]
+
+
+def test_arguments(model, tmp):
+    out_dir = os.path.join(tmp, "args")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "out.png")
+    cases = [
+        ("steps 10000", ["--steps", "10000"], 2, ["steps", "1000"]),
+        ("steps -1", ["--steps", "-1"], 2, ["--steps"]),
+        ("width negative", ["--width", "-64"], 2, ["size"]),
+        ("height odd", ["--height", "33"], 2, ["multiple"]),
+        ("height beyond the maximum", ["--height", "4104"], 2, ["size", "4096"]),
+        ("width not a number", ["--width", "64px"], 2, ["--width"]),
+        ("guidance NaN", ["--guidance", "nan"], 2, ["guidance"]),
+        ("invalid UTF-8 prompt", ["--prompt", "caf\udcc3 \udcff"], 2, ["prompt", "UTF-8"]),
+        ("invalid UTF-8 negative prompt", ["--negative", "\udcff", "--guidance", "3"], 2,
+         ["negative prompt", "UTF-8"]),
+        # One argv string is at most 128 KiB (Linux MAX_ARG_STRLEN), so the runner cannot be given
+        # a 1 MB prompt at all; api_bad_inputs.c passes one through the C API.
+        ("100 KB prompt (over the 64 KiB limit)", ["--prompt", "a" * 100_000], 2,
+         ["prompt", "65536"]),
+    ]
+    for name, extra, code, mentions in cases:
+        args = gen_args(model, out) + extra
+        # the last value wins, so later options override gen_args' defaults
+        before = os.listdir(out_dir)
+        result = subprocess.run([SNAPGEN, *args], capture_output=True, timeout=300,
+                                env=dict(os.environ))
+        result.stderr = result.stderr.decode("utf-8", "replace")
+        expect(f"bad argument: {name}", result, code, mentions, out_dir, before)
+
+    result = run(gen_args(model, out, "--prompt", ""))
+    check("empty prompt generates", result.returncode == 0 and os.path.exists(out),
+          result.stderr.strip())
+    os.unlink(out)
+    result = run(gen_args(model, out, "--prompt", "x" * 60_000))
+    check("60 KB prompt (under the limit) generates", result.returncode == 0 and os.path.exists(out),
+          result.stderr.strip()[:200])
+    os.unlink(out)
+
+
+def model_variant(model, tmp, name, part, config):
+    """A copy of the model with one config file replaced."""
+    copy = os.path.join(tmp, name)
+    shutil.copytree(model, copy)
+    with open(os.path.join(copy, *part), "w") as f:
+        json.dump(config, f)
+    return copy
+
+
+def test_absurd_configs(model, tmp, guard):
+    """Configs asking for absurd sizes must fail before allocating: under a 1 GiB address-space
+    limit they give the config or shape error (exit 3), not an out-of-memory or a crash."""
+    with open(os.path.join(model, "unet", "config.json")) as f:
+        unet = json.load(f)
+    with open(os.path.join(model, "decoder", "config.json")) as f:
+        decoder = json.load(f)
+    huge_unet = dict(unet, block_channels=[8192] * 4, down_res_blocks=[16] * 4,
+                     up_res_blocks=[17] * 4, transformer_depth=[16] * 4,
+                     self_attention=[True] * 4, mid_transformer_depth=16, head_dim=64,
+                     num_kv_heads=1, context_dim=16384, pooled_dim=16384, ffn_mult=16,
+                     expansion=16, time_embed_dim=16384, time_proj_dim=16384, norm_groups=32)
+    cases = [
+        ("unet block_channels [1000000000]", ("unet", "config.json"),
+         dict(unet, block_channels=[1000000000, 64]), ["block_channels", "unet/config.json"]),
+        ("unet head_dim 2^40", ("unet", "config.json"), dict(unet, head_dim=1 << 40),
+         ["head_dim"]),
+        ("unet num_kv_heads -1", ("unet", "config.json"), dict(unet, num_kv_heads=-1),
+         ["num_kv_heads"]),
+        ("decoder channels [1000000000]", ("decoder", "config.json"),
+         dict(decoder, channels=[1000000000, 24, 16]), ["channels", "decoder/config.json"]),
+        ("decoder 7 stages", ("decoder", "config.json"),
+         dict(decoder, channels=[8] * 7, blocks=[1] * 7), ["channels"]),
+        ("scheduler 100000 timesteps", ("scheduler", "scheduler_config.json"),
+         {"timesteps": [1.0] * 100000, "default_steps": 4}, ["timesteps"]),
+        ("scheduler default_steps 1e12", ("scheduler", "scheduler_config.json"),
+         {"shift": 3.0, "default_steps": 1e12}, ["default_steps"]),
+        # in range one by one, but a trillion-parameter UNet: the weights' shapes must not match,
+        # and nothing of that size may be allocated on the way
+        ("unet with every size at its maximum", ("unet", "config.json"), huge_unet,
+         ["unet", "shape"]),
+        ("decoder with every size at its maximum", ("decoder", "config.json"),
+         dict(decoder, channels=[4096] * 6, blocks=[16] * 6), ["decoder", "shape"]),
+    ]
+    out_dir = os.path.join(tmp, "absurd-out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "out.png")
+    for i, (name, part, config, mentions) in enumerate(cases):
+        copy = model_variant(model, tmp, f"absurd-{i}", part, config)
+        result = run(gen_args(copy, out), preexec=guard)
+        expect(f"absurd config: {name}", result, 3, mentions, out_dir, [])
+        shutil.rmtree(copy)
+
+    # a safetensors header promising an enormous tensor: refused from the header alone
+    copy = os.path.join(tmp, "absurd-tensor")
+    shutil.copytree(model, copy)
+    header = json.dumps({"conv_in.weight": {"dtype": "F32", "shape": [1 << 31, 1 << 31],
+                                            "data_offsets": [0, 1 << 62]}}).encode()
+    weights = os.path.join(copy, "unet", "diffusion_pytorch_model.safetensors")
+    with open(weights, "wb") as f:
+        f.write(struct.pack("<Q", len(header)) + header)
+    result = run(gen_args(copy, out), preexec=guard)
+    expect("absurd tensor shape in a safetensors header", result, 3,
+           [weights, "conv_in.weight"], out_dir, [])
+    shutil.rmtree(copy)
+
+
+def in_fresh_mount(args, mount_options, folder):
+    """Runs snapgen with a new tmpfs (mount_options) on folder, in a private mount namespace
+    (as root, else as a mapped root in a user namespace). Returns (result, files left in the
+    tmpfs), or None when this system allows neither. In a chroot, / is no mount point and its
+    propagation cannot be changed ("unchanged"); the script unmounts at the end either way."""
+    listing = folder + ".listing"
+    script = ('mount -t tmpfs -o "$1" snapgen-test "$2" || exit 111; : > "$3"; d=$2; shift 3; '
+              '"$@"; rc=$?; ls -A "$d" > "$d.listing"; umount "$d"; exit $rc')
+    for prefix in (["unshare", "--mount"],
+                   ["unshare", "--mount", "--propagation", "unchanged"],
+                   ["unshare", "--map-root-user", "--mount"]):
+        marker = folder + ".mounted"
+        try:
+            result = subprocess.run([*prefix, "sh", "-c", script, "sh", mount_options, folder,
+                                     marker, SNAPGEN, *args], capture_output=True, text=True,
+                                    timeout=300)
+        except FileNotFoundError:
+            return None
+        if os.path.exists(marker):
+            os.unlink(marker)
+            with open(listing) as f:
+                files = f.read().split()
+            os.unlink(listing)
+            return result, files
+    return None
+
+
+def test_output_paths(model, tmp):
+    disk = os.path.join(tmp, "disk")
+    os.makedirs(disk)
+    out = os.path.join(disk, "out.png")
+    args = gen_args(model, out, size=256)
+    mounted = in_fresh_mount(args, "size=16k", disk)
+    if mounted:
+        result, files = mounted
+        ok = result.returncode == 4 and "No space left on device" in result.stderr and \
+            out in result.stderr and len(result.stderr.strip().splitlines()) == 1 and not files
+        check("full disk (16 KiB tmpfs): exit 4 in words, nothing left", ok,
+              f"exit={result.returncode} stderr={result.stderr.strip()!r} left={files}")
+        result, files = in_fresh_mount(args, "ro,size=64k", disk)
+        ok = result.returncode == 4 and "Read-only file system" in result.stderr and not files
+        check("read-only file system: exit 4 in words", ok,
+              f"exit={result.returncode} stderr={result.stderr.strip()!r}")
+    else:
+        print("note: no mount namespace here; the full disk is simulated with RLIMIT_FSIZE")
+        result = run(args, preexec=limits(file_size=16 * 1024))
+        expect("full disk (RLIMIT_FSIZE 16 KiB): exit 4 in words", result, 4,
+               ["File too large", out], disk, [])
+
+    result = run(gen_args(model, disk))
+    expect("output is an existing folder", result, 4, [disk, "directory"], disk, [])
+    config = os.path.join(model, "unet", "config.json")
+    result = run(gen_args(model, os.path.join(config, "x.png")))
+    expect("output folder is a file", result, 4, ["Not a directory"])
+    result = run(gen_args(model, "/proc/snapgen-test.png"))
+    expect("output in /proc", result, 4, ["/proc"])
+
+
+def test_memory_limits(model, tmp):
+    """ulimit -v too small: loading must fail with exit 5 'out of memory', never crash. The
+    model's weights file is padded with 4 GiB of sparse zeros (still valid: data past the last
+    tensor is unused), so mapping it needs more address space than the 1 GiB limit allows,
+    while the runtime itself fits easily."""
+    copy = os.path.join(tmp, "padded-model")
+    shutil.copytree(model, copy)
+    weights = os.path.join(copy, "unet", "diffusion_pytorch_model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) + 4 * GIB)
+    out_dir = os.path.join(tmp, "memory-out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "out.png")
+    result = run(gen_args(copy, out))
+    check("padded model generates without a limit", result.returncode == 0, result.stderr.strip())
+    os.unlink(out)
+    result = run(gen_args(copy, out), preexec=limits(address_space=GIB))
+    expect("ulimit -v 1 GiB, model needs more: exit 5", result, 5, ["out of memory", weights],
+           out_dir, [])
+    shutil.rmtree(copy)
+    # The model fits but a 4096×4096 image does not: exit 5 from the activation memory.
+    result = run(gen_args(model, out, size=4096) + ["--steps", "1"],
+                 preexec=limits(address_space=GIB))
+    expect("ulimit -v 1 GiB, 4096x4096 image: exit 5", result, 5, ["memory"], out_dir, [])
+
+
+def main():
+    if not os.path.exists(SNAPGEN):
+        print(f"FAIL snapgen not found at {SNAPGEN}")
+        return 1
+    tmp = tempfile.mkdtemp(prefix="sg-bad-inputs-")
+    try:
+        model = os.path.join(tmp, "model")
+        make_model(model)
+        test_arguments(model, tmp)
+        sanitized = is_sanitized(SNAPGEN)
+        if sanitized:  # ASan reserves terabytes of address space: RLIMIT_AS cannot apply
+            print("note: SNAPGEN is built with sanitizers; configs run without the ulimit guard "
+                  "and the memory-limit cases are left to a plain build")
+        test_absurd_configs(model, tmp, None if sanitized else limits(address_space=GIB))
+        test_output_paths(model, tmp)
+        if not sanitized:
+            test_memory_limits(model, tmp)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"{'FAILED: ' + ', '.join(failures) if failures else 'all bad-input checks passed'}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
