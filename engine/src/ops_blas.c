@@ -1,5 +1,5 @@
 /* ops_blas.c: convolutions and matrix products on OpenBLAS sgemm (im2col in bounded chunks, 1x1 as
- * one product) and depthwise convolution as its own loop, for CPUs where oneDNN has no JIT kernel. */
+ * one product), for CPUs where oneDNN has no JIT kernel for them (NEON-only arm64 cores). */
 #include <cblas.h>
 #include <math.h>
 #include <stdio.h>
@@ -18,34 +18,6 @@ const char *sg_blas_describe(char *buf, size_t size) {
   return buf;
 }
 
-/* act over n values in place, in f32 (the switch is outside the loops so they vectorize). */
-static void activate(float *v, int64_t n, sg_activation act) {
-  switch (act) {
-    case SG_ACT_NONE: break;
-    case SG_ACT_SILU:
-      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
-      break;
-    case SG_ACT_GELU_ERF:
-      for (int64_t i = 0; i < n; i++) v[i] = 0.5f * v[i] * (1.0f + erff(v[i] * (float)M_SQRT1_2));
-      break;
-    case SG_ACT_GELU_TANH:
-      for (int64_t i = 0; i < n; i++) {
-        const float inner = 0.7978845608f * (v[i] + 0.044715f * v[i] * v[i] * v[i]);
-        v[i] = 0.5f * v[i] * (1.0f + tanhf(inner));
-      }
-      break;
-    case SG_ACT_QUICK_GELU:
-      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.0f + expf(-1.702f * v[i]));
-      break;
-    case SG_ACT_RELU:
-      for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
-      break;
-    case SG_ACT_TANH:
-      for (int64_t i = 0; i < n; i++) v[i] = tanhf(v[i]);
-      break;
-  }
-}
-
 /* y[c, :] = act(y[c, :] + bias[c]) for an image [channels, pixels]; bias may be NULL. */
 static void channel_epilogue(float *y, int64_t channels, int64_t pixels, const float *bias,
                              sg_activation act) {
@@ -56,7 +28,7 @@ static void channel_epilogue(float *y, int64_t channels, int64_t pixels, const f
     if (bias) {
       for (int64_t i = 0; i < pixels; i++) row[i] += bias[c];
     }
-    activate(row, pixels, act);
+    sg_fast_activate(row, pixels, act);
   }
 }
 
@@ -100,41 +72,6 @@ static void im2col(const float *x, int64_t channels, int64_t in_h, int64_t in_w,
   }
 }
 
-/* Depthwise (one input channel per output channel): per channel and tap, a multiply-add over the
- * output row's valid span, which is contiguous in x for stride 1. */
-static void depthwise(const float *x, const float *w, const float *bias, int64_t channels,
-                      int64_t in_h, int64_t in_w, int64_t kh, int64_t kw, int stride, int padding,
-                      int64_t out_h, int64_t out_w, sg_activation act, float *y) {
-#pragma omp parallel for
-  for (int64_t c = 0; c < channels; c++) {
-    const float *xc = x + c * in_h * in_w, *wc = w + c * kh * kw;
-    for (int64_t oy = 0; oy < out_h; oy++) {
-      float *row = y + (c * out_h + oy) * out_w;
-      const float start = bias ? bias[c] : 0.0f;
-      for (int64_t ox = 0; ox < out_w; ox++) row[ox] = start;
-      for (int64_t ky = 0; ky < kh; ky++) {
-        const int64_t iy = oy * stride + ky - padding;
-        if (iy < 0 || iy >= in_h) continue;
-        const float *src = xc + iy * in_w;
-        for (int64_t kx = 0; kx < kw; kx++) {
-          const float tap = wc[ky * kw + kx];
-          const int64_t shift = kx - padding; /* ix = ox * stride + shift */
-          const int64_t first = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
-          const int64_t last_ix = in_w - 1 - shift; /* ox * stride <= last_ix */
-          int64_t end = last_ix < 0 ? 0 : last_ix / stride + 1;
-          if (end > out_w) end = out_w;
-          if (stride == 1) {
-            for (int64_t ox = first; ox < end; ox++) row[ox] += tap * src[ox + shift];
-          } else {
-            for (int64_t ox = first; ox < end; ox++) row[ox] += tap * src[ox * stride + shift];
-          }
-        }
-      }
-      activate(row, out_w, act);
-    }
-  }
-}
-
 sg_status sg_blas_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
                          int padding, int groups, sg_activation act, sg_tensor *y,
                          sg_blas_scratch *scratch, sg_error *error) {
@@ -144,10 +81,6 @@ sg_status sg_blas_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor
   const int64_t group_in = in_c / groups, group_out = out_c / groups, taps = group_in * kh * kw;
   const float *xd = x->data, *wd = w->data, *bias = b ? (const float *)b->data : NULL;
   float *yd = y->data;
-  if (groups == in_c && groups == out_c) {
-    depthwise(xd, wd, bias, in_c, in_h, in_w, kh, kw, stride, padding, out_h, out_w, act, yd);
-    return SG_OK;
-  }
   const int pointwise = kh == 1 && kw == 1 && stride == 1 && padding == 0;
   int64_t chunk_rows = out_h;
   float *columns = NULL;
@@ -195,7 +128,7 @@ sg_status sg_blas_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor
     if (bias) {
       for (int64_t n = 0; n < out; n++) row[n] += bias[n];
     }
-    activate(row, out, act);
+    sg_fast_activate(row, out, act);
   }
   return SG_OK;
 }

@@ -1,6 +1,8 @@
 /* ops_dnnl.c: the ops on oneDNN 3.x primitives, each created once per shape and kept in a cache
- * owned by the backend (not thread-safe: one backend per thread). Convolutions and matrix products
- * for which oneDNN only has a reference kernel run on OpenBLAS instead (ops_blas.c), where built. */
+ * owned by the backend (not thread-safe: one backend per thread). Where oneDNN only has a reference
+ * kernel (NEON-only arm64 cores), convolutions and matrix products run on OpenBLAS instead
+ * (ops_blas.c, where built), and depthwise convolution, activations, binary ops and softmax on the
+ * engine's own loops (ops_fast.c): see choose_kernel. */
 #include <glib.h>
 #include <math.h>
 #include <oneapi/dnnl/dnnl.h>
@@ -18,8 +20,11 @@
 /* Attention works on blocks of queries so the score matrix stays below this many floats. */
 #define ATTENTION_SCORE_BUDGET (4 << 20)
 
-/* SNAPGEN_BLAS: when convolutions and matrix products run on OpenBLAS (see consider_blas). */
-typedef enum { BLAS_AUTO = 0, BLAS_ALWAYS, BLAS_NEVER } blas_mode;
+/* SNAPGEN_FALLBACK: when an op runs on its fallback kernel instead of oneDNN (choose_kernel). */
+typedef enum { FALLBACK_AUTO = 0, FALLBACK_ALWAYS, FALLBACK_NEVER } fallback_mode;
+
+/* What runs a cached op: its oneDNN steps, or a fallback (then it has no steps). */
+typedef enum { KERNEL_ONEDNN = 0, KERNEL_OPENBLAS, KERNEL_OWN } kernel_kind;
 
 struct sg_dnnl {
   dnnl_engine_t engine;
@@ -29,8 +34,8 @@ struct sg_dnnl {
   size_t scores_count;
   unsigned char *empty;  /* attention: 1 for a query that sees no key */
   size_t empty_count;
-  blas_mode blas;
-  int log_kernels;       /* SNAPGEN_LOG_KERNELS=1: one stderr line per conv/matmul kernel chosen */
+  fallback_mode fallback;
+  int log_kernels;       /* SNAPGEN_LOG_KERNELS=1: one stderr line per kernel chosen */
   sg_blas_scratch blas_scratch;
 };
 
@@ -50,7 +55,8 @@ typedef struct {
   dnnl_memory_t memories[MAX_MEMORIES]; /* all, destroyed with the op */
   int nuser;
   dnnl_memory_t user[MAX_USER];
-  int use_blas; /* no steps: the caller runs the OpenBLAS path instead */
+  kernel_kind kernel;             /* not KERNEL_ONEDNN: the caller runs the fallback */
+  sg_activation activation_after; /* group norm: activation on the engine's loop after the steps */
 } sg_dnnl_op;
 
 static void op_free(gpointer data) {
@@ -89,16 +95,16 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
     return NULL;
   }
   dnnl->cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, op_free);
-  const char *blas = getenv("SNAPGEN_BLAS");
-  if (blas && *blas && strcmp(blas, "auto") != 0) {
-    if (!strcmp(blas, "always")) {
-      dnnl->blas = BLAS_ALWAYS;
-    } else if (!strcmp(blas, "never")) {
-      dnnl->blas = BLAS_NEVER;
+  const char *fallback = getenv("SNAPGEN_FALLBACK");
+  if (fallback && *fallback && strcmp(fallback, "auto") != 0) {
+    if (!strcmp(fallback, "always")) {
+      dnnl->fallback = FALLBACK_ALWAYS;
+    } else if (!strcmp(fallback, "never")) {
+      dnnl->fallback = FALLBACK_NEVER;
     } else {
       sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-              "the environment variable SNAPGEN_BLAS is '%s'; it must be auto, always or never",
-              blas);
+              "the environment variable SNAPGEN_FALLBACK is '%s'; it must be auto, always or never",
+              fallback);
       sg_dnnl_free(dnnl);
       return NULL;
     }
@@ -143,7 +149,7 @@ static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *c
 typedef struct {
   sg_dnnl *dnnl;
   sg_dnnl_op *op;
-  const char *key; /* the op's cache key, named in the kernel log (convolutions, matmuls) */
+  const char *key; /* the op's cache key, named in the kernel log */
   dnnl_status_t status;
   const char *failed; /* source text of the first call that failed */
   int nmds, npds;
@@ -298,9 +304,9 @@ static int is_reference_impl(const_dnnl_primitive_desc_t pd) {
   return impl && strncmp(impl, "ref", 3) == 0;
 }
 
-/* True when oneDNN's implementation of a convolution or matmul is a reference kernel: its name
- * says "ref", or on arm64 it is a "gemm:" one, which there always runs oneDNN's reference sgemm
- * (its JIT sgemm is x86-only, whatever the name says: "gemm:jit:f32" on a NEON-only core). */
+/* True when oneDNN's implementation is a reference kernel: its name says "ref", or on arm64 it is a
+ * "gemm:" one, which there always runs oneDNN's reference sgemm (its JIT sgemm is x86-only,
+ * whatever the name says: "gemm:jit:f32" on a NEON-only core). */
 static int is_slow_impl(const char *impl) {
   if (strstr(impl, "ref")) return 1;
 #if defined(__aarch64__)
@@ -309,39 +315,50 @@ static int is_slow_impl(const char *impl) {
   return 0;
 }
 
-/* Decides, once per op, whether a convolution or matmul runs on OpenBLAS instead of pd: where
- * oneDNN has no fast kernel (SNAPGEN_BLAS=auto, the default), for all (always) or never. Logs the
- * choice when SNAPGEN_LOG_KERNELS is set. depthwise: the OpenBLAS path is the engine's own loop. */
-static int consider_blas(builder *b, const_dnnl_primitive_desc_t pd, int depthwise) {
-  if (b->status != dnnl_success) return 0;
+/* The fallback of a convolution or matmul that is not depthwise: OpenBLAS where built. */
+static kernel_kind blas_fallback(void) {
+#ifdef SG_HAVE_BLAS
+  return KERNEL_OPENBLAS;
+#else
+  return KERNEL_ONEDNN;
+#endif
+}
+
+/* Decides, once per op (or step), what runs it: oneDNN's primitive pd, or the fallback kernel
+ * (none: KERNEL_ONEDNN). SNAPGEN_FALLBACK=auto (the default) takes the fallback where oneDNN only
+ * has a reference kernel, always takes it wherever there is one (to test it), never does not.
+ * Logs the choice when SNAPGEN_LOG_KERNELS is set: one line per distinct op. */
+static kernel_kind choose_kernel(builder *b, const_dnnl_primitive_desc_t pd, kernel_kind fallback) {
+  if (b->status != dnnl_success) return KERNEL_ONEDNN;
   const char *impl = NULL;
   if (dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl) != dnnl_success || !impl) {
     impl = "unknown";
   }
-  int use_blas = 0;
-#ifdef SG_HAVE_BLAS
-  use_blas = b->dnnl->blas == BLAS_ALWAYS || (b->dnnl->blas == BLAS_AUTO && is_slow_impl(impl));
-#endif
+  const fallback_mode mode = b->dnnl->fallback;
+  kernel_kind kernel = KERNEL_ONEDNN;
+  if (mode == FALLBACK_ALWAYS || (mode == FALLBACK_AUTO && is_slow_impl(impl))) kernel = fallback;
   if (b->dnnl->log_kernels) {
-    char blas_name[128] = "";
+    char name[128] = "engine f32 loop";
 #ifdef SG_HAVE_BLAS
-    if (use_blas) {
-      if (depthwise) {
-        snprintf(blas_name, sizeof blas_name, "engine depthwise loop");
-      } else {
-        sg_blas_describe(blas_name, sizeof blas_name);
-      }
-    }
+    if (kernel == KERNEL_OPENBLAS) sg_blas_describe(name, sizeof name);
 #endif
-    if (use_blas) {
-      fprintf(stderr, "snapgen kernel: %s: %s (oneDNN offers %s)\n", b->key, blas_name, impl);
-    } else {
-      fprintf(stderr, "snapgen kernel: %s: oneDNN %s%s\n", b->key, impl,
+    if (kernel == KERNEL_ONEDNN) {
+      fprintf(stderr, "snapgen kernel: %s: oneDNN %s%s\n", b->key ? b->key : "?", impl,
               is_slow_impl(impl) ? " (reference kernel)" : "");
+    } else {
+      fprintf(stderr, "snapgen kernel: %s: %s (oneDNN offers %s)\n", b->key ? b->key : "?", name,
+              impl);
     }
   }
-  if (use_blas) b->op->use_blas = 1;
-  return use_blas;
+  return kernel;
+}
+
+/* choose_kernel for a whole op: a fallback then runs the op instead of its (absent) steps. */
+static kernel_kind choose_op_kernel(builder *b, const_dnnl_primitive_desc_t pd,
+                                    kernel_kind fallback) {
+  kernel_kind kernel = choose_kernel(b, pd, fallback);
+  if (kernel != KERNEL_ONEDNN) b->op->kernel = kernel;
+  return kernel;
 }
 
 /* Frees the descriptors; on success caches the op under key, else reports the failed call. */
@@ -400,7 +417,9 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
               &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, w_any,
               bias_md, dst_any, strides, dilates, pad, pad, attr));
   keep_pd(&b, pd);
-  if (b.status != dnnl_success || consider_blas(&b, pd, groups == in_c && groups == out_c)) {
+  const int depthwise = groups == in_c && groups == out_c;
+  if (b.status != dnnl_success ||
+      choose_op_kernel(&b, pd, depthwise ? KERNEL_OWN : blas_fallback()) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "conv2d", out, error);
   }
 
@@ -447,8 +466,12 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
                                   error);
     if (status != SG_OK) return status;
   }
+  if (op->kernel == KERNEL_OWN) {
+    sg_fast_depthwise_conv2d(x, w, b, stride, padding, act, y);
+    return SG_OK;
+  }
 #ifdef SG_HAVE_BLAS
-  if (op->use_blas) {
+  if (op->kernel == KERNEL_OPENBLAS) {
     return sg_blas_conv2d(x, w, b, stride, padding, groups, act, y, &dnnl->blas_scratch, error);
   }
 #endif
@@ -476,7 +499,7 @@ static void add_matmul(builder *b, const operand *src, const operand *weights,
   dnnl_primitive_desc_t pd = NULL;
   TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_md, bias_md, dst_md,
                                            attr));
-  if (consider_blas(b, pd, 0)) {
+  if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) {
     keep_pd(b, pd);
     return;
   }
@@ -509,7 +532,7 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
     if (status != SG_OK) return status;
   }
 #ifdef SG_HAVE_BLAS
-  if (op->use_blas) return sg_blas_linear(x, w, b, act, y);
+  if (op->kernel == KERNEL_OPENBLAS) return sg_blas_linear(x, w, b, act, y);
 #endif
   /* Without a bias the third pointer is y (the op was built without a bias memory). */
   return op_run(dnnl, op, "linear", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
@@ -526,16 +549,30 @@ static sg_status eltwise_op(sg_dnnl *dnnl, sg_activation act, int64_t count, sg_
   if (*out) return SG_OK;
   builder b;
   build_start(&b, dnnl);
+  b.key = key;
   const_dnnl_memory_desc_t md = md_plain(&b, 1, &count, NULL);
   float alpha;
   dnnl_alg_kind_t alg = activation_alg(act, &alpha);
   dnnl_primitive_desc_t pd = NULL;
   TRY(&b, dnnl_eltwise_forward_primitive_desc_create(&pd, dnnl->engine, dnnl_forward_inference,
                                                       alg, md, md, alpha, 0.0f, NULL));
-  dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
-                             {DNNL_ARG_DST, user_memory(&b, md)}};
-  add_step(&b, pd, 2, args);
+  keep_pd(&b, pd);
+  if (choose_op_kernel(&b, pd, KERNEL_OWN) == KERNEL_ONEDNN) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
+                               {DNNL_ARG_DST, user_memory(&b, md)}};
+    add_step(&b, pd, 2, args);
+  }
   return build_finish(&b, key, "eltwise", out, error);
+}
+
+/* Runs an eltwise op from eltwise_op on count values (y may be x). */
+static sg_status eltwise_run(sg_dnnl *dnnl, sg_dnnl_op *op, sg_activation act, const float *x,
+                             float *y, int64_t count, const char *name, sg_error *error) {
+  if (op->kernel == KERNEL_OWN) {
+    sg_fast_eltwise(act, x, y, count);
+    return SG_OK;
+  }
+  return op_run(dnnl, op, name, (void *[]){(void *)x, y}, error);
 }
 
 sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, sg_tensor *y,
@@ -548,8 +585,7 @@ sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, 
   sg_dnnl_op *op;
   sg_status status = eltwise_op(dnnl, act, count, &op, error);
   if (status != SG_OK) return status;
-  void *pointers[2] = {ptr(x), ptr(y)};
-  return op_run(dnnl, op, "eltwise", pointers, error);
+  return eltwise_run(dnnl, op, act, x->data, y->data, count, "eltwise", error);
 }
 
 sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op_kind, const sg_tensor *a,
@@ -573,18 +609,26 @@ sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op_kind, const sg_tensor *a
     }
     builder bl;
     build_start(&bl, dnnl);
+    bl.key = key;
     const_dnnl_memory_desc_t a_md = md_plain(&bl, a->ndim + 1, a_shape, NULL);
     const_dnnl_memory_desc_t b_md = md_plain(&bl, a->ndim + 1, b_shape, NULL);
     dnnl_primitive_desc_t pd = NULL;
     TRY(&bl, dnnl_binary_primitive_desc_create(
                  &pd, dnnl->engine, op_kind == SG_BINARY_ADD ? dnnl_binary_add : dnnl_binary_mul,
                  a_md, b_md, a_md, NULL));
-    dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC_0, user_memory(&bl, a_md)},
-                               {DNNL_ARG_SRC_1, user_memory(&bl, b_md)},
-                               {DNNL_ARG_DST, user_memory(&bl, a_md)}};
-    add_step(&bl, pd, 3, args);
+    keep_pd(&bl, pd);
+    if (choose_op_kernel(&bl, pd, KERNEL_OWN) == KERNEL_ONEDNN) {
+      dnnl_exec_arg_t args[3] = {{DNNL_ARG_SRC_0, user_memory(&bl, a_md)},
+                                 {DNNL_ARG_SRC_1, user_memory(&bl, b_md)},
+                                 {DNNL_ARG_DST, user_memory(&bl, a_md)}};
+      add_step(&bl, pd, 3, args);
+    }
     sg_status status = build_finish(&bl, key, "binary", &op, error);
     if (status != SG_OK) return status;
+  }
+  if (op->kernel == KERNEL_OWN) {
+    sg_fast_binary(op_kind, a, b, y);
+    return SG_OK;
   }
   void *pointers[3] = {ptr(a), ptr(b), ptr(y)};
   return op_run(dnnl, op, "binary", pointers, error);
@@ -630,6 +674,7 @@ sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, cons
   if (!op) {
     const int64_t dims[3] = {1, channels, spatial}, channel_dims[1] = {channels};
     /* The activation is fused as a post-op; where oneDNN refuses that, it runs as its own step. */
+    char step_key[200]; /* names the activation step in the kernel log */
     for (int fused = 1; fused >= 0 && !op; fused--) {
       builder b;
       build_start(&b, dnnl);
@@ -656,8 +701,15 @@ sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, cons
         TRY(&b, dnnl_eltwise_forward_primitive_desc_create(
                     &eltwise_pd, dnnl->engine, dnnl_forward_inference, alg, md, md, alpha, 0.0f,
                     NULL));
-        add_step(&b, eltwise_pd, 2,
-                 (dnnl_exec_arg_t[]){{DNNL_ARG_SRC, y_mem}, {DNNL_ARG_DST, y_mem}});
+        keep_pd(&b, eltwise_pd);
+        snprintf(step_key, sizeof step_key, "%s activation", key);
+        b.key = step_key;
+        if (choose_kernel(&b, eltwise_pd, KERNEL_OWN) == KERNEL_ONEDNN) {
+          add_step(&b, eltwise_pd, 2,
+                   (dnnl_exec_arg_t[]){{DNNL_ARG_SRC, y_mem}, {DNNL_ARG_DST, y_mem}});
+        } else if (b.op) {
+          b.op->activation_after = act;
+        }
       }
       if (fused && act != SG_ACT_NONE && b.status == dnnl_unimplemented) {
         build_finish(&b, key, "group_norm", &op, NULL); /* frees; try unfused */
@@ -670,7 +722,11 @@ sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, cons
   }
   void *pointers[4];
   norm_pointers(pointers, x, gamma, beta, y);
-  return op_run(dnnl, op, "group_norm", pointers, error);
+  sg_status status = op_run(dnnl, op, "group_norm", pointers, error);
+  if (status == SG_OK && op->activation_after != SG_ACT_NONE) {
+    sg_fast_eltwise(op->activation_after, y->data, y->data, sg_tensor_numel(y));
+  }
+  return status;
 }
 
 sg_status sg_dnnl_layer_norm(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *gamma,
@@ -727,15 +783,29 @@ static sg_status softmax_op(sg_dnnl *dnnl, int64_t rows, int64_t cols, sg_dnnl_o
   if (*out) return SG_OK;
   builder b;
   build_start(&b, dnnl);
+  b.key = key;
   const int64_t dims[2] = {rows, cols};
   const_dnnl_memory_desc_t md = md_plain(&b, 2, dims, NULL);
   dnnl_primitive_desc_t pd = NULL;
   TRY(&b, dnnl_softmax_forward_primitive_desc_create(&pd, dnnl->engine, dnnl_forward_inference,
                                                       dnnl_softmax_accurate, md, md, 1, NULL));
-  dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
-                             {DNNL_ARG_DST, user_memory(&b, md)}};
-  add_step(&b, pd, 2, args);
+  keep_pd(&b, pd);
+  if (choose_op_kernel(&b, pd, KERNEL_OWN) == KERNEL_ONEDNN) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_SRC, user_memory(&b, md)},
+                               {DNNL_ARG_DST, user_memory(&b, md)}};
+    add_step(&b, pd, 2, args);
+  }
   return build_finish(&b, key, "softmax", out, error);
+}
+
+/* Runs a softmax op from softmax_op on rows x cols values (y may be x). */
+static sg_status softmax_run(sg_dnnl *dnnl, sg_dnnl_op *op, const float *x, float *y, int64_t rows,
+                             int64_t cols, const char *name, sg_error *error) {
+  if (op->kernel == KERNEL_OWN) {
+    sg_fast_softmax(x, y, rows, cols);
+    return SG_OK;
+  }
+  return op_run(dnnl, op, name, (void *[]){(void *)x, y}, error);
 }
 
 sg_status sg_dnnl_softmax(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_error *error) {
@@ -743,8 +813,7 @@ sg_status sg_dnnl_softmax(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_er
   sg_dnnl_op *op;
   sg_status status = softmax_op(dnnl, rows, cols, &op, error);
   if (status != SG_OK) return status;
-  void *pointers[2] = {ptr(x), ptr(y)};
-  return op_run(dnnl, op, "softmax", pointers, error);
+  return softmax_run(dnnl, op, x->data, y->data, rows, cols, "softmax", error);
 }
 
 /* ---- data movement ---- */
@@ -968,20 +1037,24 @@ sg_status sg_dnnl_attention(sg_dnnl *dnnl, const sg_tensor *q, const sg_tensor *
     if (status != SG_OK) return status;
     float *q_block = (float *)q->data + first * q_row, *y_block = (float *)y->data + first * q_row;
 #ifdef SG_HAVE_BLAS
-    if (scores_op->use_blas) sg_blas_attention_scores(p, count, keys, q_block, k->data, scores);
+    if (scores_op->kernel == KERNEL_OPENBLAS) {
+      sg_blas_attention_scores(p, count, keys, q_block, k->data, scores);
+    }
 #endif
-    if (!scores_op->use_blas) {
+    if (scores_op->kernel == KERNEL_ONEDNN) {
       status = op_run(dnnl, scores_op, "attention", (void *[]){q_block, k->data, scores}, error);
       if (status != SG_OK) return status;
     }
     if (masked) mask_scores(scores, dnnl->empty, p, first, count, keys, head_major);
-    status = op_run(dnnl, softmax, "attention", (void *[]){scores, scores}, error);
+    status = softmax_run(dnnl, softmax, scores, scores, count * heads, keys, "attention", error);
     if (status != SG_OK) return status;
     if (masked) zero_empty_rows(scores, dnnl->empty, heads, count, keys, head_major);
 #ifdef SG_HAVE_BLAS
-    if (values_op->use_blas) sg_blas_attention_values(p, count, keys, scores, v->data, y_block);
+    if (values_op->kernel == KERNEL_OPENBLAS) {
+      sg_blas_attention_values(p, count, keys, scores, v->data, y_block);
+    }
 #endif
-    if (!values_op->use_blas) {
+    if (values_op->kernel == KERNEL_ONEDNN) {
       status = op_run(dnnl, values_op, "attention", (void *[]){scores, v->data, y_block}, error);
       if (status != SG_OK) return status;
     }
@@ -1003,7 +1076,7 @@ sg_status sg_dnnl_gated(sg_dnnl *dnnl, const sg_tensor *x, sg_activation act, sg
   if (act != SG_ACT_NONE) {
     sg_dnnl_op *op;
     sg_status status = eltwise_op(dnnl, act, rows * cols, &op, error);
-    if (status == SG_OK) status = op_run(dnnl, op, "gated", (void *[]){yd, yd}, error);
+    if (status == SG_OK) status = eltwise_run(dnnl, op, act, yd, yd, rows * cols, "gated", error);
     if (status != SG_OK) return status;
   }
 #pragma omp parallel for

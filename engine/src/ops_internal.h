@@ -1,5 +1,6 @@
 /* ops_internal.h: what ops.c (validation, dispatch) shares with the two backends, ops_ref.c and
- * ops_dnnl.c. The backends get arguments that ops.c has already checked. */
+ * ops_dnnl.c (with its fallbacks ops_fast.c and ops_blas.c). The backends get arguments that
+ * ops.c has already checked. */
 #ifndef SG_OPS_INTERNAL_H
 #define SG_OPS_INTERNAL_H
 
@@ -67,15 +68,25 @@ sg_status sg_ref_attention(const sg_tensor *q, const sg_tensor *k, const sg_tens
                            const sg_attention_params *params, sg_tensor *y, sg_error *error);
 sg_status sg_ref_gated(const sg_tensor *x, sg_activation act, sg_tensor *y);
 
-/* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined). The
- * oneDNN backend runs convolutions and matrix products here when oneDNN itself only has a
- * reference kernel for them (NEON-only arm64 cores). Arguments are checked as for the backends. */
+/* The engine's own f32 loops (ops_fast.c), which the oneDNN backend runs where oneDNN itself only
+ * has a reference kernel (NEON-only arm64 cores). Arguments are checked as for the backends. */
+void sg_fast_activate(float *v, int64_t n, sg_activation act); /* in place */
+void sg_fast_eltwise(sg_activation act, const float *x, float *y, int64_t count);
+void sg_fast_binary(sg_binary_op op, const sg_tensor *a, const sg_tensor *b, sg_tensor *y);
+void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols); /* y may be x */
+/* groups == channels of x == channels of y */
+void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                              int stride, int padding, sg_activation act, sg_tensor *y);
+
+/* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined): the
+ * oneDNN backend runs convolutions and matrix products here where oneDNN only has a reference
+ * kernel for them. */
 typedef struct {
   float *data; /* im2col columns, grown on demand, freed with the oneDNN backend */
   size_t count;
 } sg_blas_scratch;
 
-/* "OpenBLAS 0.3.29 NEOVERSEN1": the library and the kernel set it chose for this CPU. */
+/* "OpenBLAS sgemm (neoversen1 kernels)": the library and the kernel set it chose for this CPU. */
 const char *sg_blas_describe(char *buf, size_t size);
 sg_status sg_blas_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
                          int padding, int groups, sg_activation act, sg_tensor *y,

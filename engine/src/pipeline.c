@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conditioner.h"
 #include "config.h"
 #include "decoder.h"
 #include "error.h"
@@ -18,12 +19,8 @@
 /* The longest prompt accepted, in bytes (the tokenizers' SG_TEXT_MAX_BYTES). */
 #define SG_MAX_PROMPT_BYTES (64 * 1024)
 
-/* Text conditioning for one prompt: context tokens, their mask, and the pooled vector. */
-typedef struct {
-  sg_tensor context;    /* [S, context_dim], owned */
-  float *context_mask;  /* [S] of 0/1, owned */
-  sg_tensor pooled;     /* [pooled_dim], owned; data NULL when the UNet takes none */
-} sg_conditioning;
+/* Text conditioning for one prompt: context tokens, their mask, and the pooled vector (owned). */
+typedef sg_conditioning_out sg_conditioning;
 
 struct sg_context {
   char *model_dir;
@@ -35,6 +32,7 @@ struct sg_context {
   sg_weights *decoder_weights;
   sg_decoder *decoder;
   sg_scheduler_config scheduler;
+  sg_conditioner *conditioner;     /* NULL for models without text encoders */
   char *default_conditioning_path; /* models without a text encoder may ship a fixed conditioning */
   sg_arena *arena;
 };
@@ -108,6 +106,15 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
                      "%s: the decoder takes %d latent channels but the UNet makes %d",
                      decoder_config, ctx->decoder_config.latent_channels,
                      ctx->unet_config.out_channels);
+  if (status == SG_OK) status = sg_conditioner_load(ctx->model_dir, &ctx->conditioner, error);
+  if (status == SG_OK && ctx->conditioner &&
+      (sg_conditioner_context_dim(ctx->conditioner) != ctx->unet_config.context_dim ||
+       sg_conditioner_pooled_dim(ctx->conditioner) != ctx->unet_config.pooled_dim))
+    status = sg_fail(error, SG_ERR_FORMAT,
+                     "%s: the conditioner gives context width %d and pooled width %d, but the UNet "
+                     "takes %d and %d", ctx->model_dir, sg_conditioner_context_dim(ctx->conditioner),
+                     sg_conditioner_pooled_dim(ctx->conditioner), ctx->unet_config.context_dim,
+                     ctx->unet_config.pooled_dim);
   if (status == SG_OK) status = sg_weights_open_folder(unet_dir, &ctx->unet_weights, error);
   if (status == SG_OK) status = sg_unet_load(&ctx->unet_config, ctx->unet_weights, &ctx->unet, error);
   if (status == SG_OK) status = sg_weights_open_folder(decoder_dir, &ctx->decoder_weights, error);
@@ -158,6 +165,7 @@ sg_status sg_context_new(const char *model_dir, const sg_context_options *option
 
 void sg_context_free(sg_context *ctx) {
   if (ctx == NULL) return;
+  sg_conditioner_free(ctx->conditioner);
   sg_unet_free(ctx->unet);
   sg_decoder_free(ctx->decoder);
   sg_weights_free(ctx->unet_weights);
@@ -170,10 +178,7 @@ void sg_context_free(sg_context *ctx) {
 }
 
 static void conditioning_clear(sg_conditioning *cond) {
-  g_free(cond->context.data);
-  g_free(cond->context_mask);
-  g_free(cond->pooled.data);
-  memset(cond, 0, sizeof *cond);
+  sg_conditioning_out_clear(cond);
 }
 
 /* Copies one tensor of a conditioning file (f32 result owned by the caller). */
@@ -362,7 +367,8 @@ sg_status sg_generate(sg_context *ctx, const sg_generate_params *params, sg_prog
                       void *user_data, uint8_t **rgba_out, sg_error *error) {
   if (rgba_out == NULL || ctx == NULL || params == NULL) {
     if (rgba_out) *rgba_out = NULL;
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "sg_generate: context, params or output is NULL");
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "sg_generate: context, params or output is NULL");
   }
   *rgba_out = NULL;
   int steps = 0;
@@ -379,12 +385,24 @@ sg_status sg_generate(sg_context *ctx, const sg_generate_params *params, sg_prog
   if (cond_path == NULL || cond_path[0] == '\0') cond_path = ctx->default_conditioning_path;
   if (status == SG_OK && report(progress, user_data, SG_STAGE_ENCODING_TEXT, 0, steps))
     status = sg_fail(error, SG_ERR_CANCELLED, "cancelled");
-  if (status == SG_OK && cond_path == NULL)
+  int use_text = ctx->conditioner != NULL &&
+                 (params->conditioning_path == NULL || params->conditioning_path[0] == '\0');
+  if (status == SG_OK && !use_text && cond_path == NULL)
     status = sg_fail(error, SG_ERR_INVALID_ARGUMENT,
                      "%s: this model has no text encoder and no fixed conditioning; "
                      "give a conditioning file", ctx->model_dir);
-  if (status == SG_OK) status = load_conditioning(ctx, cond_path, "", &cond, error);
-  if (status == SG_OK && use_guidance) {
+  if (status == SG_OK && use_text) {
+    status = sg_conditioner_encode(ctx->conditioner, ctx->backend, ctx->arena, params->prompt,
+                                   &cond, error);
+    /* The negative prompt ("" by default, cached) is the unconditional branch of guidance. */
+    if (status == SG_OK && use_guidance)
+      status = sg_conditioner_encode(ctx->conditioner, ctx->backend, ctx->arena,
+                                     params->negative_prompt ? params->negative_prompt : "",
+                                     &uncond, error);
+  } else if (status == SG_OK) {
+    status = load_conditioning(ctx, cond_path, "", &cond, error);
+  }
+  if (status == SG_OK && use_guidance && !use_text) {
     sg_safetensors *file = NULL;
     int has_negative = 0;
     if (sg_safetensors_open(cond_path, &file, NULL) == SG_OK) {

@@ -7,6 +7,7 @@
 #include <string.h>
 #include <sys/resource.h>
 
+#include "conditioner.h"
 #include "decoder.h"
 #include "snapgen.h"
 #include "tensor.h"
@@ -41,6 +42,7 @@ static int exit_code_for(sg_status status) {
 static const char usage_text[] =
     "usage: snapgen [generate] --model DIR --output FILE.png [options]\n"
     "       snapgen info --model DIR\n"
+    "       snapgen encode --model DIR --prompt TEXT    token ids and embedding statistics\n"
     "       snapgen bench --unet-config FILE [--decoder-config FILE] [--size PIXELS] [options]\n"
     "\n"
     "generate options:\n"
@@ -254,6 +256,33 @@ static int run_generate(const runner_args *a) {
   return EXIT_OK;
 }
 
+static int run_encode(const runner_args *a) {
+  if (a->model == NULL) {
+    fprintf(stderr, "snapgen: encode needs --model DIR [--prompt TEXT]\n");
+    return EXIT_USAGE;
+  }
+  sg_backend_kind kind;
+  if (!backend_from_name(a->backend_name, &kind)) return EXIT_USAGE;
+  sg_error error = {0};
+  sg_conditioner *conditioner = NULL;
+  sg_status status = sg_conditioner_load(a->model, &conditioner, &error);
+  if (status == SG_OK && conditioner == NULL) {
+    fprintf(stderr, "snapgen: %s has no text encoders\n", a->model);
+    return EXIT_MODEL;
+  }
+  sg_backend *be = status == SG_OK ? sg_backend_new(kind, a->threads, &error) : NULL;
+  if (status == SG_OK && be == NULL) status = error.status;
+  sg_arena *arena = sg_arena_new();
+  if (status == SG_OK)
+    status = sg_conditioner_print_report(conditioner, be, arena, a->prompt ? a->prompt : "",
+                                         stdout, &error);
+  if (status != SG_OK) fprintf(stderr, "snapgen: %s\n", error.message);
+  sg_arena_free(arena);
+  sg_backend_free(be);
+  sg_conditioner_free(conditioner);
+  return exit_code_for(status);
+}
+
 static int run_info(const runner_args *a) {
   if (a->model == NULL) {
     fprintf(stderr, "snapgen: info needs --model DIR\n");
@@ -396,6 +425,7 @@ int main(int argc, char **argv) {
   if (!parse_args(argc, argv, &args)) return EXIT_USAGE;
   if (!strcmp(args.command, "generate")) return run_generate(&args);
   if (!strcmp(args.command, "info")) return run_info(&args);
+  if (!strcmp(args.command, "encode")) return run_encode(&args);
   if (!strcmp(args.command, "bench")) return run_bench(&args);
   fprintf(stderr, "snapgen: unknown command '%s' (see --help)\n", args.command);
   return EXIT_USAGE;

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# count-instructions.sh: guest instructions per UNet step under qemu-aarch64, oneDNN alone vs with the OpenBLAS path.
+# count-instructions.sh: guest instructions per UNet step under qemu-aarch64, oneDNN alone vs with the engine's fallback kernels.
 #
 # Debian 13's qemu-user is a static build without TCG plugin support (no -plugin option, and no
 # qemu package ships libinsn.so), so this counts from qemu's own log: `-d in_asm,exec,nochain`
@@ -10,8 +10,9 @@
 # adds a clock read and the arena settling (well under 10^4 instructions).
 #
 # Environment: CPU (default cortex-a76), SIZE in pixels (default 64: latent 8x8), UNET_CONFIG
-# (default weights/configs/test-unet-tiny.json), TOKENS (default 8), MODES (SNAPGEN_BLAS values,
-# default "never auto"), CORETYPES (OPENBLAS_CORETYPE values for the auto mode, default: none, i.e.
+# (default weights/configs/test-unet-tiny.json), TOKENS (default 8), MODES (SNAPGEN_FALLBACK values,
+# default "never auto": oneDNN alone, then OpenBLAS and the engine's loops where oneDNN has only
+# reference kernels), CORETYPES (OPENBLAS_CORETYPE values for the auto mode, default: none, i.e.
 # OpenBLAS's own detection), BUILD (default build-arm64). Slow: about 3 minutes per mode here.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
@@ -33,11 +34,11 @@ if [ ! -x "$counter" ] || [ tests/arm64/insn-count.c -nt "$counter" ]; then
     $(pkg-config --cflags --libs glib-2.0)
 fi
 
-# $1: SNAPGEN_BLAS, $2: OPENBLAS_CORETYPE or empty. Prints the window count.
+# $1: SNAPGEN_FALLBACK, $2: OPENBLAS_CORETYPE or empty. Prints the window count.
 count_step() {
   local extra=()
   [ -n "$2" ] && extra=(-E "OPENBLAS_CORETYPE=$2")
-  qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" -E "SNAPGEN_BLAS=$1" -E OMP_NUM_THREADS=1 \
+  qemu-aarch64 -L /usr/aarch64-linux-gnu -cpu "$cpu" -E "SNAPGEN_FALLBACK=$1" -E OMP_NUM_THREADS=1 \
     "${extra[@]}" -d in_asm,exec,nochain -D /dev/fd/3 \
     "$build/engine/snapgen" bench --unet-config "$config" --size "$size" --context-tokens "$tokens" \
     --threads 1 --repeat 2 3>&1 >/dev/null 2>&1 |
@@ -57,7 +58,7 @@ for run in "${runs[@]}"; do
   mode=${run%%:*} coretype=${run#*:}
   start=$(date +%s)
   n=$(count_step "$mode" "$coretype")
-  label="SNAPGEN_BLAS=$mode${coretype:+ OPENBLAS_CORETYPE=$coretype}"
+  label="SNAPGEN_FALLBACK=$mode${coretype:+ OPENBLAS_CORETYPE=$coretype}"
   if [ -z "$n" ]; then
     echo "FAIL $label: no complete step window in the qemu log"
     status=1

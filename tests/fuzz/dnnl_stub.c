@@ -12,7 +12,9 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
   return NULL;
 }
 
-void sg_dnnl_free(sg_dnnl *dnnl) { (void)dnnl; }
+void sg_dnnl_free(sg_dnnl *dnnl) {
+  (void)dnnl;
+}
 
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          int stride, int padding, int groups, sg_activation act, sg_tensor *y,

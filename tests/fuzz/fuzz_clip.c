@@ -1,5 +1,6 @@
-/* fuzz_clip.c: libFuzzer target: CLIP's tokenizer on arbitrary prompts, and its loader on arbitrary
- * merges.txt / tokenizer_config.json (env SG_FUZZ_CLIP_DIR: a folder with vocab.json, merges.txt). */
+/* fuzz_clip.c: libFuzzer target: CLIP's tokenizer on arbitrary prompts (env SG_FUZZ_CLIP_DIR: a
+ * folder with vocab.json, merges.txt), and its loader on arbitrary merges.txt /
+ * tokenizer_config.json beside SG_FUZZ_CLIP_FILES's vocab.json (default: SG_FUZZ_CLIP_DIR). */
 #include <glib.h>
 #include <stdint.h>
 #include <stdio.h>
@@ -9,22 +10,23 @@
 #include "fuzz_util.h"
 #include "tokenizer_clip.h"
 
-#define EXPECT(cond)                                                \
-  do {                                                              \
-    if (!(cond)) {                                                  \
-      fprintf(stderr, "fuzz_clip: invariant broken: %s\n", #cond);  \
-      abort();                                                      \
-    }                                                               \
+#define EXPECT(cond)                                               \
+  do {                                                             \
+    if (!(cond)) {                                                 \
+      fprintf(stderr, "fuzz_clip: invariant broken: %s\n", #cond); \
+      abort();                                                     \
+    }                                                              \
   } while (0)
 
 /* libFuzzer gives the target no user pointer, so the tokenizer loaded once lives here. */
 static sg_clip_tokenizer *loaded_tokenizer;
-static const char *tokenizer_dir;
+static const char *loader_files; /* a small vocabulary keeps the loader mode fast */
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc;
   (void)argv;
-  tokenizer_dir = getenv("SG_FUZZ_CLIP_DIR");
+  const char *tokenizer_dir = getenv("SG_FUZZ_CLIP_DIR");
+  loader_files = getenv("SG_FUZZ_CLIP_FILES") ? getenv("SG_FUZZ_CLIP_FILES") : tokenizer_dir;
   sg_error error = {0};
   if (!tokenizer_dir || sg_clip_tokenizer_load(tokenizer_dir, &loaded_tokenizer, &error) != SG_OK) {
     fprintf(stderr, "fuzz_clip: set SG_FUZZ_CLIP_DIR to a CLIP tokenizer folder (%s)\n",
@@ -73,8 +75,8 @@ static void tokenize(const sg_clip_tokenizer *tokenizer, const char *text) {
 static void load_files(const char *file_name, const uint8_t *data, size_t size) {
   scratch_file scratch;
   scratch_write(&scratch, file_name, data, size);
-  char *vocab_source = g_build_filename(tokenizer_dir, "vocab.json", NULL);
-  char *merges_source = g_build_filename(tokenizer_dir, "merges.txt", NULL);
+  char *vocab_source = g_build_filename(loader_files, "vocab.json", NULL);
+  char *merges_source = g_build_filename(loader_files, "merges.txt", NULL);
   char *vocab_copy = g_build_filename(scratch.folder, "vocab.json", NULL);
   char *merges_copy = g_build_filename(scratch.folder, "merges.txt", NULL);
   char *contents = NULL;

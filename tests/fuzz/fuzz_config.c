@@ -10,12 +10,12 @@
 #include "sampler.h"
 #include "unet.h"
 
-#define EXPECT(cond)                                                  \
-  do {                                                                \
-    if (!(cond)) {                                                    \
-      fprintf(stderr, "fuzz_config: invariant broken: %s\n", #cond);  \
-      abort();                                                        \
-    }                                                                 \
+#define EXPECT(cond)                                                 \
+  do {                                                               \
+    if (!(cond)) {                                                   \
+      fprintf(stderr, "fuzz_config: invariant broken: %s\n", #cond); \
+      abort();                                                       \
+    }                                                                \
   } while (0)
 
 /* A failed parse must say so in words and with its status. */

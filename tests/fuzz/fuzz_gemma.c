@@ -9,12 +9,12 @@
 #include "fuzz_util.h"
 #include "tokenizer_gemma.h"
 
-#define EXPECT(cond)                                                 \
-  do {                                                               \
-    if (!(cond)) {                                                   \
-      fprintf(stderr, "fuzz_gemma: invariant broken: %s\n", #cond);  \
-      abort();                                                       \
-    }                                                                \
+#define EXPECT(cond)                                                \
+  do {                                                              \
+    if (!(cond)) {                                                  \
+      fprintf(stderr, "fuzz_gemma: invariant broken: %s\n", #cond); \
+      abort();                                                      \
+    }                                                               \
   } while (0)
 
 /* libFuzzer gives the target no user pointer, so the tokenizer loaded once lives here. */
@@ -26,15 +26,15 @@ int LLVMFuzzerInitialize(int *argc, char ***argv) {
   const char *path = getenv("SG_FUZZ_GEMMA_PATH");
   sg_error error = {0};
   if (!path || sg_gemma_tokenizer_load(path, &loaded_tokenizer, &error) != SG_OK) {
-    fprintf(stderr, "fuzz_gemma: set SG_FUZZ_GEMMA_PATH to a tokenizer.json (%s)\n",
-            error.message);
+    fprintf(stderr, "fuzz_gemma: set SG_FUZZ_GEMMA_PATH to a tokenizer.json (%s)\n", error.message);
     exit(1);
   }
   return 0;
 }
 
+/* check_bos: the tokenizer's template starts with <bos> (Gemma's does; a fuzzed one may not). */
 static void tokenize(const sg_gemma_tokenizer *tokenizer, const char *text, int special,
-                     int max_length) {
+                     int max_length, int check_bos) {
   sg_error error = {0};
   sg_gemma_tokens tokens;
   memset(&tokens, 0, sizeof tokens);
@@ -48,7 +48,7 @@ static void tokenize(const sg_gemma_tokenizer *tokenizer, const char *text, int 
       EXPECT(sg_gemma_tokenizer_token(tokenizer, tokens.ids[i]) != NULL);
     }
     int32_t bos = sg_gemma_tokenizer_bos_id(tokenizer);
-    if (special && bos >= 0 && tokens.count > 0) EXPECT(tokens.ids[0] == bos);
+    if (check_bos && special && bos >= 0 && tokens.count > 0) EXPECT(tokens.ids[0] == bos);
   } else {
     EXPECT(status == SG_ERR_INVALID_ARGUMENT && error.message[0] != '\0');
   }
@@ -60,7 +60,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   uint8_t mode = data[0];
   if (mode < 0xF0) {
     char *text = g_strndup((const char *)data + 1, size - 1);
-    tokenize(loaded_tokenizer, text, mode & 1, (mode >> 1) & 0x3F);
+    tokenize(loaded_tokenizer, text, mode & 1, (mode >> 1) & 0x3F, 1);
     g_free(text);
     return 0;
   }
@@ -70,8 +70,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   sg_gemma_tokenizer *tokenizer = NULL;
   sg_status status = sg_gemma_tokenizer_load(scratch.path, &tokenizer, &error);
   if (status == SG_OK) {
-    tokenize(tokenizer, "<start_of_turn>user a red circle, the blue square\n\xe4\xb8\xad", 1, 0);
-    tokenize(tokenizer, "the red circle", 0, 3);
+    tokenize(tokenizer, "<start_of_turn>user a red circle, the blue square\n\xe4\xb8\xad", 1, 0, 0);
+    tokenize(tokenizer, "the red circle", 0, 3, 0);
     sg_gemma_tokenizer_free(tokenizer);
   } else {
     EXPECT(tokenizer == NULL && error.status == status && error.message[0] != '\0');

@@ -10,12 +10,12 @@
 #include "weights.h"
 
 /* A finding of the harness itself: an invariant the reader promises is broken. */
-#define EXPECT(cond)                                                           \
-  do {                                                                         \
-    if (!(cond)) {                                                             \
-      fprintf(stderr, "fuzz_safetensors: invariant broken: %s\n", #cond);      \
-      abort();                                                                 \
-    }                                                                          \
+#define EXPECT(cond)                                                      \
+  do {                                                                    \
+    if (!(cond)) {                                                        \
+      fprintf(stderr, "fuzz_safetensors: invariant broken: %s\n", #cond); \
+      abort();                                                            \
+    }                                                                     \
   } while (0)
 
 /* Reads every byte of each tensor (ASan sees reads outside the data) and checks the sizes. */
@@ -50,8 +50,8 @@ static void fetch_all(const char *folder, const sg_safetensors *file) {
   for (int i = 0; i < sg_safetensors_count(file); i++) {
     const sg_st_entry *entry = sg_safetensors_entry(file, i);
     sg_tensor tensor;
-    sg_status status = sg_weights_get(weights, entry->name, entry->ndim, entry->dims, &tensor,
-                                      &error);
+    sg_status status =
+        sg_weights_get(weights, entry->name, entry->ndim, entry->dims, &tensor, &error);
     if (status == SG_OK) {
       EXPECT(tensor.dtype == SG_F32 &&
              sg_tensor_numel(&tensor) == (int64_t)(entry->nbytes / sg_dtype_size(entry->dtype)));
@@ -63,8 +63,8 @@ static void fetch_all(const char *folder, const sg_safetensors *file) {
              SG_OK);
       EXPECT(again.data == tensor.data);
       int64_t wrong[SG_MAX_DIMS] = {entry->ndim > 0 ? entry->dims[0] + 1 : 1, 1, 1, 1};
-      EXPECT(sg_weights_get(weights, entry->name, entry->ndim > 0 ? entry->ndim : 1, wrong,
-                            &again, &error) != SG_OK);
+      EXPECT(sg_weights_get(weights, entry->name, entry->ndim > 0 ? entry->ndim : 1, wrong, &again,
+                            &error) != SG_OK);
     } else {
       EXPECT(error.status == status && error.message[0] != '\0');
     }

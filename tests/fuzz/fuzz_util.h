@@ -1,4 +1,5 @@
-/* fuzz_util.h: helpers the libFuzzer targets share: fuzz bytes into a scratch file, a byte reader. */
+/* fuzz_util.h: helpers the libFuzzer targets share: fuzz bytes into a scratch file, a byte reader.
+ */
 #ifndef SG_FUZZ_UTIL_H
 #define SG_FUZZ_UTIL_H
 

@@ -91,8 +91,12 @@ def run_engine(kind, tensors, metadata, workdir, name, expect_error=False):
     if not tensors:
         tensors = {"unused": np.zeros(1, np.float32)}
     stio.save_file(case, tensors, {k: str(v) for k, v in metadata.items()}, dtype="F32")
+    # Passive OpenMP waiting: on a busy machine (tests run side by side) spinning threads slow
+    # the many small ops of a text encoder down several times.
+    env = dict(os.environ)
+    env.setdefault("OMP_WAIT_POLICY", "passive")
     result = subprocess.run([SGCHECK, kind, case, out], capture_output=True, text=True,
-                            timeout=900)
+                            timeout=900, env=env)
     if expect_error:
         return result
     if result.returncode != 0:
@@ -607,12 +611,76 @@ def check_conditioner(workdir):
                "context [" in stdout, stdout.strip().splitlines()[-1] if stdout else "")
     else:
         record("conditioner only Gemma", False, "(engine error)")
+    check_conditioner_errors(folder, workdir)
     # Invalid UTF-8 is refused in words.
     result = run_engine("text-conditioner", {}, {"model_dir": folder, "prompt_hex": "61ff62"},
                         workdir, "conditioner", expect_error=True)
     record("conditioner refuses invalid UTF-8 (invalid argument, in words)",
            result.returncode != 0 and "UTF-8" in result.stderr and
            "(invalid argument)" in result.stderr, result.stderr.strip()[:200])
+
+
+def check_conditioner_errors(folder, workdir):
+    """Broken model folders give an error in words that names the file, field or tensor."""
+    def broken(name, change, expected):
+        copy_dir = os.path.join(workdir, "broken-model")
+        shutil.rmtree(copy_dir, ignore_errors=True)
+        shutil.copytree(folder, copy_dir, symlinks=True)
+        change(copy_dir)
+        result = run_engine("text-conditioner", {}, {"model_dir": copy_dir, "prompt": "a cat"},
+                            workdir, "conditioner", expect_error=True)
+        message = result.stderr.strip()
+        record(f"conditioner error: {name}", result.returncode == 1 and
+               all(e in message for e in expected), message[:220])
+
+    def edit_config(changes):
+        def apply(copy_dir):
+            path = os.path.join(copy_dir, "conditioner", "config.json")
+            with open(path) as f:
+                config = json.load(f)
+            changes(config)
+            with open(path, "w") as f:
+                json.dump(config, f)
+        return apply
+
+    def set_layer(config):
+        config["encoders"][1]["hidden_layer"] = 9
+
+    def pooled_sum(config):
+        config["pooled_dim"] = 100
+
+    def drop_proj(copy_dir):
+        path = os.path.join(copy_dir, "conditioner", "diffusion_pytorch_model.safetensors")
+        tensors = stio.load_file(path)
+        del tensors["context_proj.2.weight"]
+        stio.save_file(path, tensors)
+
+    def odd_class(copy_dir):
+        with open(os.path.join(copy_dir, "model_index.json")) as f:
+            index = json.load(f)
+        index["text_encoder"] = ["transformers", "T5EncoderModel"]
+        with open(os.path.join(copy_dir, "model_index.json"), "w") as f:
+            json.dump(index, f)
+
+    def no_tokenizer(copy_dir):
+        shutil.rmtree(os.path.join(copy_dir, "tokenizer_3"))
+
+    def wrong_width(copy_dir):
+        path = os.path.join(copy_dir, "text_encoder_2", "config.json")
+        with open(path) as f:
+            config = json.load(f)
+        config["intermediate_size"] = 100
+        with open(path, "w") as f:
+            json.dump(config, f)
+
+    broken("hidden_layer out of range", edit_config(set_layer),
+           ["conditioner/config.json", "encoders[1]", "hidden_layer 9"])
+    broken("pooled widths do not add up", edit_config(pooled_sum), ["pooled_dim is 100"])
+    broken("missing context_proj tensor", drop_proj, ["context_proj.2.weight"])
+    broken("unknown encoder class", odd_class, ["model_index.json", "T5EncoderModel"])
+    broken("tokenizer folder missing", no_tokenizer, ["text_encoder_3", "tokenizer_3"])
+    broken("encoder config does not match its weights", wrong_width,
+           ["text_encoder_2", "mlp.fc1.weight"])
 
 
 # ---------------------------------------------------------------------------------------------
@@ -808,7 +876,6 @@ BENCH_PROMPT = ("a red fox sitting in a snowy forest at dawn, soft golden light 
 
 def to_f32_file(bf16_path, f32_path):
     file = Bf16File(bf16_path)
-    tensors = {}
     header, offset = {}, 0
     for name, info in file.header.items():
         nbytes = 4 * int(np.prod(info["shape"]))
@@ -825,7 +892,6 @@ def to_f32_file(bf16_path, f32_path):
             for start in range(0, bits.size, 1 << 25):
                 f.write(stio.bf16_bits_to_f32(np.asarray(bits[start:start + (1 << 25)]))
                         .tobytes())
-    del tensors
 
 
 def bench(workdir):

@@ -1,5 +1,6 @@
 /* api_bad_inputs.c: bad inputs through the public C API (what the runner cannot pass: 1 MB
- * prompts, NULL pointers, extreme numbers); prints PASS/FAIL per case. Usage: api_bad_inputs MODEL */
+ * prompts, NULL pointers, extreme numbers); prints PASS/FAIL per case. Usage: api_bad_inputs MODEL
+ */
 #include <limits.h>
 #include <math.h>
 #include <stdint.h>
@@ -37,8 +38,10 @@ static void expect(checker *c, const char *name, const sg_generate_params *p, sg
   sg_error error = {0};
   sg_status got = sg_generate(c->ctx, p, NULL, NULL, &rgba, &error);
   int ok = got == want;
-  if (want == SG_OK) ok = ok && rgba != NULL;
-  else ok = ok && rgba == NULL && error.status == got && strstr(error.message, mention) != NULL;
+  if (want == SG_OK)
+    ok = ok && rgba != NULL;
+  else
+    ok = ok && rgba == NULL && error.status == got && strstr(error.message, mention) != NULL;
   char detail[1200];
   snprintf(detail, sizeof detail, "status %s, message '%.900s'", sg_status_name(got),
            got == SG_OK ? "" : error.message);
@@ -66,9 +69,13 @@ static void prompts(checker *c) {
   expect(c, "prompt ending inside a character", &p, SG_ERR_INVALID_ARGUMENT, "UTF-8");
   free(big);
 
-  static const char *const invalid[] = {
-      "caf\xc3", "\xff\xfe", "a\x80z", "\xc0\x80 overlong NUL", "\xed\xa0\x80 surrogate",
-      "\xf4\x90\x80\x80 beyond U+10FFFF", "\xe2\x82 short"};
+  static const char *const invalid[] = {"caf\xc3",
+                                        "\xff\xfe",
+                                        "a\x80z",
+                                        "\xc0\x80 overlong NUL",
+                                        "\xed\xa0\x80 surrogate",
+                                        "\xf4\x90\x80\x80 beyond U+10FFFF",
+                                        "\xe2\x82 short"};
   for (size_t i = 0; i < sizeof invalid / sizeof invalid[0]; i++) {
     char name[64];
     snprintf(name, sizeof name, "invalid UTF-8 prompt #%zu", i + 1);
@@ -88,10 +95,14 @@ static void numbers(checker *c) {
   static const struct {
     const char *name;
     int width, height, steps;
-  } sizes[] = {{"width INT_MAX", INT_MAX, 64, 2},   {"width INT_MIN", INT_MIN, 64, 2},
-               {"height -64", 64, -64, 2},           {"width 0", 0, 64, 2},
-               {"height 4104 (beyond 4096)", 64, 4104, 2}, {"steps INT_MAX", 64, 64, INT_MAX},
-               {"steps -1", 64, 64, -1},             {"steps 10000", 64, 64, 10000},
+  } sizes[] = {{"width INT_MAX", INT_MAX, 64, 2},
+               {"width INT_MIN", INT_MIN, 64, 2},
+               {"height -64", 64, -64, 2},
+               {"width 0", 0, 64, 2},
+               {"height 4104 (beyond 4096)", 64, 4104, 2},
+               {"steps INT_MAX", 64, 64, INT_MAX},
+               {"steps -1", 64, 64, -1},
+               {"steps 10000", 64, 64, 10000},
                {"steps INT_MIN", 64, 64, INT_MIN}};
   for (size_t i = 0; i < sizeof sizes / sizeof sizes[0]; i++) {
     sg_generate_params p = small_params();
@@ -134,8 +145,9 @@ static void null_pointers(checker *c, const char *model) {
   sg_error error = {0};
   uint8_t *rgba = NULL;
   sg_generate_params p = small_params();
-  report(c, sg_generate(c->ctx, NULL, NULL, NULL, &rgba, &error) == SG_ERR_INVALID_ARGUMENT &&
-                rgba == NULL,
+  report(c,
+         sg_generate(c->ctx, NULL, NULL, NULL, &rgba, &error) == SG_ERR_INVALID_ARGUMENT &&
+             rgba == NULL,
          "sg_generate with NULL params", error.message);
   report(c, sg_generate(NULL, &p, NULL, NULL, &rgba, &error) == SG_ERR_INVALID_ARGUMENT,
          "sg_generate with NULL context", error.message);

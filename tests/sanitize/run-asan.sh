@@ -43,7 +43,9 @@ done
 # Suppressions: see tests/sanitize/lsan.supp (each one is documented there).
 # allocator_may_return_null=1: the unit tests ask for absurd sizes on purpose, to check the engine
 # reports "out of memory" in words; by default ASan would abort on such a request instead.
-export ASAN_OPTIONS="allocator_may_return_null=1:detect_leaks=1:abort_on_error=0:halt_on_error=1:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1:exitcode=99"
+asan=allocator_may_return_null=1:detect_leaks=1:halt_on_error=1:exitcode=99
+asan=$asan:detect_stack_use_after_return=1:strict_string_checks=1:check_initialization_order=1
+export ASAN_OPTIONS=$asan
 export LSAN_OPTIONS="suppressions=$root/tests/sanitize/lsan.supp:print_suppressions=0"
 export UBSAN_OPTIONS="halt_on_error=1:print_stacktrace=1:exitcode=99"
 export OMP_NUM_THREADS=2

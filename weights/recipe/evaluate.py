@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
-# evaluate.py: ShapeEval of text-to-image models on held-out ShapeWorld prompts, per category with 95% intervals.
+# evaluate.py: ShapeEval of text-to-image models on held-out ShapeWorld prompts, with 95% intervals.
 """Generates images for the held-out prompt set (shapeworld.make_prompt_set) with the same noise
 the C engine draws (sgrecipe.rng.normal(seed, 0, [C, h, w])), scores them with ShapeEval and writes
 a JSON file and a Markdown table.
 
-  python3 weights/recipe/evaluate.py --model weights/default --out eval.json          # PyTorch
-  python3 weights/recipe/evaluate.py --write-manifest manifest.jsonl                  # for the C engine
+  python3 weights/recipe/evaluate.py --model weights/default --out eval.json      # PyTorch
+  python3 weights/recipe/evaluate.py --write-manifest manifest.jsonl      # jobs for the C engine
   python3 weights/recipe/evaluate.py --images DIR --manifest manifest.jsonl --out c.json
 
 Seeds: prompt i, image k uses seed i·seeds + k. Images are made at full size (1024² for the
@@ -13,6 +13,7 @@ default model), turned into uint8 as the pipeline does (clamp, ×255, round), an
 256² (ShapeEval's own first step, done on the device in batches) before ShapeEval.
 """
 import argparse
+import contextlib
 import json
 import math
 import multiprocessing
@@ -77,7 +78,7 @@ class Generator:
     def _autocast(self):
         if self.bf16:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-        return torch.autocast(device_type="cpu", enabled=False)
+        return contextlib.nullcontext()
 
     @torch.no_grad()
     def condition(self, prompts):
@@ -246,7 +247,9 @@ def markdown_table(entries, jobs_info):
         t = e["table"]
         cells = [f"{t[c]['rate']:.3f}" if c in t else "–" for c in CATEGORIES]
         o = t["overall"]
-        lines.append(f"| {e['name']} | {e['steps']} | {e['guidance']:g} | " + " | ".join(cells)
+        steps = e["steps"] if e.get("steps") else "–"
+        guidance = f"{e['guidance']:g}" if e.get("guidance") else "–"
+        lines.append(f"| {e['name']} | {steps} | {guidance} | " + " | ".join(cells)
                      + f" | **{o['rate']:.3f}** [{o['ci95'][0]:.3f}, {o['ci95'][1]:.3f}] |")
     lines.append("")
     lines.append(f"{jobs_info}. Per-category cells are pass rates; each category's 95% Wilson "
@@ -306,8 +309,8 @@ def main():
                                                                              m["name"]))
                                                      .convert("RGB")))
                             for m in manifest], chunksize=8)
-        entry = {"name": os.path.basename(os.path.normpath(args.images)), "steps": 0,
-                 "guidance": 0.0, "table": score(results, jobs)}
+        entry = {"name": os.path.basename(os.path.normpath(args.images)), "steps": None,
+                 "guidance": None, "table": score(results, jobs)}
     else:
         device = torch.device(args.device)
         gen = load_generator(args.model, device, os.path.basename(os.path.normpath(args.model)),

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-# train_default.py: trains, exports and evaluates the default model (SnapGen's recipe on ShapeWorld), resumably.
+# train_default.py: trains, exports and evaluates the default model (SnapGen recipe, ShapeWorld).
 """One driver for the whole recipe. Stages, in order (each resumable from --workdir):
 
   data         ShapeWorld renders with a process pool (256² for the encoder, some also at 1024²)
@@ -24,6 +24,7 @@ early (exit status 75); run the same command again to continue. Finished stages 
              --out /tmp/sgsmoke/out/default --threads 2 --budget-scale 0.02
 """
 import argparse
+import json
 import multiprocessing
 import os
 import sys
@@ -33,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 STAGES = ["data", "ae", "latents", "teacher", "students", "adversarial", "export", "eval"]
-BUDGETS = {"data": 55, "ae": 40, "teacher": 150, "students": 120, "adversarial": 50}
+BUDGETS = {"data": 50, "ae": 35, "teacher": 145, "students": 115, "adversarial": 45}
 EXIT_RESUME = 75
 
 
@@ -54,6 +55,9 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-seconds", type=float, help="checkpoint interval (default 120 on "
                    "cuda, 600 on cpu)")
     p.add_argument("--smoke", action="store_true", help="tiny models, 256² images (tests)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                   help="override one entry of the size table (sgtrain/nets.py FULL/SMOKE), "
+                        "e.g. --set hires_images=512 --set batch=128")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch", type=int, help="teacher/student batch (default by size)")
     p.add_argument("--lr", type=float, default=3e-4)
@@ -72,6 +76,8 @@ def parse_args(argv=None):
                    help="fraction of the stage budget over which λ_adv ramps up from 0")
     p.add_argument("--adv-alpha-scale", type=float, default=0.5,
                    help="α_t multiplier in the adversarial stage's timestep-aware scaling")
+    p.add_argument("--autocast-cpu", action="store_true",
+                   help="bf16 autocast on the CPU too (tests the GPU's mixed-precision paths)")
     p.add_argument("--export-dtype", choices=["f32", "f16", "bf16"], default="f16")
     p.add_argument("--eval-prompts", type=int, help="held-out prompts (default 504; smoke 12)")
     p.add_argument("--eval-seeds", type=int, help="seeds per prompt (default 2)")
@@ -98,6 +104,11 @@ def main(argv=None):
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
     sizes = dict(nets.SMOKE if args.smoke else nets.FULL)
+    for item in args.set:
+        key, value = item.split("=", 1)
+        if key not in sizes:
+            raise SystemExit(f"--set: unknown key {key!r} (one of {', '.join(sizes)})")
+        sizes[key] = json.loads(value)
     if args.batch:
         sizes["batch"] = args.batch
     if args.eval_prompts:

@@ -225,7 +225,8 @@ class CLIPTokenizer:
                 break
             at, special = min(hits)
             ids += self._encode_stretch(rest[:at])
-            ids.append(self.vocab[special]) if special in self.vocab else None
+            if special in self.vocab:
+                ids.append(self.vocab[special])
             rest = rest[at + len(special):]
         return ids + self._encode_stretch(rest)
 

@@ -18,7 +18,6 @@ rotary position embedding (rotate-half pairing), scale query_pre_attn_scalar^-0.
 soft-capped c·tanh(s/c), causal mask, and on the even layers (0, 2, ...) a sliding window (key j
 is hidden from query i when i - j >= sliding_window).
 """
-import math
 
 import torch
 import torch.nn as nn

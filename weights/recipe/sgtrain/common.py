@@ -1,4 +1,4 @@
-# common.py: logging, time budgets, checkpoints, EMA and mixed precision shared by the training stages.
+# common.py: logging, time budgets, checkpoints, EMA and mixed precision for the training stages.
 import contextlib
 import json
 import os
@@ -42,9 +42,12 @@ class Run:
         return self.device.type == "cuda"
 
     def autocast(self):
-        """bf16 autocast on the GPU; plain float32 on the CPU."""
+        """bf16 autocast on the GPU; plain float32 on the CPU (bf16 there with --autocast-cpu,
+        which tests the GPU's mixed-precision code paths)."""
         if self.cuda:
             return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        if getattr(self.args, "autocast_cpu", False):
+            return torch.autocast(device_type="cpu", dtype=torch.bfloat16)
         return contextlib.nullcontext()
 
     def sync(self):

@@ -1,4 +1,4 @@
-# data.py: the data, autoencoder and latent stages (ShapeWorld renders -> compact AE -> latent cache).
+# data.py: the data, autoencoder and latent stages (ShapeWorld renders -> tiny AE -> latent cache).
 """Stages `data`, `ae` and `latents`.
 
 The world is resolution-independent (sample((seed, i)) is the same scene at every size) and
@@ -134,6 +134,8 @@ def load_meta(run):
 # ---------------------------------------------------------------------------------------------
 # autoencoder
 
+AE_LR = 1e-3
+
 
 def _nchw(images_uint8):
     return images_uint8.permute(0, 3, 1, 2).float() / 255.0
@@ -176,7 +178,7 @@ def stage_ae(run, pool):
     crop = min(sizes["ae_crop"], lat)
 
     ae = nets.AutoEncoder(sizes["encoder"], sizes["decoder"]).to(dev)
-    opt = adamw(ae.parameters(), 5e-4, run, weight_decay=0.0)
+    opt = adamw(ae.parameters(), AE_LR, run, weight_decay=0.0)
     ckpt_path = run.path("ckpt", "ae.pt")
     state = load_checkpoint(ckpt_path, dev)
     step, elapsed = 0, 0.0
@@ -203,7 +205,7 @@ def stage_ae(run, pool):
         y0, x0 = (int(v) for v in torch.randint(lat - crop + 1, (2,)))
         target = _nchw(high[idx, y0 * scale:(y0 + crop) * scale, x0 * scale:(x0 + crop) * scale])
         images = _nchw(low[idx])
-        set_lr(opt, 5e-4, lr_factor(step, clock.fraction, 100))
+        set_lr(opt, AE_LR, lr_factor(step, clock.fraction, 100))
         with run.autocast():
             z = ae.encode(images)
             noise = torch.rand(batch, 1, 1, 1, device=dev, generator=gen) * 0.2

@@ -1,4 +1,4 @@
-# diffusion.py: teacher flow matching, the three-way student KD ablation and adversarial step distillation.
+# diffusion.py: teacher flow matching, the student KD ablation, adversarial step distillation.
 """Stages `teacher`, `students` and `adversarial` (SPEC §5.1, §6.1–6.4).
 
 All three train on the cached latents with captions; every batch is drawn on the device (the
@@ -104,7 +104,12 @@ class Batches:
 
     def __init__(self, run, tokenizer, seed_offset):
         self.latents, captions = load_latents(run)
-        self.ids = tokenize_all(tokenizer, captions).to(run.device)
+        ids_path = run.path("data", "caption_ids.pt")  # tokenized once, reused by later stages
+        ids = torch.load(ids_path, weights_only=True) if os.path.exists(ids_path) else None
+        if ids is None or len(ids) != len(captions):
+            ids = tokenize_all(tokenizer, captions)
+            torch.save(ids, ids_path)
+        self.ids = ids.to(run.device)
         self.empty = torch.tensor(tokenizer(""), device=run.device)
         self.device = run.device
         self.gen = torch.Generator(device=run.device).manual_seed(run.args.seed * 7919 +
@@ -171,7 +176,7 @@ def stage_teacher(run):
                                "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed})
 
     system.train()
-    while not clock.finished():
+    def train_step():
         x0, ids = data.draw(batch)
         t = nets.logit_normal(batch, dev, data.gen)
         eps = data.noise_like(x0)
@@ -186,6 +191,22 @@ def stage_teacher(run):
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        return loss
+
+    while not clock.finished():
+        out_of_memory = False
+        try:
+            loss = train_step()
+        except torch.cuda.OutOfMemoryError:
+            out_of_memory = True
+        if out_of_memory:  # handled outside the except block so the failed graph is freed
+            opt.zero_grad(set_to_none=True)
+            torch.cuda.empty_cache()
+            if batch <= 16:
+                raise RuntimeError("teacher: out of GPU memory even at batch 16")
+            batch //= 2
+            run.log(f"teacher: out of GPU memory, batch halved to {batch}")
+            continue
         step += 1
         ema.update(system, step)
         losses.append(loss.detach())

@@ -33,7 +33,7 @@ FULL = {
     "student": dict(_UNET_COMMON, block_channels=[64, 128, 256], transformer_depth=[1, 1, 2],
                     mid_transformer_depth=1, context_dim=128, time_embed_dim=256),
     "disc_channels": 128,
-    "hires_images": 1536,    # renders at image_size for the autoencoder (+ the same at encoder_size)
+    "hires_images": 1280,    # renders at image_size for the autoencoder (and at encoder_size)
     "max_images": 80000,     # cap of encoder-size renders
     "min_images": 4096,
     "ae_holdout": 48,

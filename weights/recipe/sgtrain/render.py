@@ -1,4 +1,4 @@
-# render.py: ShapeWorld rendering for the training pipeline's worker processes (NumPy/PIL only, no torch).
+# render.py: ShapeWorld rendering and ShapeEval for the pipeline's worker processes (no torch).
 """Worker functions for multiprocessing pools. They import neither torch nor CUDA, so a pool forked
 before CUDA starts can render and evaluate while the main process trains."""
 import numpy as np

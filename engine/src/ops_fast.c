@@ -1,0 +1,149 @@
+/* ops_fast.c: the engine's own f32 loops, written for the compiler's vectorizer (NEON on arm64), for
+ * the ops where oneDNN only has a reference kernel: activations, binary, softmax, depthwise conv. */
+#include <math.h>
+#include <string.h>
+
+#include "ops_internal.h"
+
+/* Elementwise work is split into blocks of this many values across threads. */
+#define BLOCK 4096
+
+void sg_fast_activate(float *v, int64_t n, sg_activation act) {
+  switch (act) { /* the switch is outside the loops so that each loop vectorizes */
+    case SG_ACT_NONE: break;
+    case SG_ACT_SILU:
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.0f + expf(-v[i]));
+      break;
+    case SG_ACT_GELU_ERF:
+      for (int64_t i = 0; i < n; i++) v[i] = 0.5f * v[i] * (1.0f + erff(v[i] * (float)M_SQRT1_2));
+      break;
+    case SG_ACT_GELU_TANH:
+      for (int64_t i = 0; i < n; i++) {
+        const float inner = 0.7978845608f * (v[i] + 0.044715f * v[i] * v[i] * v[i]);
+        v[i] = 0.5f * v[i] * (1.0f + tanhf(inner));
+      }
+      break;
+    case SG_ACT_QUICK_GELU:
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] / (1.0f + expf(-1.702f * v[i]));
+      break;
+    case SG_ACT_RELU:
+      for (int64_t i = 0; i < n; i++) v[i] = v[i] > 0.0f ? v[i] : 0.0f;
+      break;
+    case SG_ACT_TANH:
+      for (int64_t i = 0; i < n; i++) v[i] = tanhf(v[i]);
+      break;
+  }
+}
+
+void sg_fast_eltwise(sg_activation act, const float *x, float *y, int64_t count) {
+  const int64_t blocks = (count + BLOCK - 1) / BLOCK;
+#pragma omp parallel for
+  for (int64_t i = 0; i < blocks; i++) {
+    const int64_t first = i * BLOCK, n = count - first < BLOCK ? count - first : BLOCK;
+    if (y != x) memcpy(y + first, x + first, (size_t)n * sizeof(float));
+    sg_fast_activate(y + first, n, act);
+  }
+}
+
+/* y = a op b with b broadcast (sg_binary_b_dims). The trailing dims where b is all broadcast, or
+ * all present, are merged into one run of `cols` values, so that the inner loop is long: an
+ * image [C,H,W] with b [C] becomes C runs of H*W values plus one scalar each. */
+void sg_fast_binary(sg_binary_op op, const sg_tensor *a, const sg_tensor *b, sg_tensor *y) {
+  int64_t b_dims[SG_MAX_DIMS], b_strides[SG_MAX_DIMS];
+  sg_binary_b_dims(a, b, b_dims);
+  const int n = a->ndim;
+  int64_t stride = 1;
+  for (int i = n - 1; i >= 0; i--) {
+    b_strides[i] = b_dims[i] == 1 ? 0 : stride;
+    stride *= b_dims[i];
+  }
+  const int broadcast_tail = b_dims[n - 1] == 1;
+  int first_tail = n - 1; /* dims first_tail..n-1 form the run */
+  while (first_tail > 0 && (a->dims[first_tail - 1] == 1 ||
+                            (b_dims[first_tail - 1] == 1) == broadcast_tail)) {
+    first_tail--;
+  }
+  int64_t cols = 1, rows = 1;
+  for (int i = first_tail; i < n; i++) cols *= a->dims[i];
+  for (int i = 0; i < first_tail; i++) rows *= a->dims[i];
+  const float *ad = a->data, *bd = b->data;
+  float *yd = y->data;
+  const int add = op == SG_BINARY_ADD;
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; r++) {
+    int64_t rest = r, b_offset = 0;
+    for (int i = first_tail - 1; i >= 0; i--) {
+      b_offset += (rest % a->dims[i]) * b_strides[i];
+      rest /= a->dims[i];
+    }
+    const float *ar = ad + r * cols, *br = bd + b_offset;
+    float *yr = yd + r * cols;
+    if (broadcast_tail) {
+      const float s = br[0];
+      if (add) {
+        for (int64_t c = 0; c < cols; c++) yr[c] = ar[c] + s;
+      } else {
+        for (int64_t c = 0; c < cols; c++) yr[c] = ar[c] * s;
+      }
+    } else if (add) {
+      for (int64_t c = 0; c < cols; c++) yr[c] = ar[c] + br[c];
+    } else {
+      for (int64_t c = 0; c < cols; c++) yr[c] = ar[c] * br[c];
+    }
+  }
+}
+
+void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols) {
+#pragma omp parallel for
+  for (int64_t r = 0; r < rows; r++) {
+    const float *xr = x + r * cols;
+    float *yr = y + r * cols;
+    float max = xr[0];
+    for (int64_t c = 1; c < cols; c++) max = xr[c] > max ? xr[c] : max;
+    float sum = 0.0f;
+    for (int64_t c = 0; c < cols; c++) {
+      yr[c] = expf(xr[c] - max);
+      sum += yr[c];
+    }
+    const float scale = 1.0f / sum;
+    for (int64_t c = 0; c < cols; c++) yr[c] *= scale;
+  }
+}
+
+/* Per channel and tap, a multiply-add over the output row's valid span, which is contiguous in x
+ * for stride 1. */
+void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                              int stride, int padding, sg_activation act, sg_tensor *y) {
+  const int64_t channels = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
+  const int64_t out_h = y->dims[1], out_w = y->dims[2], kh = w->dims[2], kw = w->dims[3];
+  const float *xd = x->data, *wd = w->data, *bias = b ? (const float *)b->data : NULL;
+  float *yd = y->data;
+#pragma omp parallel for
+  for (int64_t c = 0; c < channels; c++) {
+    const float *xc = xd + c * in_h * in_w, *wc = wd + c * kh * kw;
+    for (int64_t oy = 0; oy < out_h; oy++) {
+      float *row = yd + (c * out_h + oy) * out_w;
+      const float start = bias ? bias[c] : 0.0f;
+      for (int64_t ox = 0; ox < out_w; ox++) row[ox] = start;
+      for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = oy * stride + ky - padding;
+        if (iy < 0 || iy >= in_h) continue;
+        const float *src = xc + iy * in_w;
+        for (int64_t kx = 0; kx < kw; kx++) {
+          const float tap = wc[ky * kw + kx];
+          const int64_t shift = kx - padding; /* ix = ox * stride + shift */
+          const int64_t first = shift >= 0 ? 0 : (-shift + stride - 1) / stride;
+          const int64_t last_ix = in_w - 1 - shift; /* ox * stride <= last_ix */
+          int64_t end = last_ix < 0 ? 0 : last_ix / stride + 1;
+          if (end > out_w) end = out_w;
+          if (stride == 1) {
+            for (int64_t ox = first; ox < end; ox++) row[ox] += tap * src[ox + shift];
+          } else {
+            for (int64_t ox = first; ox < end; ox++) row[ox] += tap * src[ox * stride + shift];
+          }
+        }
+      }
+      sg_fast_activate(row, out_w, act);
+    }
+  }
+}
