@@ -249,14 +249,26 @@ def tokenizer_corpus():
     write("gemma", "file-tokenizer-bad", b"\xf0" + gemma.replace('"BPE"', '"Unigram"').encode())
 
 
+def prompt_text_corpus():
+    """fuzz_prompt on the text model (make_text_model.py): the prompt goes through the tokenizers
+    and text encoders; flag 2 makes it the negative prompt too (used with guidance > 1)."""
+    run_to_end = 8
+    for i, text in enumerate(TEXTS + [b"", "A photo of a cat &amp; a dog, \u00c9T\u00c9 "
+                                      "\u03a3\u039f\u03a6\u0399\u0391\u03a3".encode()]):
+        flags = run_to_end if i % 2 == 0 else 2
+        guidance = 1.0 if i % 2 == 0 else 3.0
+        write("prompt_text", f"text-{i}", prompt_input(8, 8, 1, guidance, i, text, b"", flags))
+
+
 def main():
     shutil.rmtree(CORPUS, ignore_errors=True)
-    for target in ("safetensors", "config", "prompt", "clip", "gemma"):
+    for target in ("safetensors", "config", "prompt", "prompt_text", "clip", "gemma"):
         os.makedirs(os.path.join(CORPUS, target))
     safetensors_corpus()
     config_corpus()
     prompt_corpus()
     tokenizer_corpus()
+    prompt_text_corpus()
     print(f"wrote {sum(len(f) for _, _, f in os.walk(CORPUS))} seed files in {CORPUS}")
 
 

@@ -2,7 +2,7 @@
 # run-fuzz.sh: builds the libFuzzer targets (clang, ASan + UBSan, reference backend, no oneDNN or
 # OpenMP) and runs each for a bounded time; prints executions, exec/s and crashes per target and
 # exits nonzero on any crash or build failure. Usage: run-fuzz.sh [SECONDS_PER_TARGET] [TARGET...]
-# Targets: safetensors config prompt clip gemma (default: all). Run it inside the build
+# Targets: safetensors config prompt prompt_text clip gemma (default: all). Run it inside the build
 # environment (engine/tools/snapgen-env.sh shell ...). Environment:
 #   SG_FUZZ_BUILD  build and work folder (default build-fuzz/ in the repository)
 #   SG_FUZZ_CLIP_DIR, SG_FUZZ_GEMMA_PATH  real tokenizer files for the prompt-text modes
@@ -16,7 +16,7 @@ shift $(( $# > 0 ? 1 : 0 ))
 root=${SG_FUZZ_ROOT:-$(cd "$(dirname "$0")/../.." && pwd)}
 build=${SG_FUZZ_BUILD:-$root/build-fuzz}
 jobs=${SG_FUZZ_JOBS:-2}
-all_targets=(safetensors config prompt clip gemma)
+all_targets=(safetensors config prompt prompt_text clip gemma)
 targets=("$@")
 [ ${#targets[@]} -gt 0 ] || targets=("${all_targets[@]}")
 
@@ -40,9 +40,16 @@ instrument=(-fsanitize=fuzzer-no-link,address,undefined)
 
 mkdir -p "$build/obj" "$build/work" "$build/artifacts" "$build/logs"
 
+# The math kernels get ASan but not UBSan, at -O2: UBSan's checks in their inner loops made the
+# prompt targets 15 times slower. Their shapes come from the model, not the fuzz input, and the
+# sanitizer suite (tests/sanitize/run-asan.sh) runs them under UBSan.
+fast_instrument=(-O2 -fsanitize=fuzzer-no-link,address)
+
 # Compiles src to obj when obj is missing or older than src or a header it includes (-MMD).
 compile() {
   local src=$1 obj=$2
+  local flags=("${instrument[@]}")
+  case "$(basename "$src")" in ops_ref.c|ops_fast.c) flags=("${fast_instrument[@]}") ;; esac
   if [ -f "$obj" ] && [ -f "$obj.d" ]; then
     local stale=0 dep
     for dep in $(sed -e 's/^[^:]*://' -e 's/\\$//' "$obj.d"); do
@@ -50,7 +57,7 @@ compile() {
     done
     [ "$stale" = 0 ] && return 0
   fi
-  clang "${cflags[@]}" "${instrument[@]}" -MMD -MF "$obj.d" -c "$src" -o "$obj"
+  clang "${cflags[@]}" "${flags[@]}" -MMD -MF "$obj.d" -c "$src" -o "$obj"
 }
 
 echo "run-fuzz: building in $build"
@@ -81,17 +88,26 @@ done
 rm -f "$build/libsg-fuzz.a"
 ar rcs "$build/libsg-fuzz.a" "${built[@]}"
 
-# The prompt target needs a tiny model folder (made once with the PyTorch recipe).
+# The prompt targets need tiny model folders (made once with the PyTorch recipe): `prompt` one
+# with a fixed conditioning, `prompt_text` one with small text encoders (make_text_model.py).
 model=$build/tiny-model
-needs_model=0
-for t in "${targets[@]}"; do [ "$t" = prompt ] && needs_model=1; done
-if [ "$needs_model" = 1 ] && [ ! -f "$model/model_index.json" ]; then
-  PYTHONPATH="$root/weights/recipe" python3 "$root/weights/recipe/make_random_model.py" \
-    --unet-config "$root/tests/fuzz/model/unet.json" \
-    --decoder-config "$root/tests/fuzz/model/decoder.json" --seed 7 \
-    --out "$model.tmp" --conditioning "$model.tmp/conditioning/default.safetensors" >/dev/null &&
-    rm -rf "$model" && mv "$model.tmp" "$model" || echo "run-fuzz: could not make the tiny model"
-fi
+text_model=$build/text-model
+for t in "${targets[@]}"; do
+  if [ "$t" = prompt ] && [ ! -f "$model/model_index.json" ]; then
+    rm -rf "$model.tmp"
+    PYTHONPATH="$root/weights/recipe" python3 "$root/weights/recipe/make_random_model.py" \
+      --unet-config "$root/tests/fuzz/model/unet.json" \
+      --decoder-config "$root/tests/fuzz/model/decoder.json" --seed 7 \
+      --out "$model.tmp" --conditioning "$model.tmp/conditioning/default.safetensors" >/dev/null &&
+      rm -rf "$model" && mv "$model.tmp" "$model" || echo "run-fuzz: could not make the tiny model"
+  fi
+  if [ "$t" = prompt_text ] && [ ! -f "$text_model/model_index.json" ]; then
+    rm -rf "$text_model.tmp"
+    PYTHONPATH="$root/weights/recipe" python3 "$root/tests/fuzz/make_text_model.py" \
+      "$text_model.tmp" >/dev/null && rm -rf "$text_model" && mv "$text_model.tmp" "$text_model" ||
+      echo "run-fuzz: could not make the text model"
+  fi
+done
 
 # Set here, not inherited: meson test puts its own ASAN_OPTIONS in the environment.
 export ASAN_OPTIONS=detect_leaks=1:symbolize=1:allocator_may_return_null=1
@@ -99,7 +115,6 @@ export UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1
 for symbolizer in /usr/bin/llvm-symbolizer /usr/lib/llvm-*/bin/llvm-symbolizer; do
   [ -x "$symbolizer" ] && export ASAN_SYMBOLIZER_PATH=$symbolizer && break
 done
-export SG_FUZZ_MODEL=$model
 # The tokenizer targets use the small committed tokenizers unless pointed at real ones.
 export SG_FUZZ_CLIP_DIR=${SG_FUZZ_CLIP_DIR:-$root/tests/fuzz/tokenizers/clip}
 export SG_FUZZ_GEMMA_PATH=${SG_FUZZ_GEMMA_PATH:-$root/tests/fuzz/tokenizers/gemma/tokenizer.json}
@@ -108,8 +123,11 @@ export SG_FUZZ_CLIP_FILES=$root/tests/fuzz/tokenizers/clip
 failures=0
 printf '%-12s %8s %12s %10s %8s  %s\n' target seconds executions exec/s crashes note
 for t in "${targets[@]}"; do
+  harness=$t
+  export SG_FUZZ_MODEL=$model
+  if [ "$t" = prompt_text ]; then harness=prompt; export SG_FUZZ_MODEL=$text_model; fi
   exe=$build/fuzz_$t
-  src=$root/tests/fuzz/fuzz_$t.c
+  src=$root/tests/fuzz/fuzz_$harness.c
   if [ ! -f "$src" ]; then
     printf '%-12s %8s %12s %10s %8s  %s\n' "$t" - - - - "FAILED: no $src"; failures=$((failures + 1)); continue
   fi
@@ -126,7 +144,8 @@ for t in "${targets[@]}"; do
   before=$(ls "$build/artifacts" | grep -cE "^$t-(crash|leak|timeout|oom)-" || true)
   log=$build/logs/run-$t.log
   dict=()
-  [ -f "$root/tests/fuzz/$t.dict" ] && dict=(-dict="$root/tests/fuzz/$t.dict")
+  [ -f "$root/tests/fuzz/$harness.dict" ] && dict=(-dict="$root/tests/fuzz/$harness.dict")
+  [ "$t" = prompt_text ] && dict=(-dict="$root/tests/fuzz/clip.dict")
   # shellcheck disable=SC2086
   nice -n 10 "$exe" "${dict[@]}" -max_total_time="$seconds" -rss_limit_mb=2048 -timeout=30 -print_final_stats=1 \
     -artifact_prefix="$build/artifacts/$t-" ${SG_FUZZ_ARGS:-} "$work" "$root/tests/fuzz/corpus/$t" \

@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 STAGES = ["data", "ae", "latents", "teacher", "students", "adversarial", "export", "eval"]
-BUDGETS = {"data": 50, "ae": 35, "teacher": 145, "students": 115, "adversarial": 45}
+BUDGETS = {"data": 45, "ae": 35, "teacher": 135, "students": 105, "adversarial": 40}
 EXIT_RESUME = 75
 
 
@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
                    help="override one stage's budget (before --budget-scale)")
     p.add_argument("--max-seconds", type=float, help="stop this invocation after this long")
-    p.add_argument("--ckpt-seconds", type=float, help="checkpoint interval (default 120 on "
+    p.add_argument("--ckpt-seconds", type=float, help="checkpoint interval (default 300 on "
                    "cuda, 600 on cpu)")
     p.add_argument("--smoke", action="store_true", help="tiny models, 256² images (tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
@@ -96,7 +96,7 @@ def main(argv=None):
     from sgtrain.common import Interrupted, Run
     from sgtrain.data import stage_ae, stage_data, stage_latents
     from sgtrain.diffusion import stage_adversarial, stage_students, stage_teacher
-    from sgtrain.report import stage_eval, stage_export
+    from sgtrain.report import publish, stage_eval, stage_export
 
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
@@ -123,7 +123,7 @@ def main(argv=None):
         budgets[name] = float(value)
     budgets = {k: v * args.budget_scale for k, v in budgets.items()}
     deadline = time.time() + args.max_seconds if args.max_seconds else None
-    ckpt_seconds = args.ckpt_seconds or (120 if device.type == "cuda" else 600)
+    ckpt_seconds = args.ckpt_seconds or (300 if device.type == "cuda" else 600)
     run = Run(os.path.abspath(args.workdir), device, budgets, deadline, ckpt_seconds, sizes,
               args)
     out = os.path.abspath(args.out)
@@ -160,9 +160,11 @@ def main(argv=None):
         run.log(f"stopped at the --max-seconds limit after {time.time() - started:.0f} s; "
                 "run the same command again to continue")
         pool.terminate()
+        publish(run, out)
         return EXIT_RESUME
     pool.close()
     pool.join()
+    publish(run, out)
     run.log(f"all requested stages done in {time.time() - started:.0f} s")
     return 0
 

@@ -9,8 +9,11 @@ OUT=${OUT:-./sgtrain-out}
 WORK=${WORKDIR:-/tmp/sgtrain}
 mkdir -p "$OUT"
 status=0
-python3 weights/recipe/train_default.py --device cuda --workdir "$WORK" --out "$OUT/default" \
-    --threads 14 "$@" || status=$?
+# The device tool stops a command at 600 s: stop the trainer at 570 s (it normally needs about
+# 480) so the packing below always runs. Finished stages are kept in $WORK: running this script
+# again on the same machine resumes (e.g. the eval stage alone).
+timeout -k 10 -s INT 570 python3 weights/recipe/train_default.py --device cuda --workdir "$WORK" \
+    --out "$OUT/default" --threads 14 "$@" || status=$?
 if [ -d "$OUT/default" ]; then
     tar -cf "$OUT/default.tar" -C "$OUT" default && rm -rf "$OUT/default"
     size=$(wc -c < "$OUT/default.tar")

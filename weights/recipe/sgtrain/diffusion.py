@@ -220,7 +220,7 @@ def stage_teacher(run):
             if run.out_of_time():
                 raise Interrupted()
     run.sync()
-    save(run.path("ckpt", "teacher_final.pt"))
+    save_checkpoint(run.path("ckpt", "teacher_final.pt"), {"ema": ema.state_dict(), "step": step})
     run.log(f"teacher: {step} steps of batch {batch} in {clock.elapsed:.0f} s")
     run.mark_done("teacher", {"steps": step, "batch": batch, "seconds": clock.elapsed,
                               "parameters": count_parameters(unet), "gmac_per_forward": macs / 1e9,

@@ -190,6 +190,27 @@ class Discriminator(nn.Module):
 # Autoencoder
 
 
+@torch.no_grad()
+def init_tiny_convnet(module):
+    """Variance-preserving initialisation for TinyDecoder/TinyEncoder (no normalisation layers):
+    depthwise 3×3 N(0, 1/9), pointwise and dense convs He-normal (ReLU gain), biases 0, and the
+    last conv of each residual block 0 so blocks start as the identity. PyTorch's default init
+    shrinks the signal about 10× per separable conv, so a 6-stage decoder would start with an
+    output independent of its input and learn very slowly."""
+    for name, conv in module.named_modules():
+        if not isinstance(conv, nn.Conv2d):
+            continue
+        if conv.groups > 1 and conv.groups == conv.in_channels:
+            nn.init.normal_(conv.weight, std=(1.0 / 9.0) ** 0.5)
+        else:
+            nn.init.kaiming_normal_(conv.weight, nonlinearity="relu")
+        if conv.bias is not None:
+            nn.init.zeros_(conv.bias)
+        parts = name.split(".")
+        if "conv3" in parts and parts[-1] in ("conv3", "pw"):
+            nn.init.zeros_(conv.weight)
+
+
 class AutoEncoder(nn.Module):
     """TinyEncoder (training only) whose output is normalised per channel (BatchNorm without
     affine; its running statistics are folded into encoder.conv_out at the end) + TinyDecoder."""
@@ -199,6 +220,8 @@ class AutoEncoder(nn.Module):
         self.encoder = decoder_module.TinyEncoder(enc_cfg)
         self.norm = nn.BatchNorm2d(enc_cfg["latent_channels"], affine=False, momentum=0.01)
         self.decoder = decoder_module.TinyDecoder(dec_cfg)
+        init_tiny_convnet(self.encoder)
+        init_tiny_convnet(self.decoder)
 
     def encode(self, image):
         return self.norm(self.encoder(image))

@@ -41,11 +41,34 @@ def load_distilled(run, text_cfg):
     return gen_model.eval()
 
 
+def model_folder(run):
+    """Where the export stage keeps the model folder (in the work folder; --out gets copies)."""
+    return run.path("model", "default")
+
+
+EVAL_FILES = ("eval.json", "eval.md", "samples.png", "samples.txt")
+
+
+def publish(run, out):
+    """Copies the exported folder to --out and the evaluation files beside it (so a resumed run
+    on a fresh output folder gets them again)."""
+    folder = model_folder(run)
+    if not os.path.exists(os.path.join(folder, "model_index.json")):
+        return
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    shutil.copytree(folder, out)
+    for name in EVAL_FILES:
+        if os.path.exists(run.path(name)):
+            shutil.copyfile(run.path(name), os.path.join(os.path.dirname(out), name))
+
+
 def stage_export(run, out):
     """Writes the 4-step model folder: unet/, decoder/, scheduler/, text_encoder/ (HF
     CLIPTextModelWithProjection), tokenizer/ (CLIPTokenizer files), conditioner/, MODEL_CARD.md;
-    reloads it and checks it reproduces the in-memory model."""
+    reloads it and checks it reproduces the in-memory model; copies it to out."""
     args = run.args
+    final_out, out = out, model_folder(run)
     tokenizer, text_cfg = text_side(run)
     teacher = load_teacher(run, text_cfg)
     gen_model = load_distilled(run, text_cfg)
@@ -107,6 +130,7 @@ def stage_export(run, out):
                                  count_parameters(teacher["text_encoder"]),
                              "decoder_parameters": count_parameters(decoder)})
     write_card(run, out, None)
+    publish(run, final_out)
 
 
 @torch.no_grad()
@@ -132,6 +156,7 @@ def check_reference_conditioner(folder, prompt, generator):
 def stage_eval(run, out, pool):
     """ShapeEval of the teacher (28 steps, CFG), the three students (same sampler) and the
     exported 4-step model (float32, its own scheduler) on the held-out prompts."""
+    final_out, out = out, model_folder(run)
     ev = _evaluate_module()
     args, sizes, dev = run.args, run.sizes, run.device
     tokenizer, text_cfg = text_side(run)
@@ -178,16 +203,15 @@ def stage_eval(run, out, pool):
             f"({run.device.type})")
     table = ev.markdown_table(entries, info)
     result = {"jobs": info, "models": entries, "seconds": time.time() - started}
-    targets = [run.workdir, os.path.dirname(os.path.abspath(out))]
-    for folder in targets:
-        with open(os.path.join(folder, "eval.json"), "w") as f:
-            json.dump(result, f, indent=1)
-        with open(os.path.join(folder, "eval.md"), "w") as f:
-            f.write(table)
-        ev.write_sheet(os.path.join(folder, "samples.png"), rows, labels)
+    with open(run.path("eval.json"), "w") as f:
+        json.dump(result, f, indent=1)
+    with open(run.path("eval.md"), "w") as f:
+        f.write(table)
+    ev.write_sheet(run.path("samples.png"), rows, labels)
     run.log("eval: table\n" + table)
     run.mark_done("eval", {"seconds": time.time() - started, "images_per_model": len(jobs)})
     write_card(run, out, result)
+    publish(run, final_out)
 
 
 # ---------------------------------------------------------------------------------------------
