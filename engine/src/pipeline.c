@@ -184,6 +184,7 @@ static void conditioning_clear(sg_conditioning *cond) {
 /* Copies one tensor of a conditioning file (f32 result owned by the caller). */
 static sg_status copy_entry(const sg_safetensors *file, const char *name, int ndim,
                             const int64_t *dims, sg_tensor *out, sg_error *error) {
+  memset(out, 0, sizeof *out); /* on failure too: callers free out->data */
   const sg_st_entry *entry = sg_safetensors_find(file, name);
   if (entry == NULL)
     return sg_fail(error, SG_ERR_FORMAT, "%s: missing tensor '%s'", sg_safetensors_path(file),

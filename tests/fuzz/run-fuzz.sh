@@ -31,8 +31,10 @@ for src in "$root"/engine/src/*.c; do
   name=$(basename "$src" .c)
   case "$name" in ops_dnnl|ops_blas) ;; *) engine_sources+=("$name") ;; esac
 done
+# -ftrivial-auto-var-init=pattern: an uninitialised local holds 0xFE bytes, so using one fails
+# at once instead of depending on what an earlier input left on the stack.
 cflags=(-std=c11 -D_GNU_SOURCE -g -O1 -fno-omit-frame-pointer -Wall -Wextra
-        -Wno-source-uses-openmp -fno-sanitize-recover=all
+        -Wno-source-uses-openmp -fno-sanitize-recover=all -ftrivial-auto-var-init=pattern
         -I"$root/engine/include" -I"$root/engine/src" -I"$root/tests/fuzz"
         $(pkg-config --cflags glib-2.0 json-glib-1.0 libpng))
 libs=($(pkg-config --libs glib-2.0 json-glib-1.0 libpng) -lm -lpthread)
@@ -61,6 +63,12 @@ compile() {
 }
 
 echo "run-fuzz: building in $build"
+# Objects built with other flags (an older version of this script) are rebuilt.
+flags_now="${cflags[*]} | ${instrument[*]} | ${fast_instrument[*]}"
+if [ "$(cat "$build/obj/flags" 2>/dev/null)" != "$flags_now" ]; then
+  rm -f "$build"/obj/*.o "$build"/obj/*.d
+  echo "$flags_now" > "$build/obj/flags"
+fi
 build_failed=()
 objects=()
 pids=()

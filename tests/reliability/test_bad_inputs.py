@@ -182,6 +182,57 @@ def test_absurd_configs(model, tmp, guard):
     shutil.rmtree(copy)
 
 
+def write_safetensors(path, tensors):
+    """tensors: {name: (shape, list of floats)}, stored as F32."""
+    header, data = {}, b""
+    for name, (shape, values) in tensors.items():
+        raw = struct.pack(f"<{len(values)}f", *values)
+        header[name] = {"dtype": "F32", "shape": shape,
+                        "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+
+def test_conditioning_files(model, tmp):
+    """Conditioning files whose tensors do not fit: exit 3 naming the tensor. (A context_mask of
+    the wrong length once made load_conditioning free an uninitialised pointer; the sanitizer
+    suite runs this under ASan.)"""
+    with open(os.path.join(model, "unet", "config.json")) as f:
+        unet = json.load(f)
+    width, pooled = unet["context_dim"], unet["pooled_dim"]
+    good = {"context": ([3, width], [0.1] * (3 * width)), "context_mask": ([3], [1.0, 1.0, 0.0]),
+            "pooled": ([pooled], [0.2] * pooled)}
+    cases = [
+        ("context_mask of the wrong length", {"context_mask": ([4], [1.0] * 4)}, "context_mask"),
+        ("context_mask of the wrong rank", {"context_mask": ([3, 1], [1.0] * 3)}, "context_mask"),
+        ("context_mask with NaN", {"context_mask": ([3], [1.0, float("nan"), 1.0])},
+         "context_mask"),
+        ("pooled of the wrong length", {"pooled": ([pooled + 1], [0.2] * (pooled + 1))}, "pooled"),
+        ("context of the wrong width", {"context": ([3, width + 1], [0.1] * (3 * width + 3))},
+         "context"),
+        ("context with no tokens", {"context": ([0, width], [])}, "context"),
+        ("negative_context of the wrong width (guidance 3)",
+         {"negative_context": ([3, width - 1], [0.0] * (3 * width - 3))}, "negative_context"),
+        ("negative_context_mask of the wrong length (guidance 3)",
+         {"negative_context": ([3, width], [0.0] * (3 * width)),
+          "negative_context_mask": ([2], [1.0, 1.0])}, "negative_context_mask"),
+    ]
+    out_dir = os.path.join(tmp, "conditioning-out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "out.png")
+    for i, (name, change, mentions) in enumerate(cases):
+        path = os.path.join(tmp, f"conditioning-{i}.safetensors")
+        write_safetensors(path, dict(good, **change))
+        result = run(gen_args(model, out, "--conditioning", path, "--guidance", "3"))
+        expect(f"conditioning file: {name}", result, 3, [path, mentions], out_dir, [])
+    path = os.path.join(tmp, "conditioning-good.safetensors")
+    write_safetensors(path, good)
+    result = run(gen_args(model, out, "--conditioning", path, "--guidance", "3"))
+    check("conditioning file that fits generates", result.returncode == 0, result.stderr.strip())
+
+
 def in_fresh_mount(args, mount_options, folder):
     """Runs snapgen with a new tmpfs (mount_options) on folder, in a private mount namespace
     (as root, else as a mapped root in a user namespace). Returns (result, files left in the
@@ -275,6 +326,7 @@ def main():
         model = os.path.join(tmp, "model")
         make_model(model)
         test_arguments(model, tmp)
+        test_conditioning_files(model, tmp)
         sanitized = is_sanitized(SNAPGEN)
         if sanitized:  # ASan reserves terabytes of address space: RLIMIT_AS cannot apply
             print("note: SNAPGEN is built with sanitizers; configs run without the ulimit guard "

@@ -19,12 +19,18 @@ while [ $# -gt 0 ]; do
 done
 cd "$root"
 
-# UBSan findings must stop the program (by default it prints and goes on).
-sanitize_flags=-fno-sanitize-recover=all
+# UBSan findings must stop the program (by default it prints and goes on). Uninitialised locals
+# are filled with a pattern (0xFE bytes), so using one fails the same way every time instead of
+# reading whatever an earlier call left on the stack (that hid a free of an uninitialised
+# pointer in pipeline.c's load_conditioning from every test but the fuzzer).
+sanitize_flags="-fno-sanitize-recover=all -ftrivial-auto-var-init=pattern"
 if [ ! -f "$build/build.ninja" ]; then
   meson setup "$build" -Db_sanitize=address,undefined -Dbuildtype=debugoptimized \
     -Dplugin=disabled -Dwerror=true -Dc_args="$sanitize_flags" -Dc_link_args="$sanitize_flags" \
     > "$build.setup.log" 2>&1 || { cat "$build.setup.log"; echo "run-asan: meson setup failed"; exit 1; }
+else
+  meson configure "$build" -Dc_args="$sanitize_flags" -Dc_link_args="$sanitize_flags" \
+    > "$build.setup.log" 2>&1 || { cat "$build.setup.log"; echo "run-asan: meson configure failed"; exit 1; }
 fi
 ninja -C "$build" -j"${SG_ASAN_JOBS:-2}" engine/snapgen tests/unit-tests tests/sgcheck >"$build/ninja.log" 2>&1 ||
   { tail -40 "$build/ninja.log"; echo "run-asan: build failed"; exit 1; }

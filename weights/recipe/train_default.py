@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 STAGES = ["data", "ae", "latents", "teacher", "students", "adversarial", "export", "eval"]
-BUDGETS = {"data": 45, "ae": 35, "teacher": 135, "students": 105, "adversarial": 40}
+BUDGETS = {"data": 45, "ae": 50, "teacher": 130, "students": 100, "adversarial": 40}
 EXIT_RESUME = 75
 
 

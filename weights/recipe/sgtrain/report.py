@@ -297,9 +297,9 @@ def write_card(run, out, result):
     recipe = (
         f"1. **Autoencoder** (SPEC §4.4): TinyEncoder ({sizes['encoder_size']}² renders in, "
         f"training only) + TinyDecoder ({sizes['image_size']}² out, trained against "
-        f"{sizes['image_size']}² renders of the same scenes), L1 + 0.5·gradient L1 on "
-        f"{ae.get('crop', '?')}² crops, latent noise "
-        f"σ∈[0, 0.2], per-channel latent normalisation folded into the encoder. Held-out "
+        f"{sizes['image_size']}² renders of the same scenes), L1 (object pixels ×9) + "
+        f"0.25·gradient L1 + L1 at 1/4 and 1/16 resolution on {ae.get('crop', '?')}² crops, "
+        f"variance-preserving init, latent noise σ∈[0, 0.2], per-channel latent normalisation folded into the encoder. Held-out "
         f"reconstruction PSNR {ae.get('psnr_db', 0):.2f} dB; ShapeEval passes "
         f"{ae.get('shapeeval_recon', 0):.3f} of reconstructions (renders: "
         f"{ae.get('shapeeval_renders', 0):.3f}) on {ae.get('holdout', '?')} held-out images.\n"
