@@ -34,7 +34,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 
 STAGES = ["data", "ae", "latents", "teacher", "students", "adversarial", "export", "eval"]
-BUDGETS = {"data": 45, "ae": 50, "teacher": 130, "students": 100, "adversarial": 40}
+BUDGETS = {"data": 40, "ae": 70, "teacher": 125, "students": 95, "adversarial": 35}
 EXIT_RESUME = 75
 
 

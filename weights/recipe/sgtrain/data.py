@@ -50,81 +50,106 @@ def _write_json(path, value):
     os.replace(path + ".part", path)
 
 
-def stage_data(run, pool):
-    """Renders ShapeWorld training pairs with the worker pool until the stage budget is spent (at
-    least min_images, at most max_images): every image at encoder_size, the first hires_images
-    also at image_size. Files: data/low.npy, data/high.npy (uint8 NHWC), data/meta.json."""
-    sizes, seed = run.sizes, run.args.seed
-    folder = run.path("data")
-    os.makedirs(folder, exist_ok=True)
-    low_size, high_size = sizes["encoder_size"], sizes["image_size"]
-    n_max, n_high = sizes["max_images"], sizes["hires_images"]
-    meta_path = os.path.join(folder, "meta.json")
-    meta = _read_json(meta_path) or {"seed": seed, "low_size": low_size, "high_size": high_size,
-                                     "count": 0, "captions": [], "categories": [],
-                                     "elapsed": 0.0}
-    low = _open_array(os.path.join(folder, "low.npy"), (n_max, low_size, low_size, 3))
-    high = _open_array(os.path.join(folder, "high.npy"), (n_high, high_size, high_size, 3))
-    clock = Clock(run, run.budgets["data"], meta["elapsed"])
-    run.log(f"data: {meta['count']} images so far; budget {clock.budget:.0f} s, "
-            f"{run.args.threads} worker processes")
-    batch = max(8, 16 * run.args.threads)
-    pending = collections.deque()
-    next_index = meta["count"]
-    started, done_here = time.time(), 0
+class Renderer:
+    """Renders ShapeWorld training pairs in the worker pool, in order, into data/low.npy and
+    data/high.npy (uint8 NHWC memmaps) with captions in data/meta.json. Image i is sample((seed,
+    i)) at encoder_size, and also at image_size when i < hires_images. At most two batches are
+    in flight, so the main process can keep rendering going while it trains on the GPU."""
 
-    def enough():
-        return meta["count"] >= n_max or (clock.finished() and meta["count"] >= max(
-            n_high, sizes["min_images"]))
+    def __init__(self, run, pool):
+        sizes = run.sizes
+        self.run, self.pool, self.seed = run, pool, run.args.seed
+        folder = run.path("data")
+        os.makedirs(folder, exist_ok=True)
+        self.low_size, self.high_size = sizes["encoder_size"], sizes["image_size"]
+        self.n_max, self.n_high = sizes["max_images"], sizes["hires_images"]
+        self.meta_path = os.path.join(folder, "meta.json")
+        self.meta = _read_json(self.meta_path) or {
+            "seed": self.seed, "low_size": self.low_size, "high_size": self.high_size,
+            "count": 0, "captions": [], "categories": [], "elapsed": 0.0}
+        self.low = _open_array(os.path.join(folder, "low.npy"),
+                               (self.n_max, self.low_size, self.low_size, 3))
+        self.high = _open_array(os.path.join(folder, "high.npy"),
+                                (self.n_high, self.high_size, self.high_size, 3))
+        self.batch = max(8, 16 * run.args.threads)
+        self.pending = collections.deque()
+        self.next_index = self.meta["count"]
+        self.rendered = 0
 
-    def save():
-        meta["elapsed"] = clock.elapsed
-        low.flush()
-        high.flush()
-        _write_json(meta_path, meta)
+    @property
+    def count(self):
+        return self.meta["count"]
 
-    while True:
-        while len(pending) < 2 and next_index < n_max and not enough():
-            jobs = [(seed, i, low_size, high_size if i < n_high else 0)
-                    for i in range(next_index, min(n_max, next_index + batch))]
-            pending.append(pool.map_async(render.render_item, jobs, chunksize=2))
-            next_index += len(jobs)
-        if not pending:
-            break
-        for index, image_low, image_high, caption, category in pending.popleft().get():
+    def submit(self):
+        while len(self.pending) < 2 and self.next_index < self.n_max:
+            end = min(self.n_max, self.next_index + self.batch)
+            jobs = [(self.seed, i, self.low_size, self.high_size if i < self.n_high else 0)
+                    for i in range(self.next_index, end)]
+            self.pending.append(self.pool.map_async(render.render_item, jobs, chunksize=2))
+            self.next_index = end
+
+    def collect(self, wait):
+        """Stores the oldest batch in flight when it is ready (or waits for it)."""
+        if not self.pending or not (wait or self.pending[0].ready()):
+            return
+        meta = self.meta
+        for index, image_low, image_high, caption, category in self.pending.popleft().get():
             assert index == meta["count"], "renders must arrive in order"
-            low[index] = image_low
+            self.low[index] = image_low
             if image_high is not None:
-                high[index] = image_high
+                self.high[index] = image_high
             meta["captions"].append(caption)
             meta["categories"].append(category)
             meta["count"] += 1
-            done_here += 1
+            self.rendered += 1
+
+    def pump(self):
+        """Non-blocking: stores finished batches, keeps two in flight."""
+        while self.pending and self.pending[0].ready():
+            self.collect(wait=False)
+        self.submit()
+
+    def drain(self):
+        while self.pending:
+            self.collect(wait=True)
+
+    def save(self, elapsed=None):
+        if elapsed is not None:
+            self.meta["elapsed"] = elapsed
+        self.low.flush()
+        self.high.flush()
+        _write_json(self.meta_path, self.meta)
+
+
+def stage_data(run, pool):
+    """Renders training pairs until the stage budget is spent (at least hires_images and
+    min_images, at most max_images). Rendering goes on in the background during the ae stage."""
+    sizes = run.sizes
+    renderer = Renderer(run, pool)
+    clock = Clock(run, run.budgets["data"], renderer.meta["elapsed"])
+    run.log(f"data: {renderer.count} images so far; budget {clock.budget:.0f} s, "
+            f"{run.args.threads} worker processes")
+    started = time.time()
+    need = min(renderer.n_max, max(renderer.n_high, sizes["min_images"]))
+    while renderer.count < renderer.n_max and not (clock.finished() and renderer.count >= need):
+        renderer.submit()
+        renderer.collect(wait=True)
         if clock.checkpoint_due():
-            save()
-            run.log(f"data: {meta['count']} images, {done_here / (time.time() - started):.0f}/s")
+            renderer.drain()
+            renderer.save(clock.elapsed)
+            run.log(f"data: {renderer.count} images, "
+                    f"{renderer.rendered / (time.time() - started):.0f}/s")
             if run.out_of_time():
-                while pending:  # keep what is already rendered in order
-                    pending.popleft().get()
                 raise Interrupted()
-        if enough():
-            while pending:  # finish the batches in flight (at most two)
-                for index, image_low, image_high, caption, category in pending.popleft().get():
-                    low[index] = image_low
-                    if image_high is not None:
-                        high[index] = image_high
-                    meta["captions"].append(caption)
-                    meta["categories"].append(category)
-                    meta["count"] += 1
-                    done_here += 1
-            break
-    save()
-    rate = done_here / max(time.time() - started, 1e-9)
-    run.log(f"data: done, {meta['count']} images ({n_high} also at {high_size}²), "
-            f"{rate:.0f} images/s")
-    run.mark_done("data", {"images": meta["count"], "hires_images": n_high,
+    renderer.drain()
+    renderer.save(clock.elapsed)
+    rate = renderer.rendered / max(time.time() - started, 1e-9)
+    run.log(f"data: done, {renderer.count} images ({renderer.n_high} also at "
+            f"{renderer.high_size}²), {rate:.0f} images/s")
+    run.mark_done("data", {"images": renderer.count, "hires_images": renderer.n_high,
                            "seconds": clock.elapsed, "images_per_second": rate,
-                           "encoder_size": low_size, "image_size": high_size})
+                           "encoder_size": renderer.low_size,
+                           "image_size": renderer.high_size})
 
 
 def load_meta(run):
@@ -216,7 +241,10 @@ def stage_ae(run, pool):
         save_checkpoint(ckpt_path, {"model": ae.state_dict(), "opt": opt.state_dict(),
                                     "step": step, "elapsed": clock.elapsed})
 
+    renderer = Renderer(run, pool)  # more training images while the GPU trains the AE
     while not clock.finished():
+        if step % 5 == 0:
+            renderer.pump()
         idx = torch.randint(n_train, (batch,), device=dev, generator=gen)
         y0, x0 = (int(v) for v in torch.randint(lat - crop + 1, (2,)))
         target = _nchw(high[idx, y0 * scale:(y0 + crop) * scale, x0 * scale:(x0 + crop) * scale])
@@ -240,10 +268,20 @@ def stage_ae(run, pool):
             losses = []
         if clock.checkpoint_due():
             save()
+            renderer.drain()
+            renderer.save()
             if run.out_of_time():
                 raise Interrupted()
     run.sync()
     seconds = clock.elapsed
+    save()  # so --redo ae with a larger budget continues from here
+    renderer.drain()
+    renderer.save()
+    data_stats = run.stage_stats("data") or {}
+    data_stats["images_after_ae"] = renderer.count
+    run.mark_done("data", data_stats)
+    run.log(f"ae: {renderer.rendered} more images rendered meanwhile ({renderer.count} in all)")
+    meta = load_meta(run)
     ae.eval()
     with torch.no_grad():
         ae.fold_norm(_nchw(low[:min(n_train, 512)]))

@@ -220,6 +220,7 @@ def stage_teacher(run):
             if run.out_of_time():
                 raise Interrupted()
     run.sync()
+    save()  # so --redo teacher with a larger budget continues from here
     save_checkpoint(run.path("ckpt", "teacher_final.pt"), {"ema": ema.state_dict(), "step": step})
     run.log(f"teacher: {step} steps of batch {batch} in {clock.elapsed:.0f} s")
     run.mark_done("teacher", {"steps": step, "batch": batch, "seconds": clock.elapsed,
@@ -330,6 +331,7 @@ def stage_students(run):
             if run.out_of_time():
                 raise Interrupted()
     run.sync()
+    save()
     save_checkpoint(run.path("ckpt", "students_final.pt"),
                     {"ema": {v: emas[v].state_dict() for v in VARIANTS}, "step": step})
     run.log(f"students: {step} steps of batch {batch} each in {clock.elapsed:.0f} s")
@@ -480,6 +482,7 @@ def stage_adversarial(run):
             if run.out_of_time():
                 raise Interrupted()
     run.sync()
+    save()
     save_checkpoint(run.path("ckpt", "adversarial_final.pt"), {"ema": ema.state_dict(),
                                                                "step": step})
     run.log(f"adversarial: {step} steps of batch {batch} in {clock.elapsed:.0f} s")

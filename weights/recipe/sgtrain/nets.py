@@ -38,7 +38,7 @@ FULL = {
     "min_images": 4096,
     "ae_holdout": 48,
     "ae_crop": 12,           # latent pixels per side of an autoencoder training crop
-    "ae_batch": 32,
+    "ae_batch": 64,
     "batch": 256,
     "adv_batch": 128,
     "eval_prompts": 504,

@@ -286,6 +286,7 @@ def write_card(run, out, result):
         f"ShapeWorld's words; context = Linear(last_hidden_state), pooled = text_embeds.\n"
         f"- **Sampler**: flow-matching Euler at t = {FEW_STEP_TIMES} → 0, no guidance.")
     d, ae, lat = stats["data"], stats["ae"], stats["latents"]
+    d = dict(d, images=d.get("images_after_ae", d.get("images", "?")))
     data = (
         f"{d.get('images', '?')} ShapeWorld renders (seed {args.seed}, training split: held-out "
         f"compositions never drawn) at {d.get('encoder_size', '?')}² for the encoder, the first "
@@ -327,7 +328,8 @@ def write_card(run, out, result):
         f"{a.get('lr_d', '?')} (heads), EMA. {a.get('steps', '?')} steps × batch "
         f"{a.get('batch', '?')}.")
     rows = ["| stage | wall time | work |", "|---|---|---|"]
-    work = {"data": f"{d.get('images', '?')} renders ({d.get('images_per_second', 0):.0f}/s)",
+    work = {"data": f"{d.get('images', '?')} renders ({d.get('images_per_second', 0):.0f}/s; "
+                    "rendering goes on in the background during ae)",
             "ae": f"{ae.get('steps', '?')} steps × {ae.get('batch', '?')} crops",
             "latents": f"{lat.get('latents', '?')} latents",
             "teacher": f"{t.get('steps', '?')} steps × {t.get('batch', '?')}",
