@@ -172,8 +172,9 @@ def load_generator(folder, device, name="model", steps=None, guidance=None, bf16
     ts = sampler.timesteps(sched, steps)
     if guidance is None:
         guidance = float(sched.get("default_guidance", 1.0))
-    gen = Generator(name, tokenizer, encoder, conditioner, device_unet.to(device),
-                    decoder.to(device), ts, guidance, device, bf16)
+    gen = Generator(name, tokenizer, encoder, conditioner,
+                    nets.gpu_layout(device_unet.to(device), device),
+                    nets.gpu_layout(decoder.to(device), device), ts, guidance, device, bf16)
     return gen
 
 

@@ -218,7 +218,7 @@ def stage_ae(run, pool):
     lat = nets.latent_size(sizes)
     crop = min(sizes["ae_crop"], lat)
 
-    ae = nets.AutoEncoder(sizes["encoder"], sizes["decoder"]).to(dev)
+    ae = nets.gpu_layout(nets.AutoEncoder(sizes["encoder"], sizes["decoder"]).to(dev), dev)
     opt = adamw(ae.parameters(), AE_LR, run, weight_decay=0.0)
     ckpt_path = run.path("ckpt", "ae.pt")
     state = load_checkpoint(ckpt_path, dev)
@@ -318,7 +318,7 @@ def load_autoencoder(run):
     state = torch.load(run.path("ckpt", "ae_final.pt"), map_location="cpu", weights_only=True)
     ae.encoder.load_state_dict(state["encoder"])
     ae.decoder.load_state_dict(state["decoder"])
-    return ae.to(run.device).eval()
+    return nets.gpu_layout(ae.to(run.device), run.device).eval()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -61,10 +61,11 @@ def make_teacher(run, text_cfg):
     sizes = run.sizes
     unet = nets.UNet(sizes["teacher"])
     zero_init(unet)
-    return nn.ModuleDict({"text_encoder": make_text_encoder(text_cfg),
-                          "conditioner": Conditioner(text_cfg["hidden_size"],
-                                                     sizes["teacher"]["context_dim"]),
-                          "unet": unet}).to(run.device)
+    teacher = nn.ModuleDict({"text_encoder": make_text_encoder(text_cfg),
+                             "conditioner": Conditioner(text_cfg["hidden_size"],
+                                                        sizes["teacher"]["context_dim"]),
+                             "unet": unet}).to(run.device)
+    return nets.gpu_layout(teacher, run.device)
 
 
 def kd_channels(cfg):
@@ -76,11 +77,12 @@ def make_student(run, text_cfg):
     sizes = run.sizes
     unet = nets.UNet(sizes["student"])
     zero_init(unet)
-    return nn.ModuleDict({
+    student = nn.ModuleDict({
         "conditioner": Conditioner(text_cfg["hidden_size"], sizes["student"]["context_dim"]),
         "unet": unet,
         "projector": nn.Conv2d(kd_channels(sizes["student"]), kd_channels(sizes["teacher"]), 1),
     }).to(run.device)
+    return nets.gpu_layout(student, run.device)
 
 
 def load_teacher(run, text_cfg):
@@ -387,8 +389,8 @@ def stage_adversarial(run):
     teacher = load_teacher(run, text_cfg)
     data = Batches(run, tokenizer, 3)
     gen_model = load_student(run, text_cfg, "tas")
-    disc = nets.Discriminator(sizes["teacher"], sizes["disc_channels"],
-                              sizes["teacher"]["pooled_dim"]).to(dev)
+    disc = nets.gpu_layout(nets.Discriminator(sizes["teacher"], sizes["disc_channels"],
+                                              sizes["teacher"]["pooled_dim"]).to(dev), dev)
     opt_g = adamw(gen_model.parameters(), args.adv_lr, run, betas=(0.0, 0.99))
     opt_d = adamw(disc.parameters(), args.adv_lr_d, run, betas=(0.0, 0.99))
     ema = EMA(gen_model, args.adv_ema)

@@ -300,7 +300,8 @@ def write_card(run, out, result):
         f"training only) + TinyDecoder ({sizes['image_size']}² out, trained against "
         f"{sizes['image_size']}² renders of the same scenes), L1 (object pixels ×9) + "
         f"0.25·gradient L1 + L1 at 1/4 and 1/16 resolution on {ae.get('crop', '?')}² crops, "
-        f"variance-preserving init, latent noise σ∈[0, 0.2], per-channel latent normalisation folded into the encoder. Held-out "
+        f"variance-preserving init, latent noise σ∈[0, 0.2], per-channel latent normalisation "
+        f"folded into the encoder. Held-out "
         f"reconstruction PSNR {ae.get('psnr_db', 0):.2f} dB; ShapeEval passes "
         f"{ae.get('shapeeval_recon', 0):.3f} of reconstructions (renders: "
         f"{ae.get('shapeeval_renders', 0):.3f}) on {ae.get('holdout', '?')} held-out images.\n"
@@ -355,8 +356,9 @@ def write_card(run, out, result):
                       f"{'bf16' if run.cuda else 'float32'}; \"student (a) before step "
                       "distillation\": the shipped model's sampler (4 steps, no guidance) on "
                       "the timestep-aware student; the shipped model: its own 4 steps, no "
-                      "guidance, float32, from the exported folder.\n\n" + _evaluate_module().markdown_table(
-                          result["models"], result["jobs"]) + "\n" + ablation_text(result))
+                      "guidance, float32, from the exported folder.\n\n"
+                      + _evaluate_module().markdown_table(result["models"], result["jobs"])
+                      + "\n" + ablation_text(result))
     reproduce = (
         "```\n"
         "bash weights/recipe/train_default.sh            # GPU: whole recipe, ~9 min\n"

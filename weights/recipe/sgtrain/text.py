@@ -149,9 +149,20 @@ def make_text_encoder(config):
 
 
 def encoder_outputs(encoder, input_ids):
-    """(last_hidden_state [B,L,H], text_embeds [B,P])."""
-    out = encoder(input_ids)
-    return out["last_hidden_state"], out["text_embeds"]
+    """(last_hidden_state [B,L,H], text_embeds [B,P]): sgrecipe.clip's forward, step by step
+    with its own modules, except that the pooled row index is made on the device (clip.py
+    builds it on the CPU, which costs a GPU synchronisation per call in training). The export
+    stage checks this against the reference path."""
+    tm = encoder.text_model
+    x = tm.embeddings(input_ids)
+    length = input_ids.shape[-1]
+    bias = torch.full((length, length), float("-inf"), device=x.device).triu(1)
+    for layer in tm.encoder.layers:
+        x = layer(x, bias)
+    last = tm.final_layer_norm(x)
+    eos = clip.eos_positions(input_ids, encoder.config["eos_token_id"])
+    pooled = last[torch.arange(last.shape[0], device=last.device), eos]
+    return last, encoder.text_projection(pooled)
 
 
 class Conditioner(nn.Module):
