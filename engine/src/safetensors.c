@@ -30,6 +30,7 @@ struct sg_safetensors {
 typedef struct {
   sg_st_entry entry;
   uint64_t begin, end;
+  int skipped; /* an integer buffer: validated, not exposed */
 } parsed_entry;
 
 static int compare_by_offset(const void *a, const void *b) {
@@ -45,6 +46,18 @@ static int parse_dtype(const char *name, sg_dtype *dtype) {
   else if (strcmp(name, "BF16") == 0) *dtype = SG_BF16;
   else return 0;
   return 1;
+}
+
+/* Integer tensors hold buffers such as the "position_ids" that older CLIP checkpoints carry, never
+ * weights: they are validated like the others but not exposed. Their item size, or 0. */
+static int integer_dtype_size(const char *name) {
+  static const struct {
+    const char *name;
+    int size;
+  } types[] = {{"I64", 8}, {"I32", 4}, {"I16", 2}, {"I8", 1}, {"U8", 1}, {"BOOL", 1}};
+  for (size_t i = 0; i < sizeof types / sizeof types[0]; i++)
+    if (strcmp(name, types[i].name) == 0) return types[i].size;
+  return 0;
 }
 
 /* A JSON integer node's value; 0 if the node is not an integer. */
@@ -94,10 +107,12 @@ static sg_status parse_entry(const char *path, const char *name, JsonNode *node,
                    name);
   }
   const char *dtype_name = json_node_get_string(dtype_node);
-  if (!parse_dtype(dtype_name, &out->entry.dtype)) {
+  int integer_size = integer_dtype_size(dtype_name);
+  out->skipped = integer_size > 0;
+  if (!out->skipped && !parse_dtype(dtype_name, &out->entry.dtype)) {
     return sg_fail(error, SG_ERR_FORMAT,
-                   "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16)", path,
-                   name, dtype_name);
+                   "%s: tensor '%s': unsupported dtype '%s' (supported: F32, F16, BF16; integer "
+                   "buffers are skipped)", path, name, dtype_name);
   }
 
   if (!shape_node || !JSON_NODE_HOLDS_ARRAY(shape_node)) {
@@ -111,7 +126,7 @@ static sg_status parse_entry(const char *path, const char *name, JsonNode *node,
                    path, name, ndim, SG_MAX_DIMS);
   }
   out->entry.ndim = (int)ndim;
-  uint64_t nbytes = sg_dtype_size(out->entry.dtype);
+  uint64_t nbytes = out->skipped ? (uint64_t)integer_size : sg_dtype_size(out->entry.dtype);
   for (guint i = 0; i < ndim; i++) {
     int64_t dim;
     if (!node_int(json_array_get_element(shape, i), &dim) || dim < 0) {
@@ -209,10 +224,17 @@ static sg_status parse_header(sg_safetensors *file, const char *header, uint64_t
   }
 
   file->entries = g_new0(sg_st_entry, count ? count : 1);
+  int exposed = 0;
   for (int i = 0; i < count; i++) {
-    file->entries[i] = parsed[i].entry;
-    file->entries[i].data = data + parsed[i].begin;
+    if (parsed[i].skipped) {
+      g_free((char *)parsed[i].entry.name);
+      continue;
+    }
+    file->entries[exposed] = parsed[i].entry;
+    file->entries[exposed].data = data + parsed[i].begin;
+    exposed++;
   }
+  count = exposed;
   file->count = count;
   for (int i = 0; i < count; i++) {
     g_hash_table_insert(file->by_name, (gpointer)file->entries[i].name, &file->entries[i]);
