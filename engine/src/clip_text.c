@@ -16,16 +16,10 @@ static const sg_clip_text_config default_config = {
     .num_attention_heads = 8, .max_position_embeddings = 77, .hidden_act = SG_ACT_QUICK_GELU,
     .layer_norm_eps = 1e-5, .projection_dim = 512, .eos_token_id = 49407};
 
-#define TRY(expr)                       \
-  do {                                  \
-    sg_status status_ = (expr);         \
-    if (status_ != SG_OK) return status_; \
-  } while (0)
-
 static sg_status read_int(const sg_json *json, const char *field, int64_t min, int64_t max,
                           int *value, sg_error *error) {
   int64_t read = 0;
-  TRY(sg_json_int(json, field, 1, *value, min, max, &read, error));
+  SG_TRY(sg_json_int(json, field, 1, *value, min, max, &read, error));
   *value = (int)read;
   return SG_OK;
 }
@@ -44,18 +38,18 @@ sg_status sg_clip_text_config_from_json(const sg_json *json, sg_clip_text_config
                                         sg_error *error) {
   sg_clip_text_config c = default_config;
   const char *path = sg_json_path(json);
-  TRY(read_int(json, "vocab_size", 1, 16 << 20, &c.vocab_size, error));
-  TRY(read_int(json, "hidden_size", 1, MAX_WIDTH, &c.hidden_size, error));
-  TRY(read_int(json, "intermediate_size", 1, 4 * MAX_WIDTH, &c.intermediate_size, error));
-  TRY(read_int(json, "num_hidden_layers", 1, MAX_LAYERS, &c.num_hidden_layers, error));
-  TRY(read_int(json, "num_attention_heads", 1, 4096, &c.num_attention_heads, error));
-  TRY(read_int(json, "max_position_embeddings", 1, 1 << 20, &c.max_position_embeddings, error));
-  TRY(read_int(json, "projection_dim", 1, MAX_WIDTH, &c.projection_dim, error));
-  TRY(read_int(json, "eos_token_id", 0, 16 << 20, &c.eos_token_id, error));
-  TRY(sg_json_float(json, "layer_norm_eps", 1, c.layer_norm_eps, 0.0, 1.0, &c.layer_norm_eps,
+  SG_TRY(read_int(json, "vocab_size", 1, 16 << 20, &c.vocab_size, error));
+  SG_TRY(read_int(json, "hidden_size", 1, MAX_WIDTH, &c.hidden_size, error));
+  SG_TRY(read_int(json, "intermediate_size", 1, 4 * MAX_WIDTH, &c.intermediate_size, error));
+  SG_TRY(read_int(json, "num_hidden_layers", 1, MAX_LAYERS, &c.num_hidden_layers, error));
+  SG_TRY(read_int(json, "num_attention_heads", 1, 4096, &c.num_attention_heads, error));
+  SG_TRY(read_int(json, "max_position_embeddings", 1, 1 << 20, &c.max_position_embeddings, error));
+  SG_TRY(read_int(json, "projection_dim", 1, MAX_WIDTH, &c.projection_dim, error));
+  SG_TRY(read_int(json, "eos_token_id", 0, 16 << 20, &c.eos_token_id, error));
+  SG_TRY(sg_json_float(json, "layer_norm_eps", 1, c.layer_norm_eps, 0.0, 1.0, &c.layer_norm_eps,
                     error));
   char *act = NULL;
-  TRY(sg_json_string(json, "hidden_act", "quick_gelu", &act, error));
+  SG_TRY(sg_json_string(json, "hidden_act", "quick_gelu", &act, error));
   int known = activation_from_name(act, &c.hidden_act);
   if (!known) {
     sg_status status = sg_fail(error, SG_ERR_FORMAT,
@@ -76,7 +70,7 @@ sg_status sg_clip_text_config_from_json(const sg_json *json, sg_clip_text_config
 sg_status sg_clip_text_config_load(const char *path, sg_clip_text_config *config,
                                    sg_error *error) {
   sg_json *json = NULL;
-  TRY(sg_json_load(path, &json, error));
+  SG_TRY(sg_json_load(path, &json, error));
   sg_status status = sg_clip_text_config_from_json(json, config, error);
   sg_json_free(json);
   return status;
@@ -127,7 +121,7 @@ static sg_status load_layer(sg_weights *weights, const sg_clip_text_config *c, i
   char name[160];
   for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
     g_snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", index, parts[i].suffix);
-    TRY(get_tensor(weights, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
+    SG_TRY(get_tensor(weights, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
   }
   return SG_OK;
 }

@@ -62,12 +62,6 @@ void sg_conditioning_out_clear(sg_conditioning_out *out) {
 /* ---------------------------------------------------------------------------------------------
  * Config files */
 
-#define TRY(expr)                         \
-  do {                                    \
-    sg_status status_ = (expr);           \
-    if (status_ != SG_OK) return status_; \
-  } while (0)
-
 static int node_is_int(JsonNode *node) {
   return node && JSON_NODE_HOLDS_VALUE(node) && json_node_get_value_type(node) == G_TYPE_INT64;
 }
@@ -130,10 +124,10 @@ static sg_status read_entry(JsonNode *node, const char *path, int index, encoder
   if (!JSON_NODE_HOLDS_OBJECT(node))
     return sg_fail(error, SG_ERR_FORMAT, "%s: encoders[%d] must be an object", path, index);
   JsonObject *object = json_node_get_object(node);
-  TRY(object_string(object, path, where, "component", &slot->component, error));
-  TRY(check_folder_name(path, where, "component", slot->component, error));
-  TRY(object_string(object, path, where, "tokenizer", &slot->tokenizer_name, error));
-  TRY(check_folder_name(path, where, "tokenizer", slot->tokenizer_name, error));
+  SG_TRY(object_string(object, path, where, "component", &slot->component, error));
+  SG_TRY(check_folder_name(path, where, "component", slot->component, error));
+  SG_TRY(object_string(object, path, where, "tokenizer", &slot->tokenizer_name, error));
+  SG_TRY(check_folder_name(path, where, "tokenizer", slot->tokenizer_name, error));
   JsonNode *layer = json_object_has_member(object, "hidden_layer")
                         ? json_object_get_member(object, "hidden_layer")
                         : NULL;
@@ -149,17 +143,17 @@ static sg_status read_entry(JsonNode *node, const char *path, int index, encoder
     return sg_fail(error, SG_ERR_FORMAT,
                    "%s: %sfield 'hidden_layer' must be a layer index or \"last\"", path, where);
   }
-  TRY(object_bool(object, path, where, "pooled", &slot->pooled, error));
-  TRY(object_bool(object, path, where, "mask_padding", &slot->mask_padding, error));
-  TRY(object_int(object, path, where, "max_tokens", 0, 1, 1 << 20, &slot->max_tokens, error));
-  TRY(object_int(object, path, where, "pooled_dim", 0, 1, MAX_WIDTH, &slot->pooled_hint, error));
+  SG_TRY(object_bool(object, path, where, "pooled", &slot->pooled, error));
+  SG_TRY(object_bool(object, path, where, "mask_padding", &slot->mask_padding, error));
+  SG_TRY(object_int(object, path, where, "max_tokens", 0, 1, 1 << 20, &slot->max_tokens, error));
+  SG_TRY(object_int(object, path, where, "pooled_dim", 0, 1, MAX_WIDTH, &slot->pooled_hint, error));
   return SG_OK;
 }
 
 static sg_status read_conditioner_config(sg_conditioner *c, const char *path, sg_error *error) {
   JsonParser *parser = NULL;
   JsonObject *root = NULL;
-  TRY(sg_json_read_object(path, &parser, &root, error));
+  SG_TRY(sg_json_read_object(path, &parser, &root, error));
   sg_status status = object_int(root, path, "", "context_dim", -1, 1, MAX_WIDTH, &c->context_dim,
                                 error);
   if (status == SG_OK && c->context_dim < 0)
@@ -439,14 +433,14 @@ static sg_status tokenize_slot(const encoder_slot *slot, const char *prompt, int
   if (!slot->present) return SG_OK;
   if (slot->kind == ENCODER_CLIP) {
     sg_clip_tokens tokens;
-    TRY(sg_clip_tokenize(slot->clip_tokenizer, prompt, 1, &tokens, error));
+    SG_TRY(sg_clip_tokenize(slot->clip_tokenizer, prompt, 1, &tokens, error));
     *ids = tokens.ids;
     *count = tokens.count;
     *real_count = tokens.length;
     return SG_OK;
   }
   sg_gemma_tokens tokens;
-  TRY(sg_gemma_tokenize(slot->gemma_tokenizer, prompt, 1, slot->max_tokens, &tokens, error));
+  SG_TRY(sg_gemma_tokenize(slot->gemma_tokenizer, prompt, 1, slot->max_tokens, &tokens, error));
   *ids = tokens.ids;
   *count = *real_count = tokens.count;
   return SG_OK;
@@ -602,10 +596,10 @@ sg_status sg_conditioner_encode(sg_conditioner *c, sg_backend *be, sg_arena *are
   memset(out, 0, sizeof *out);
   if (!prompt) prompt = "";
   size_t length = 0;
-  TRY(sg_utf8_check(prompt, "prompt", &length, error));
+  SG_TRY(sg_utf8_check(prompt, "prompt", &length, error));
   if (length > 0) return encode_prompt(c, be, arena, prompt, out, error);
   if (!c->empty_ready) {
-    TRY(encode_prompt(c, be, arena, "", &c->empty, error));
+    SG_TRY(encode_prompt(c, be, arena, "", &c->empty, error));
     c->empty_ready = 1;
   }
   return copy_conditioning(&c->empty, out, error);
@@ -642,10 +636,10 @@ sg_status sg_conditioner_print_report(sg_conditioner *c, sg_backend *be, sg_aren
                                       const char *prompt, FILE *stream, sg_error *error) {
   if (!prompt) prompt = "";
   size_t length = 0;
-  TRY(sg_utf8_check(prompt, "prompt", &length, error));
+  SG_TRY(sg_utf8_check(prompt, "prompt", &length, error));
   /* A fresh encode (not the cache) so that every encoder's statistics and timings are current. */
   sg_conditioning_out out;
-  TRY(encode_prompt(c, be, arena, prompt, &out, error));
+  SG_TRY(encode_prompt(c, be, arena, prompt, &out, error));
   sg_status status = SG_OK;
   for (int i = 0; i < c->count && status == SG_OK; i++) {
     sg_encoder_info info;

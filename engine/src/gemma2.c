@@ -19,16 +19,10 @@ static const sg_gemma2_config default_config = {
     .query_pre_attn_scalar = 256.0, .attn_logit_softcapping = 0.0, .sliding_window = 0,
     .attention_bias = 0, .hidden_activation = SG_ACT_GELU_TANH};
 
-#define TRY(expr)                         \
-  do {                                    \
-    sg_status status_ = (expr);           \
-    if (status_ != SG_OK) return status_; \
-  } while (0)
-
 static sg_status read_int(const sg_json *json, const char *field, int64_t min, int64_t max,
                           int *value, sg_error *error) {
   int64_t read = 0;
-  TRY(sg_json_int(json, field, 1, *value, min, max, &read, error));
+  SG_TRY(sg_json_int(json, field, 1, *value, min, max, &read, error));
   *value = (int)read;
   return SG_OK;
 }
@@ -42,24 +36,24 @@ sg_status sg_gemma2_config_from_json(const sg_json *json, sg_gemma2_config *conf
                                      sg_error *error) {
   sg_gemma2_config c = default_config;
   const char *path = sg_json_path(json);
-  TRY(read_int(json, "vocab_size", 1, 16 << 20, &c.vocab_size, error));
-  TRY(read_int(json, "hidden_size", 1, MAX_WIDTH, &c.hidden_size, error));
-  TRY(read_int(json, "intermediate_size", 1, 4 * MAX_WIDTH, &c.intermediate_size, error));
-  TRY(read_int(json, "num_hidden_layers", 1, MAX_LAYERS, &c.num_hidden_layers, error));
-  TRY(read_int(json, "num_attention_heads", 1, 4096, &c.num_attention_heads, error));
-  TRY(read_int(json, "num_key_value_heads", 1, 4096, &c.num_key_value_heads, error));
-  TRY(read_int(json, "head_dim", 2, 4096, &c.head_dim, error));
-  TRY(read_int(json, "max_position_embeddings", 1, 1 << 24, &c.max_position_embeddings, error));
-  TRY(read_float(json, "rms_norm_eps", 0.0, 1.0, &c.rms_norm_eps, error));
-  TRY(read_float(json, "rope_theta", 1.0, 1e12, &c.rope_theta, error));
-  TRY(read_float(json, "query_pre_attn_scalar", 1e-6, 1e9, &c.query_pre_attn_scalar, error));
-  TRY(read_float(json, "attn_logit_softcapping", 0.0, 1e9, &c.attn_logit_softcapping, error));
-  TRY(read_int(json, "sliding_window", 0, 1 << 30, &c.sliding_window, error));
-  TRY(sg_json_bool(json, "attention_bias", 1, c.attention_bias, &c.attention_bias, error));
+  SG_TRY(read_int(json, "vocab_size", 1, 16 << 20, &c.vocab_size, error));
+  SG_TRY(read_int(json, "hidden_size", 1, MAX_WIDTH, &c.hidden_size, error));
+  SG_TRY(read_int(json, "intermediate_size", 1, 4 * MAX_WIDTH, &c.intermediate_size, error));
+  SG_TRY(read_int(json, "num_hidden_layers", 1, MAX_LAYERS, &c.num_hidden_layers, error));
+  SG_TRY(read_int(json, "num_attention_heads", 1, 4096, &c.num_attention_heads, error));
+  SG_TRY(read_int(json, "num_key_value_heads", 1, 4096, &c.num_key_value_heads, error));
+  SG_TRY(read_int(json, "head_dim", 2, 4096, &c.head_dim, error));
+  SG_TRY(read_int(json, "max_position_embeddings", 1, 1 << 24, &c.max_position_embeddings, error));
+  SG_TRY(read_float(json, "rms_norm_eps", 0.0, 1.0, &c.rms_norm_eps, error));
+  SG_TRY(read_float(json, "rope_theta", 1.0, 1e12, &c.rope_theta, error));
+  SG_TRY(read_float(json, "query_pre_attn_scalar", 1e-6, 1e9, &c.query_pre_attn_scalar, error));
+  SG_TRY(read_float(json, "attn_logit_softcapping", 0.0, 1e9, &c.attn_logit_softcapping, error));
+  SG_TRY(read_int(json, "sliding_window", 0, 1 << 30, &c.sliding_window, error));
+  SG_TRY(sg_json_bool(json, "attention_bias", 1, c.attention_bias, &c.attention_bias, error));
   /* Older files name the activation hidden_act only; hidden_activation wins when both exist. */
   const char *field = sg_json_has(json, "hidden_activation") ? "hidden_activation" : "hidden_act";
   char *act = NULL;
-  TRY(sg_json_string(json, field, "gelu_pytorch_tanh", &act, error));
+  SG_TRY(sg_json_string(json, field, "gelu_pytorch_tanh", &act, error));
   if (strcmp(act, "gelu_pytorch_tanh") == 0 || strcmp(act, "gelu_new") == 0)
     c.hidden_activation = SG_ACT_GELU_TANH;
   else if (strcmp(act, "gelu") == 0)
@@ -85,7 +79,7 @@ sg_status sg_gemma2_config_from_json(const sg_json *json, sg_gemma2_config *conf
 
 sg_status sg_gemma2_config_load(const char *path, sg_gemma2_config *config, sg_error *error) {
   sg_json *json = NULL;
-  TRY(sg_json_load(path, &json, error));
+  SG_TRY(sg_json_load(path, &json, error));
   sg_status status = sg_gemma2_config_from_json(json, config, error);
   sg_json_free(json);
   return status;
@@ -147,7 +141,7 @@ static sg_status load_layer(sg_weights *weights, const char *prefix, const sg_ge
   for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
     if (parts[i].is_bias && !c->attention_bias) continue;
     g_snprintf(name, sizeof name, "layers.%d.%s", index, parts[i].suffix);
-    TRY(get_tensor(weights, prefix, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
+    SG_TRY(get_tensor(weights, prefix, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
   }
   return SG_OK;
 }
