@@ -104,34 +104,15 @@ GimpLayer *snapgen_insert_layer(GimpImage *image, const guint8 *rgba, gint width
   }
   g_free(selected);
 
-  gimp_image_undo_group_start(image);
-
+  /* Everything that can fail happens to the layer before it joins the image: changes to a layer
+   * outside an image push no undo steps, so a failure leaves the undo history as it was. */
   layer = gimp_layer_new(image, layer_name, width, height, GIMP_RGBA_IMAGE, 100.0,
                          gimp_image_get_default_new_layer_mode(image));
   if (layer == NULL) {
     g_set_error(error, SNAPGEN_ERROR, SG_ERR_OUT_OF_MEMORY, _("Could not create the layer: %s"),
                 last_pdb_error());
-    gimp_image_undo_group_end(image);
     return NULL;
   }
-  if (!gimp_image_insert_layer(image, layer, parent, position)) {
-    g_set_error(error, SNAPGEN_ERROR, SG_ERR_INVALID_ARGUMENT,
-                _("Could not add the layer to the image: %s"), last_pdb_error());
-    gimp_item_delete(GIMP_ITEM(layer));
-    gimp_image_undo_group_end(image);
-    return NULL;
-  }
-
-  /* Centred on the canvas at its own size: a different canvas size never rescales the result. */
-  gimp_layer_set_offsets(layer, (gimp_image_get_width(image) - width) / 2,
-                         (gimp_image_get_height(image) - height) / 2);
-
-  buffer = gimp_drawable_get_buffer(GIMP_DRAWABLE(layer));
-  gegl_buffer_set(buffer, GEGL_RECTANGLE(0, 0, width, height), 0, babl_format("R'G'B'A u8"), rgba,
-                  GEGL_AUTO_ROWSTRIDE);
-  g_object_unref(buffer); /* flushes the pixels to GIMP */
-  gimp_drawable_update(GIMP_DRAWABLE(layer), 0, 0, width, height);
-
   parasite =
       gimp_parasite_new(SNAPGEN_PARASITE_NAME, GIMP_PARASITE_PERSISTENT | GIMP_PARASITE_UNDOABLE,
                         (guint32)strlen(settings_json) + 1, settings_json);
@@ -140,11 +121,29 @@ GimpLayer *snapgen_insert_layer(GimpImage *image, const guint8 *rgba, gint width
   if (!attached) {
     g_set_error(error, SNAPGEN_ERROR, SG_ERR_INVALID_ARGUMENT,
                 _("Could not store the settings on the layer: %s"), last_pdb_error());
-    gimp_image_remove_layer(image, layer);
-    gimp_image_undo_group_end(image);
+    gimp_item_delete(GIMP_ITEM(layer));
     return NULL;
   }
+  /* Centred on the canvas at its own size: a different canvas size never rescales the result. */
+  gimp_layer_set_offsets(layer, (gimp_image_get_width(image) - width) / 2,
+                         (gimp_image_get_height(image) - height) / 2);
 
+  /* Adding the layer is the one change to the image (GIMP may record it in several undo steps:
+   * the group makes them one; only a failed insert, impossible with the parent and position taken
+   * from this image, would leave an empty step). Writing its pixels afterwards records none. */
+  gimp_image_undo_group_start(image);
+  if (!gimp_image_insert_layer(image, layer, parent, position)) {
+    g_set_error(error, SNAPGEN_ERROR, SG_ERR_INVALID_ARGUMENT,
+                _("Could not add the layer to the image: %s"), last_pdb_error());
+    gimp_image_undo_group_end(image);
+    gimp_item_delete(GIMP_ITEM(layer));
+    return NULL;
+  }
+  buffer = gimp_drawable_get_buffer(GIMP_DRAWABLE(layer));
+  gegl_buffer_set(buffer, GEGL_RECTANGLE(0, 0, width, height), 0, babl_format("R'G'B'A u8"), rgba,
+                  GEGL_AUTO_ROWSTRIDE);
+  g_object_unref(buffer); /* flushes the pixels to GIMP */
+  gimp_drawable_update(GIMP_DRAWABLE(layer), 0, 0, width, height);
   gimp_image_undo_group_end(image);
   return layer;
 }

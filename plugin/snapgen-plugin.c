@@ -4,6 +4,7 @@
 #include <libgimp/gimp.h>
 #include <libgimp/gimpui.h>
 #include <stdlib.h>
+#include <unistd.h>
 
 #include "config.h"
 #include "generate-worker.h"
@@ -20,6 +21,7 @@
 
 struct _SnapGenPlugIn {
   GimpPlugIn parent_instance;
+  gint generating; /* nonzero while the engine's worker thread runs (atomic) */
 };
 
 #define SNAPGEN_TYPE_PLUG_IN (snapgen_plug_in_get_type())
@@ -134,6 +136,7 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
   GimpLayer *layer = NULL;
   GimpValueArray *return_values;
   gboolean generated;
+  SnapGenPlugIn *plug_in = SNAPGEN_PLUG_IN(gimp_procedure_get_plug_in(procedure));
   /* Interactive and repeat-last runs come from GIMP's GUI: they get the progress window. */
   gboolean has_gui = run_mode != GIMP_RUN_NONINTERACTIVE;
 
@@ -181,7 +184,9 @@ static GimpValueArray *snapgen_run(GimpProcedure *procedure, GimpRunMode run_mod
     g_free(heading);
   }
   gimp_progress_init(_("SnapGen: generating an image"));
+  g_atomic_int_set(&plug_in->generating, 1);
   generated = snapgen_generate(&request, &cancel_requested, show_progress, &sink, &result, &error);
+  g_atomic_int_set(&plug_in->generating, 0);
   if (sink.dialog != NULL) gtk_widget_destroy(sink.dialog);
   if (sink.cancelled_at_step >= 0)
     g_printerr("snapgen: test hook pressed Cancel at step %d; the engine stopped at step %d\n",
@@ -294,12 +299,20 @@ static gboolean snapgen_set_i18n(GimpPlugIn *plug_in, const gchar *procedure_nam
   return TRUE;
 }
 
+/* libgimp calls this when GIMP ends the plug-in (GIMP's own progress Cancel, GIMP quitting or
+ * gone), then frees its objects and calls exit(). While the worker thread computes, exit()'s
+ * clean-up (library destructors) would run under its feet: end the process at once instead. */
+static void snapgen_quit(GimpPlugIn *plug_in) {
+  if (g_atomic_int_get(&SNAPGEN_PLUG_IN(plug_in)->generating)) _exit(EXIT_FAILURE);
+}
+
 static void snapgen_plug_in_class_init(SnapGenPlugInClass *klass) {
   GimpPlugInClass *plug_in_class = GIMP_PLUG_IN_CLASS(klass);
 
   plug_in_class->query_procedures = snapgen_query_procedures;
   plug_in_class->create_procedure = snapgen_create_procedure;
   plug_in_class->set_i18n = snapgen_set_i18n;
+  plug_in_class->quit = snapgen_quit;
 }
 
 static void snapgen_plug_in_init(SnapGenPlugIn *plug_in) {

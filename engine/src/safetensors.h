@@ -4,8 +4,9 @@
 
 #include "tensor.h"
 
-/* Largest header accepted (bytes); real headers are a few hundred KB at most. */
-#define SG_SAFETENSORS_MAX_HEADER (100u * 1024u * 1024u)
+/* Largest JSON header accepted: 16 MiB. A 2B-parameter model's header is well under 1 MiB, and
+ * json-glib builds a tree several times the header's size before anything is checked. */
+#define SG_SAFETENSORS_MAX_HEADER (16u * 1024u * 1024u)
 
 typedef struct {
   const char *name;

@@ -5,6 +5,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 PROCEDURE = "plug-in-snapgen-text-to-image"
@@ -79,22 +80,75 @@ class GimpProfile:
         env.update(extra)
         return {k: v for k, v in env.items() if v != ""}
 
-    def run_gimp(self, script, gui=False, **extra_env):
-        """Runs one Script-Fu batch command in GIMP (console, or the GUI under Xvfb) and quits.
-        Returns (exit code, stdout + stderr)."""
-        if gui:
+    def start_gimp(self, script, gui=False, display=None, **extra_env):
+        """Starts GIMP on one Script-Fu batch command, after which it quits: the console, or the
+        GUI under xvfb-run, or the GUI on display (an X display the test runs, e.g. to send keys
+        to). Returns the subprocess.Popen; its stdout holds stdout + stderr."""
+        if display is not None:
+            command = ["gimp-3.0", "--no-splash"]
+            extra_env["DISPLAY"] = display
+        elif gui:
             command = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", "gimp-3.0", "--no-splash"]
         else:
             command = ["gimp-console-3.0", "-i"]
         command = ["timeout", str(GIMP_TIMEOUT)] + command + [
             "--quit", "--batch-interpreter=plug-in-script-fu-eval", "-b", script]
-        result = subprocess.run(command, env=self.env(**extra_env), cwd=self.tmp,
+        return subprocess.Popen(command, env=self.env(**extra_env), cwd=self.tmp,
                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                 errors="replace")
-        return result.returncode, result.stdout
+
+    def run_gimp(self, script, gui=False, **extra_env):
+        """Runs one Script-Fu batch command in GIMP (console, or the GUI under Xvfb) and quits.
+        Returns (exit code, stdout + stderr)."""
+        process = self.start_gimp(script, gui, **extra_env)
+        output, _ = process.communicate()
+        return process.returncode, output
 
     def cleanup(self):
         shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+class Xvfb:
+    """A private X server (Xvfb picks a free display number), for tests that send keys to GIMP's
+    windows with xdotool."""
+
+    def __init__(self):
+        read_fd, write_fd = os.pipe()
+        self.process = subprocess.Popen(
+            ["Xvfb", "-displayfd", str(write_fd), "-screen", "0", "1280x1024x24", "-nolisten",
+             "tcp"], pass_fds=(write_fd,), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(write_fd)
+        with os.fdopen(read_fd, "rb") as pipe:
+            number = pipe.readline().decode().strip()  # written once the server is ready
+        if not number.isdigit():
+            self.close()
+            raise RuntimeError("Xvfb did not start")
+        self.display = ":" + number
+
+    def xdotool(self, *args):
+        """Runs xdotool on this display; returns (exit code, stdout + stderr)."""
+        result = subprocess.run(["xdotool", *args], env=dict(os.environ, DISPLAY=self.display),
+                                capture_output=True, text=True, timeout=60)
+        return result.returncode, (result.stdout + result.stderr).strip()
+
+    def close(self):
+        self.process.terminate()
+        self.process.wait()
+
+
+def wait_for_file(path, process, seconds):
+    """Waits until path exists (True), process has ended or seconds have passed (False)."""
+    deadline = time.monotonic() + seconds
+    while not os.path.exists(path):
+        if process.poll() is not None or time.monotonic() > deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
+def touch(path):
+    with open(path, "w"):
+        pass
 
 
 def plugin_i18n_complaint(output):
@@ -125,6 +179,20 @@ SCHEME_PRELUDE = """
 (define (sg-say key v) (display (string-append "SGTEST " key "=" (sg-text v))) (newline))
 (define (sg-layer-count image) (vector-length (car (gimp-image-get-layers image))))
 (define (sg-image-count) (vector-length (car (gimp-get-images))))
+"""
+
+# More helpers: (sg-say-state "key" image) prints key.layers (the count), key.ids (the layer ids,
+# top first), key.selected (the selected layers' ids) and key.dirty (1 or 0: GIMP makes an image
+# dirty on every undo step it records, even an empty undo group, so a test that calls
+# gimp-image-clean-all first sees any undo step as dirty 1).
+STATE_PRELUDE = """
+(define (sg-layer-ids image) (car (gimp-image-get-layers image)))
+(define (sg-selected-ids image) (car (gimp-image-get-selected-layers image)))
+(define (sg-say-state key image)
+  (sg-say (string-append key ".layers") (sg-layer-count image))
+  (sg-say (string-append key ".ids") (sg-layer-ids image))
+  (sg-say (string-append key ".selected") (sg-selected-ids image))
+  (sg-say (string-append key ".dirty") (gimp-image-is-dirty image)))
 """
 
 

@@ -1,8 +1,10 @@
 #!/usr/bin/env python3
 # test_gimp_batch.py: the plug-in in real GIMP 3 batch mode (gimp-console-3.0, Script-Fu with named
 # arguments): registration, translations found, a generated layer's count, size, name, position,
-# offsets and parasite, pixels equal to the headless runner's, and error paths that leave images as
-# they were and let GIMP exit normally.
+# offsets and parasite, pixels equal to the headless runner's, error paths that leave images and
+# their undo history as they were (the image stays clean: GIMP dirties an image on every undo
+# step, even an empty group) and let GIMP exit normally, and a SIGTERM to the plug-in in the
+# middle of a generation that stops it like Cancel.
 #
 # Environment: SNAPGEN_PLUGIN (the built plug-in), SNAPGEN_LOCALE_BUILD_DIR (build/po, holding
 # LANG/LC_MESSAGES/snapgen-gimp.mo), SNAPGEN (the headless runner), SNAPGEN_TEST_MODEL (optional:
@@ -11,8 +13,10 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
+import time
 import traceback
 
 import numpy as np
@@ -20,13 +24,17 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gimptest  # noqa: E402
-from gimptest import PROCEDURE, SCHEME_PRELUDE, check, scheme_string  # noqa: E402
+from gimptest import (PROCEDURE, SCHEME_PRELUDE, STATE_PRELUDE, check,  # noqa: E402
+                      scheme_string)
 
 PROMPT = "A small red apple on a blue wooden table,\n photographed from above in soft light"
 SEED, STEPS, WIDTH, HEIGHT = 1234, 2, 64, 64
 BIG_W, BIG_H = 96, 80      # canvas larger than the layer: centred at (16, 8)
 SMALL_W, SMALL_H = 48, 40  # canvas smaller than the layer: centred at (-8, -12), not scaled
 MISSING_MODEL = "/nonexistent/snapgen-model"
+TERM_SIDE, TERM_STEPS = 128, 200  # a generation of a minute or more, stopped by SIGTERM
+TERM_DELAY = 1.5                  # seconds after the engine thread starts: usually denoising
+TERM_STOP_SECONDS = 60            # SIGTERM to the plug-in's end (a step, and room for a busy CPU)
 
 
 def layer_name(prompt):
@@ -40,15 +48,19 @@ def layer_name(prompt):
 
 
 def call(model, *extra):
-    """A Script-Fu call of the procedure with named arguments."""
-    args = [f"#:run-mode RUN-NONINTERACTIVE", f"#:prompt {scheme_string(PROMPT)}",
-            f"#:seed {SEED}", f"#:steps {STEPS}", f"#:width {WIDTH}", f"#:height {HEIGHT}",
-            f"#:model-folder {scheme_string(model)}", "#:threads 2", *extra]
-    return f"({PROCEDURE} {' '.join(args)})"
+    """A Script-Fu call of the procedure with named arguments; each of extra ("#:width 100")
+    adds an argument or replaces a default."""
+    args = {"run-mode": "RUN-NONINTERACTIVE", "prompt": scheme_string(PROMPT), "seed": SEED,
+            "steps": STEPS, "width": WIDTH, "height": HEIGHT,
+            "model-folder": scheme_string(model), "threads": 2}
+    for argument in extra:
+        name, value = argument[len("#:"):].split(" ", 1)
+        args[name] = value
+    return f"({PROCEDURE} {' '.join(f'#:{name} {value}' for name, value in args.items())})"
 
 
 def batch_script(model, corrupt_model, out_new, out_big):
-    return SCHEME_PRELUDE + f"""
+    return SCHEME_PRELUDE + STATE_PRELUDE + f"""
 (begin
   (sg-say "registered" (gimp-pdb-procedure-exists "{PROCEDURE}"))
   (define images-before (sg-image-count))
@@ -77,7 +89,9 @@ def batch_script(model, corrupt_model, out_new, out_big):
     (gimp-image-insert-layer image bg 0 0)
     (gimp-image-insert-layer image top 0 0)
     (gimp-image-set-selected-layers image (vector bg))
+    (gimp-image-clean-all image)
     (let* ((r {call(model, "#:image image")}) (layer (cadr r)))
+      (sg-say "big.dirty" (gimp-image-is-dirty image))
       (sg-say "big.same-image" (= (car r) image))
       (sg-say "big.layers" (sg-layer-count image))
       (sg-say "big.position" (car (gimp-image-get-item-position image layer)))
@@ -87,12 +101,16 @@ def batch_script(model, corrupt_model, out_new, out_big):
       (gimp-item-set-visible bg FALSE)
       (gimp-item-set-visible top FALSE)
       (gimp-file-save RUN-NONINTERACTIVE image {scheme_string(out_big)} -1))
+    ; The errors start from a clean image: any undo step would make it dirty again.
+    (gimp-image-clean-all image)
+    (sg-say "err.before.ids" (sg-layer-ids image))
+    (sg-say "err.before.selected" (sg-selected-ids image))
     (sg-say "err.missing" (catch "error" {call(MISSING_MODEL, "#:image image")}))
-    (sg-say "err.missing.layers" (sg-layer-count image))
+    (sg-say-state "err.missing" image)
     (sg-say "err.corrupt" (catch "error" {call(corrupt_model, "#:image image")}))
-    (sg-say "err.corrupt.layers" (sg-layer-count image))
+    (sg-say-state "err.corrupt" image)
     (sg-say "err.size" (catch "error" {call(model, "#:image image", "#:width 100")}))
-    (sg-say "err.size.layers" (sg-layer-count image))
+    (sg-say-state "err.size" image)
     (gimp-image-delete image))
 
   ; A smaller canvas: the layer keeps its size and hangs over the edges, centred.
@@ -113,14 +131,89 @@ def batch_script(model, corrupt_model, out_new, out_big):
          (bg (car (gimp-layer-new image "background" {WIDTH} {HEIGHT} GRAY-IMAGE 100
                                   LAYER-MODE-NORMAL))))
     (gimp-image-insert-layer image bg 0 0)
+    (gimp-image-clean-all image)
     (sg-say "err.gray" (catch "error" {call(model, "#:image image")}))
     (sg-say "err.gray.layers" (sg-layer-count image))
+    (sg-say "err.gray.dirty" (gimp-image-is-dirty image))
     (gimp-image-delete image))
 
   ; An error without an image leaves no image behind.
   (sg-say "err.noimage" (catch "error" {call(MISSING_MODEL)}))
   (sg-say "images-left" (- (sg-image-count) images-before)))
 """
+
+
+def plugin_with_worker(plugin_path):
+    """The pid of a running copy of plugin_path whose engine thread ("snapgen-worker") runs."""
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.readlink(f"/proc/{pid}/exe") != plugin_path:
+                continue
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with open(f"/proc/{pid}/task/{task}/comm") as f:
+                    if f.read().strip() == "snapgen-worker":
+                        return int(pid)
+        except OSError:  # gone meanwhile
+            continue
+    return None
+
+
+def test_sigterm(profile, model):
+    """SIGTERM to the plug-in in the middle of a generation: the engine stops within a step as on
+    Cancel (PDB status CANCEL, not a crash), the image and its undo history stay as they were, and
+    GIMP goes on. (libgimp's own handler would call exit() with the engine still running.)"""
+    size = [f"#:width {TERM_SIDE}", f"#:height {TERM_SIDE}", f"#:steps {TERM_STEPS}"]
+    script = SCHEME_PRELUDE + STATE_PRELUDE + f"""
+(let* ((image (car (gimp-image-new {TERM_SIDE} {TERM_SIDE} RGB)))
+       (bg (car (gimp-layer-new image "background" {TERM_SIDE} {TERM_SIDE} RGB-IMAGE 100
+                                LAYER-MODE-NORMAL))))
+  (gimp-image-insert-layer image bg 0 0)
+  (gimp-image-clean-all image)
+  (sg-say "term.before.ids" (sg-layer-ids image))
+  (sg-say "term.result" (catch "error" {call(model, "#:image image", *size)}))
+  (sg-say-state "term" image)
+  (gimp-image-delete image)
+  (sg-say "term.gimp-goes-on" (sg-image-count)))
+"""
+    plugin_path = os.path.join(profile.plugin_dir, "snapgen")
+    gimp = profile.start_gimp(script)
+    pid, deadline = None, time.monotonic() + gimptest.GIMP_TIMEOUT
+    while pid is None and gimp.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+        pid = plugin_with_worker(plugin_path)
+    stop_seconds = None
+    if pid is not None:
+        time.sleep(TERM_DELAY)
+        os.kill(pid, signal.SIGTERM)
+        sent = time.monotonic()
+        while os.path.exists(f"/proc/{pid}") and time.monotonic() - sent < 300:
+            time.sleep(0.05)
+        stop_seconds = time.monotonic() - sent
+    output, _ = gimp.communicate()
+    values = gimptest.sgtest_values(output)
+    if not check("SIGTERM: plug-in caught generating", pid is not None):
+        print(output[-4000:], flush=True)
+        return
+    check("SIGTERM: GIMP run", gimp.returncode == 0, f"exit code {gimp.returncode}")
+    check("SIGTERM: plug-in ended soon", stop_seconds < TERM_STOP_SECONDS,
+          f"{stop_seconds:.1f} s after the signal (limit {TERM_STOP_SECONDS} s)")
+    check("SIGTERM: PDB status CANCEL (not a crash or an error)",
+          values.get("term.result") == "#f", values.get("term.result", "(no result)"))
+    signalled = re.search(r"snapgen: termination signal at step (\d+) of \d+", output)
+    stopped = re.search(r"snapgen: the engine stopped at step (\d+) of \d+", output)
+    check("SIGTERM: the engine stopped within one step",
+          signalled is not None and stopped is not None
+          and int(stopped.group(1)) <= int(signalled.group(1)) + 1,
+          f"{signalled.group(0) if signalled else '(no signal report)'}; "
+          f"{stopped.group(0) if stopped else '(no stop report)'}")
+    check("SIGTERM: no exit() from libgimp's handler, no crash",
+          "terminated: Terminated" not in output and "crashed" not in output.lower())
+    check("SIGTERM: same layers, no undo step (image still clean)",
+          "term.before.ids" in values and values.get("term.ids") == values["term.before.ids"]
+          and values.get("term.dirty") == "0",
+          f"ids {values.get('term.ids')!r} (before {values.get('term.before.ids')!r}), "
+          f"dirty {values.get('term.dirty')}")
+    check("SIGTERM: GIMP goes on", values.get("term.gimp-goes-on") is not None)
 
 
 def pluginrc_entry(profile):
@@ -225,15 +318,31 @@ def main():
               and values.get("small.image-size") == f"{SMALL_W} {SMALL_H}",
               f"layer {values.get('small.layer-size')}, canvas {values.get('small.image-size')}")
 
-        # Errors: a PDB error each, the image untouched, nothing left behind.
+        check("generation makes the image dirty (an undo step)",
+              values.get("big.dirty") == "1", values.get("big.dirty", ""))
+
+        # Errors: a PDB error each, the image and its undo history untouched, nothing left behind.
+        before_ids = values.get("err.before.ids")
+        before_selected = values.get("err.before.selected")
+        check("error cases start from 3 layers", len((before_ids or "").split()) == 3,
+              f"ids {before_ids!r}")
         for key, what in (("missing", "missing model folder"), ("corrupt", "corrupt weights"),
                           ("size", "bad size")):
             check(f"error, {what}: PDB error", values.get(f"err.{key}") == "error",
                   values.get(f"err.{key}", "(no result)"))
             check(f"error, {what}: image unchanged", values.get(f"err.{key}.layers") == "3",
                   f"{values.get(f'err.{key}.layers')} layers")
+            check(f"error, {what}: same layers and selection",
+                  values.get(f"err.{key}.ids") == before_ids
+                  and values.get(f"err.{key}.selected") == before_selected,
+                  f"ids {values.get(f'err.{key}.ids')!r} (before {before_ids!r}), selected "
+                  f"{values.get(f'err.{key}.selected')!r} (before {before_selected!r})")
+            check(f"error, {what}: no undo step (image still clean)",
+                  values.get(f"err.{key}.dirty") == "0", f"dirty {values.get(f'err.{key}.dirty')}")
         check("error, grayscale image: PDB error", values.get("err.gray") == "error")
         check("error, grayscale image: image unchanged", values.get("err.gray.layers") == "1")
+        check("error, grayscale image: no undo step (image still clean)",
+              values.get("err.gray.dirty") == "0", f"dirty {values.get('err.gray.dirty')}")
         check("error message says to convert to RGB", "convert the image to RGB first" in output)
         check("error message names the model folder",
               f"Could not load the SnapGen model from “{MISSING_MODEL}”" in output)
@@ -260,6 +369,8 @@ def main():
                 outside = big.copy()
                 outside[y0:y0 + HEIGHT, x0:x0 + WIDTH] = 0
                 check("nothing drawn outside the layer", int(outside[..., 3].max()) == 0)
+
+        test_sigterm(profile, model)
 
         # An uncaught error ends the batch with a PDB error; GIMP still exits by itself.
         code, output = profile.run_gimp(call(MISSING_MODEL))

@@ -1,12 +1,14 @@
 #!/usr/bin/env python3
 # test_gimp_gui.py: the plug-in in the GIMP 3 GUI under Xvfb: the dialog opens in Korean
-# (LANGUAGE=ko), a picture of it is saved and is not blank; and the progress window's own Cancel
-# stops the engine within one step and leaves the image untouched.
+# (LANGUAGE=ko), a picture of it is saved and is not blank; the progress window's own Cancel
+# stops the engine within one step and leaves the image and its undo history untouched; and a
+# generation is exactly one undo step: one Ctrl+Z in the image window (sent with xdotool; GIMP's
+# PDB has no undo) takes the image back to its state before, Ctrl+Y brings the layer back.
 #
 # Environment: SNAPGEN_PLUGIN, SNAPGEN_LOCALE_BUILD_DIR (as for test_gimp_batch.py),
 # SNAPGEN_TEST_MODEL (optional), SNAPGEN_SCREENSHOT_OUT (optional: where to copy the picture,
-# e.g. ui/screenshots/dialog-ko.png). Needs xvfb-run, localedef (Debian package locales) and a
-# Korean font (fonts-nanum).
+# e.g. ui/screenshots/dialog-ko.png). Needs xvfb-run, Xvfb, xdotool, localedef (Debian package
+# locales) and a Korean font (fonts-nanum).
 import os
 import re
 import shutil
@@ -19,10 +21,12 @@ from PIL import Image
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gimptest  # noqa: E402
-from gimptest import PROCEDURE, ROOT, SCHEME_PRELUDE, check, scheme_string  # noqa: E402
+from gimptest import (PROCEDURE, ROOT, SCHEME_PRELUDE, STATE_PRELUDE, check,  # noqa: E402
+                      scheme_string)
 
 KOREAN_PROMPT = "파란 나무 탁자 위의 빨간 사과, 위에서 부드러운 빛으로 찍은 사진"
 CANCEL_AT_STEP, CANCEL_STEPS = 2, 12
+UNDO_WAIT = 20  # seconds GIMP gets to act on Ctrl+Z / Ctrl+Y (a failing check waits this long)
 
 
 def po_translation(lang, msgid):
@@ -86,14 +90,16 @@ def test_dialog(profile, model):
 def test_cancel(profile, model):
     # Repeat-last runs (no dialog) get the progress window too; the test hook presses its Cancel
     # button when denoising reaches CANCEL_AT_STEP.
-    script = SCHEME_PRELUDE + f"""
+    script = SCHEME_PRELUDE + STATE_PRELUDE + f"""
 (let* ((image (car (gimp-image-new 128 128 RGB)))
        (bg (car (gimp-layer-new image "background" 128 128 RGB-IMAGE 100 LAYER-MODE-NORMAL))))
   (gimp-image-insert-layer image bg 0 0)
+  (gimp-image-clean-all image)
+  (sg-say "cancel.before.ids" (sg-layer-ids image))
   (sg-say "cancel.result" (catch "error"
     ({PROCEDURE} #:run-mode RUN-WITH-LAST-VALS #:image image #:prompt "x" #:seed 3
      #:steps {CANCEL_STEPS} #:width 256 #:height 256 #:model-folder {scheme_string(model)})))
-  (sg-say "cancel.layers" (sg-layer-count image))
+  (sg-say-state "cancel" image)
   (gimp-image-delete image))
 """
     code, output = profile.run_gimp(script, gui=True,
@@ -103,13 +109,100 @@ def test_cancel(profile, model):
         print(output[-4000:], flush=True)
     check("cancel: PDB status CANCEL (not an error)", values.get("cancel.result") == "#f",
           values.get("cancel.result", "(no result)"))
-    check("cancel: image untouched", values.get("cancel.layers") == "1",
-          f"{values.get('cancel.layers')} layers")
+    check("cancel: image untouched", values.get("cancel.layers") == "1"
+          and "cancel.before.ids" in values
+          and values.get("cancel.ids") == values["cancel.before.ids"],
+          f"layers {values.get('cancel.ids')!r} (before {values.get('cancel.before.ids')!r})")
+    check("cancel: no undo step (image still clean)", values.get("cancel.dirty") == "0",
+          f"dirty {values.get('cancel.dirty')}")
     match = re.search(r"pressed Cancel at step (\d+); the engine stopped at step (\d+)", output)
     check("cancel: engine stopped within one step",
           match is not None and int(match.group(2)) <= int(match.group(1)) + 1
           and int(match.group(2)) < CANCEL_STEPS,
           match.group(0) if match else "(no cancel report)")
+
+
+def send_key(xvfb, key):
+    """Focuses the image window (its title holds "[Untitled]") and presses key there."""
+    code, windows = xvfb.xdotool("search", "--onlyvisible", "--name", r"\[Untitled\]")
+    if code != 0 or not windows:
+        return f"no image window ({windows or 'xdotool search found none'})"
+    window = windows.split()[0]
+    for args in (("windowfocus", "--sync", window), ("key", "--clearmodifiers", key)):
+        code, text = xvfb.xdotool(*args)
+        if code != 0:
+            return f"xdotool {' '.join(args)}: {text}"
+    return None
+
+
+def test_undo(profile, model):
+    """A generation in an image shown in a window, then one Ctrl+Z and one Ctrl+Y sent to that
+    window. The script waits (polling the layers) for each key; the test touches a file once it
+    has sent one, after which the script gives GIMP UNDO_WAIT seconds to act on it."""
+    files = {name: profile.path(name) for name in ("generated", "undo-sent", "undone", "redo-sent")}
+    script = SCHEME_PRELUDE + STATE_PRELUDE + f"""
+(define (sg-touch path) (close-output-port (open-output-file path)))
+(define (sg-wait-until ready? seconds)
+  (let loop ((left (* seconds 20)))
+    (if (and (> left 0) (not (ready?))) (begin (usleep 50000) (loop (- left 1))))))
+(define (sg-wait-for-key sent-file image layers)
+  (sg-wait-until (lambda () (file-exists? sent-file)) {gimptest.GIMP_TIMEOUT})
+  (sg-wait-until (lambda () (= (sg-layer-count image) layers)) {UNDO_WAIT}))
+(let* ((image (car (gimp-image-new 128 128 RGB)))
+       (bg (car (gimp-layer-new image "background" 128 128 RGB-IMAGE 100 LAYER-MODE-NORMAL)))
+       (display (begin (gimp-image-insert-layer image bg 0 0) (car (gimp-display-new image)))))
+  (gimp-image-clean-all image)
+  (sg-say-state "undo.before" image)
+  (sg-say "undo.result" (catch "error"
+    ({PROCEDURE} #:run-mode RUN-NONINTERACTIVE #:image image #:prompt "x" #:seed 3 #:steps 2
+     #:width 64 #:height 64 #:model-folder {scheme_string(model)})))
+  (gimp-displays-flush)
+  (sg-say-state "undo.generated" image)
+  (sg-touch {scheme_string(files["generated"])})
+  (sg-wait-for-key {scheme_string(files["undo-sent"])} image 1)
+  (sg-say-state "undo.undone" image)
+  (sg-touch {scheme_string(files["undone"])})
+  (sg-wait-for-key {scheme_string(files["redo-sent"])} image 2)
+  (sg-say-state "undo.redone" image)
+  (gimp-image-clean-all image)
+  (gimp-display-delete display))
+"""
+    xvfb = gimptest.Xvfb()
+    try:
+        gimp = profile.start_gimp(script, display=xvfb.display)
+        problems = []
+        # Whatever happens, the files are touched so that the script goes on and GIMP quits.
+        for ready, key, sent in (("generated", "ctrl+z", "undo-sent"),
+                                 ("undone", "ctrl+y", "redo-sent")):
+            if gimptest.wait_for_file(files[ready], gimp, gimptest.GIMP_TIMEOUT):
+                problem = send_key(xvfb, key)
+                if problem:
+                    problems.append(f"{key}: {problem}")
+            gimptest.touch(files[sent])
+        output, _ = gimp.communicate()
+    finally:
+        xvfb.close()
+    values = gimptest.sgtest_values(output)
+    if not check("undo run", gimp.returncode == 0 and not problems,
+                 f"exit code {gimp.returncode}; {'; '.join(problems)}"):
+        print(output[-4000:], flush=True)
+
+    def state(key):
+        return {part: values.get(f"undo.{key}.{part}") for part in ("ids", "selected", "dirty")}
+
+    before, generated, undone, redone = (state(key) for key in
+                                         ("before", "generated", "undone", "redone"))
+    check("undo: generation adds a layer and dirties the image",
+          values.get("undo.generated.layers") == "2" and generated["dirty"] == "1",
+          f"{generated} (before {before})")
+    check("undo: one Ctrl+Z takes the layer away",
+          before["ids"] is not None and undone["ids"] == before["ids"],
+          f"layers {undone['ids']!r} (before {before['ids']!r})")
+    check("undo: one Ctrl+Z gives back the image as it was (clean: the generation was one "
+          "undo step)", undone == before and before["dirty"] == "0",
+          f"{undone} (before {before})")
+    check("redo: Ctrl+Y brings back the same layer", redone == generated,
+          f"{redone} (after the generation {generated})")
 
 
 def main():
@@ -122,6 +215,7 @@ def main():
         if check("test model", model is not None, str(model)):
             test_dialog(profile, model)
             test_cancel(profile, model)
+            test_undo(profile, model)
     except Exception:  # a broken check is a failure, not a silent stop
         traceback.print_exc()
         check("test script ran to the end", False)

@@ -168,6 +168,17 @@ def test_errors(tmp, model):
         named = os.path.dirname(weights) if name == "missing-tensor" else weights
         expect_error(f"{name} safetensors names the file", gen + [copy], 3, named, out)
 
+    # Just over the 16 MiB header limit, in a file long enough to hold such a header: refused by
+    # the limit itself (a 100 MiB limit would have parsed 16 MiB of zeros as JSON).
+    def header_over_limit(path):
+        with open(path, "r+b") as f:
+            f.write((16 * 1024 * 1024 + 1).to_bytes(8, "little"))
+            f.truncate(max(os.path.getsize(path), 17 * 1024 * 1024))
+
+    copy, weights = broken_copy(tmp, model, "header-over-16-mib", header_over_limit)
+    expect_error("header of 16 MiB + 1 byte is over the limit", gen + [copy], 3,
+                 f"{weights}: header length 16777217 exceeds the limit of 16777216 bytes", out)
+
     expect_error("missing model folder", gen + [os.path.join(tmp, "nowhere")], 4, "nowhere", out)
     expect_error("width not a multiple of the stride",
                  ["generate", "--model", model, "--width", "70", "--height", "64", "--output", out],

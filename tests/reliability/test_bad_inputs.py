@@ -1,7 +1,8 @@
 # test_bad_inputs.py: the `snapgen` runner on bad inputs test_pipeline.py leaves out: steps 10,000,
-# odd/negative sizes, large and invalid-UTF-8 prompts, absurd config sizes (under a `ulimit -v`
-# guard), a full disk, read-only and odd output paths, and memory limits. Each case expects one
-# line on stderr naming the fault, a given exit code, and no file written. Env: SNAPGEN (a build
+# odd/negative sizes, large and invalid-UTF-8 prompts (on the command line and in --prompt-file),
+# absurd config sizes (under a `ulimit -v` guard), a full disk, read-only and odd output paths
+# (found before generating), and memory limits. Each case expects one line on stderr naming the
+# fault, a given exit code, and no file written. Env: SNAPGEN (a build
 # without sanitizers: the memory-limit cases use RLIMIT_AS), PYTHONPATH=weights/recipe.
 import json
 import os
@@ -77,6 +78,60 @@ def gen_args(model, out, *extra, size=64):
             str(size), "--steps", "2", "--threads", "1", "--quiet", *extra]
 
 
+def loud(args):
+    """args without --quiet: the runner then reports each stage on stderr, so a single line there
+    shows that it stopped before computing anything."""
+    return [arg for arg in args if arg != "--quiet"]
+
+
+def test_prompt_files(model, tmp):
+    """--prompt-file: read with a bound, then checked as --prompt is; one final line break
+    dropped. The 1 MB prompt of the issue's table fits in a file (not in one argument)."""
+    folder = os.path.join(tmp, "prompts")
+    os.makedirs(folder)
+    out_dir = os.path.join(tmp, "prompt-out")
+    os.makedirs(out_dir)
+    out = os.path.join(out_dir, "out.png")
+
+    def prompt_file(name, data):
+        path = os.path.join(folder, name)
+        with open(path, "wb") as f:
+            f.write(data)
+        return path
+
+    good = prompt_file("good.txt", b"x\n")
+    missing = os.path.join(folder, "missing.txt")
+    big = prompt_file("100k.txt", b"a" * 100_000)
+    one_mb = prompt_file("1mb.txt", b"a" * 1_000_000)
+    two_mb = prompt_file("2mb.txt", b"a" * 2_000_000)
+    not_utf8 = prompt_file("latin1.txt", b"caf\xe9 \xff")
+    nul = prompt_file("nul.txt", b"a\0b")
+    cases = [
+        ("--prompt and --prompt-file together", ["--prompt", "x", "--prompt-file", good], 2,
+         ["--prompt", "--prompt-file", "not both"]),
+        ("prompt file missing", ["--prompt-file", missing], 4, [missing, "No such file"]),
+        ("prompt file is a folder", ["--prompt-file", folder], 4, [folder, "directory"]),
+        ("100 KB prompt file (over the 64 KiB limit)", ["--prompt-file", big], 2,
+         ["prompt", "65536"]),
+        ("1 MB prompt file", ["--prompt-file", one_mb], 2, ["prompt", "1000000", "65536"]),
+        ("2 MB prompt file (not read: over the 1 MiB bound)", ["--prompt-file", two_mb], 2,
+         [two_mb, "1048576"]),
+        ("invalid UTF-8 prompt file", ["--prompt-file", not_utf8], 2, ["prompt", "UTF-8"]),
+        ("prompt file with a NUL byte", ["--prompt-file", nul], 2, [nul, "NUL", "offset 1"]),
+    ]
+    for name, extra, code, mentions in cases:
+        result = run(loud(gen_args(model, out, *extra)))
+        expect(f"bad argument: {name}", result, code, mentions, out_dir, [])
+
+    reference = os.path.join(out_dir, "reference.png")
+    result = run(gen_args(model, reference, "--prompt", "x"))
+    from_file = run(gen_args(model, out, "--prompt-file", good))
+    same = (result.returncode == 0 and from_file.returncode == 0 and os.path.exists(out)
+            and open(out, "rb").read() == open(reference, "rb").read())
+    check("prompt file 'x\\n' gives the PNG of --prompt x (prompt kept in its text chunk)", same,
+          f"exit {result.returncode} / {from_file.returncode} {from_file.stderr.strip()[:200]}")
+
+
 def test_arguments(model, tmp):
     out_dir = os.path.join(tmp, "args")
     os.makedirs(out_dir)
@@ -146,8 +201,9 @@ def test_absurd_configs(model, tmp, guard):
          ["num_kv_heads"]),
         ("decoder channels [1000000000]", ("decoder", "config.json"),
          dict(decoder, channels=[1000000000, 24, 16]), ["channels", "decoder/config.json"]),
-        ("decoder 7 stages", ("decoder", "config.json"),
-         dict(decoder, channels=[8] * 7, blocks=[1] * 7), ["channels"]),
+        # one stage more than SG_DECODER_MAX_STAGES (engine/src/decoder.h: 8)
+        ("decoder 9 stages", ("decoder", "config.json"),
+         dict(decoder, channels=[8] * 9, blocks=[1] * 9), ["channels"]),
         ("scheduler 100000 timesteps", ("scheduler", "scheduler_config.json"),
          {"timesteps": [1.0] * 100000, "default_steps": 4}, ["timesteps"]),
         ("scheduler default_steps 1e12", ("scheduler", "scheduler_config.json"),
@@ -272,9 +328,10 @@ def test_output_paths(model, tmp):
             out in result.stderr and len(result.stderr.strip().splitlines()) == 1 and not files
         check("full disk (16 KiB tmpfs): exit 4 in words, nothing left", ok,
               f"exit={result.returncode} stderr={result.stderr.strip()!r} left={files}")
-        result, files = in_fresh_mount(args, "ro,size=64k", disk)
-        ok = result.returncode == 4 and "Read-only file system" in result.stderr and not files
-        check("read-only file system: exit 4 in words", ok,
+        result, files = in_fresh_mount(loud(args), "ro,size=64k", disk)
+        ok = result.returncode == 4 and "Read-only file system" in result.stderr and not files \
+            and len(result.stderr.strip().splitlines()) == 1
+        check("read-only file system: exit 4 in words, before generating", ok,
               f"exit={result.returncode} stderr={result.stderr.strip()!r}")
     else:
         print("note: no mount namespace here; the full disk is simulated with RLIMIT_FSIZE")
@@ -282,13 +339,21 @@ def test_output_paths(model, tmp):
         expect("full disk (RLIMIT_FSIZE 16 KiB): exit 4 in words", result, 4,
                ["File too large", out], disk, [])
 
-    result = run(gen_args(model, disk))
+    # Unwritable outputs are found before anything is computed (or even loaded): one line on
+    # stderr without --quiet, and the output named even when the model folder is missing too.
+    result = run(loud(gen_args(model, disk)))
     expect("output is an existing folder", result, 4, [disk, "directory"], disk, [])
     config = os.path.join(model, "unet", "config.json")
-    result = run(gen_args(model, os.path.join(config, "x.png")))
+    result = run(loud(gen_args(model, os.path.join(config, "x.png"))))
     expect("output folder is a file", result, 4, ["Not a directory"])
-    result = run(gen_args(model, "/proc/snapgen-test.png"))
+    result = run(loud(gen_args(model, "/proc/snapgen-test.png")))
     expect("output in /proc", result, 4, ["/proc"])
+    result = run(loud(gen_args(model, os.path.join(tmp, "no-such-folder", "out.png"))))
+    expect("output folder missing", result, 4, ["no-such-folder", "No such file"])
+    result = run(loud(gen_args(os.path.join(tmp, "no-such-model"),
+                               os.path.join(tmp, "no-such-folder", "out.png"))))
+    expect("output folder missing, checked before the (missing) model", result, 4,
+           ["no-such-folder", "out.png"])
 
 
 def test_memory_limits(model, tmp):
@@ -326,6 +391,7 @@ def main():
         model = os.path.join(tmp, "model")
         make_model(model)
         test_arguments(model, tmp)
+        test_prompt_files(model, tmp)
         test_conditioning_files(model, tmp)
         sanitized = is_sanitized(SNAPGEN)
         if sanitized:  # ASan reserves terabytes of address space: RLIMIT_AS cannot apply

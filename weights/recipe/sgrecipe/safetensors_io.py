@@ -96,7 +96,7 @@ def _is_float(value):
 
 def _read_header(f):
     size = struct.unpack("<Q", f.read(8))[0]
-    if size > 100 * 1024 * 1024:
+    if size > 16 * 1024 * 1024:  # as the engine (SG_SAFETENSORS_MAX_HEADER)
         raise ValueError(f"safetensors header of {size} bytes is too large")
     return json.loads(f.read(size).decode("utf-8")), 8 + size
 
