@@ -212,6 +212,25 @@ int64_t sg_decoder_parameter_count(const sg_decoder_config *config) {
   return ld.count;
 }
 
+/* FLOPs of a conv unit (3x3 dense, or depthwise 3x3 + pointwise) at hw pixels. */
+static double unit_flops(int separable, int in, int out, double hw) {
+  return separable ? 2.0 * hw * (9.0 * in + (double)in * out) : 2.0 * hw * 9.0 * in * out;
+}
+
+double sg_decoder_flops(const sg_decoder_config *c, int h, int w) {
+  if (sg_decoder_config_check(c, NULL, NULL) != SG_OK) return 0;
+  double hw = (double)h * w;
+  double flops = unit_flops(0, c->latent_channels, c->channels[0], hw);
+  for (int i = 0; i < c->num_stages; i++) {
+    flops += 3.0 * c->blocks[i] * unit_flops(c->separable, c->channels[i], c->channels[i], hw);
+    if (i + 1 < c->num_stages) {
+      hw *= 4; /* the upsample's conv runs at the next stage's size */
+      flops += unit_flops(c->separable, c->channels[i], c->channels[i + 1], hw);
+    }
+  }
+  return flops + unit_flops(0, c->channels[c->num_stages - 1], c->out_channels, hw);
+}
+
 sg_status sg_decoder_load(const sg_decoder_config *config, sg_weights *weights, sg_decoder **out,
                           sg_error *error) {
   *out = NULL;
@@ -228,15 +247,19 @@ sg_status sg_decoder_load(const sg_decoder_config *config, sg_weights *weights, 
   return SG_OK;
 }
 
-/* y = act(conv(x)); the depthwise output goes to temp (same size as x). */
+/* y = act(conv(x) + residual) (residual may be NULL); the depthwise output goes to temp (same
+ * size as x). */
 static sg_status conv_forward(sg_backend *be, const conv_unit *u, const sg_tensor *x,
-                              sg_activation act, float *temp, sg_tensor *y, sg_error *error) {
+                              sg_activation act, const sg_tensor *residual, float *temp,
+                              sg_tensor *y, sg_error *error) {
   if (!u->separable)
-    return sg_conv2d(be, x, &u->w, u->has_bias ? &u->b : NULL, 1, 1, 1, act, y, error);
+    return sg_conv2d_residual(be, x, &u->w, u->has_bias ? &u->b : NULL, 1, 1, 1, act, residual, y,
+                              error);
   sg_tensor depthwise = sg_tensor_3d(temp, x->dims[0], x->dims[1], x->dims[2]);
+  depthwise.format = x->format;
   TRY_CFG(sg_conv2d(be, x, &u->dw, NULL, 1, 1, (int)x->dims[0], SG_ACT_NONE, &depthwise, error));
-  return sg_conv2d(be, &depthwise, &u->pw_w, u->has_bias ? &u->pw_b : NULL, 1, 0, 1, act, y,
-                   error);
+  return sg_conv2d_residual(be, &depthwise, &u->pw_w, u->has_bias ? &u->pw_b : NULL, 1, 0, 1, act,
+                            residual, y, error);
 }
 
 #define TRY(expr)                   \
@@ -245,7 +268,16 @@ static sg_status conv_forward(sg_backend *be, const conv_unit *u, const sg_tenso
     if (status != SG_OK) goto done; \
   } while (0)
 
-/* Arena layout: [clamped latent][A][B][T0][T1], each of A..T1 sized for the largest activation.
+/* An activation [C,H,W] stored channels-last: the layout of oneDNN's CPU convolutions, so the
+ * decoder's chain of convolutions runs without reorders between them. */
+static sg_tensor nhwc(float *data, int64_t c, int64_t h, int64_t w) {
+  sg_tensor t = sg_tensor_3d(data, c, h, w);
+  t.format = SG_FORMAT_NHWC;
+  return t;
+}
+
+/* Arena layout: [clamped latent][A][B][T0][T1], each of A..T1 sized for the largest activation
+ * (all channels-last; the latent and the image are plain).
  * A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> B (depthwise outputs in T0), adds A
  * into B; then A and B swap roles. */
 sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
@@ -293,7 +325,7 @@ sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *aren
     memcpy(x.data, latent->data, sg_tensor_nbytes(latent));
   }
 
-  sg_tensor current = sg_tensor_3d(a, c->channels[0], h, w);
+  sg_tensor current = nhwc(a, c->channels[0], h, w);
   TRY(sg_conv2d(be, &x, &decoder->conv_in_w, &decoder->conv_in_b, 1, 1, 1, SG_ACT_RELU, &current,
                 error));
   for (int i = 0; i < c->num_stages; i++) {
@@ -302,20 +334,19 @@ sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *aren
     for (int j = 0; j < st->num_blocks; j++) {
       const decoder_block *blk = &st->blocks[j];
       float *other = current.data == a ? b : a;
-      sg_tensor out = sg_tensor_3d(other, C, H, W), mid = sg_tensor_3d(t1, C, H, W);
-      TRY(conv_forward(be, &blk->conv[0], &current, SG_ACT_RELU, t0, &out, error));
-      TRY(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, t0, &mid, error));
-      TRY(conv_forward(be, &blk->conv[2], &mid, SG_ACT_NONE, t0, &out, error));
-      TRY(sg_binary(be, SG_BINARY_ADD, &out, &current, &out, error));
-      TRY(sg_eltwise(be, SG_ACT_RELU, &out, &out, error));
+      sg_tensor out = nhwc(other, C, H, W), mid = nhwc(t1, C, H, W);
+      TRY(conv_forward(be, &blk->conv[0], &current, SG_ACT_RELU, NULL, t0, &out, error));
+      TRY(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
+      /* relu(conv3 + block input): the residual add and ReLU fused into the last conv. */
+      TRY(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, &current, t0, &out, error));
       current = out;
     }
     if (st->has_upsample) {
       float *other = current.data == a ? b : a;
-      sg_tensor upsampled = sg_tensor_3d(t1, C, 2 * H, 2 * W);
-      sg_tensor out = sg_tensor_3d(other, c->channels[i + 1], 2 * H, 2 * W);
+      sg_tensor upsampled = nhwc(t1, C, 2 * H, 2 * W);
+      sg_tensor out = nhwc(other, c->channels[i + 1], 2 * H, 2 * W);
       TRY(sg_upsample_nearest2x(be, &current, &upsampled, error));
-      TRY(conv_forward(be, &st->upsample, &upsampled, SG_ACT_NONE, t0, &out, error));
+      TRY(conv_forward(be, &st->upsample, &upsampled, SG_ACT_NONE, NULL, t0, &out, error));
       current = out;
     }
   }

@@ -6,7 +6,7 @@
 #include "ops.h"
 #include "weights.h"
 
-#define SG_DECODER_MAX_STAGES 6
+#define SG_DECODER_MAX_STAGES 8
 
 typedef struct {
   int latent_channels;                   /* 16 */
@@ -27,6 +27,8 @@ sg_status sg_decoder_config_check(const sg_decoder_config *config, const char *s
 int64_t sg_decoder_parameter_count(const sg_decoder_config *config);
 /* Upsampling factor 2^(num_stages-1). */
 int sg_decoder_scale(const sg_decoder_config *config);
+/* Multiply-accumulates ×2 of one forward from a latent of h×w (convolutions only). */
+double sg_decoder_flops(const sg_decoder_config *config, int h, int w);
 
 typedef struct sg_decoder sg_decoder;
 

@@ -49,6 +49,14 @@ void sg_backend_free(sg_backend *backend) {
 
 sg_backend_kind sg_backend_kind_of(const sg_backend *backend) { return backend->kind; }
 
+size_t sg_backend_packed_weight_bytes(const sg_backend *backend) {
+  return backend->dnnl ? sg_dnnl_packed_weight_bytes(backend->dnnl) : 0;
+}
+
+void sg_backend_drop_packed_weights(sg_backend *backend) {
+  if (backend->dnnl) sg_dnnl_drop_packed_weights(backend->dnnl);
+}
+
 const char *sg_backend_name(const sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN ? "onednn" : "reference";
 }
@@ -86,16 +94,20 @@ static sg_status check_backend(const char *op, const sg_backend *be, sg_error *e
   return SG_OK;
 }
 
-/* A present f32 tensor in the plain layout, with between min_ndim and max_ndim dims. */
-static sg_status check_tensor(const char *op, const char *what, const sg_tensor *t, int min_ndim,
-                              int max_ndim, sg_error *error) {
+/* A present f32 tensor with between min_ndim and max_ndim dims, in the plain layout (or, with
+ * allow_nhwc, an image [C,H,W] stored channels-last). */
+static sg_status check_tensor_layout(const char *op, const char *what, const sg_tensor *t,
+                                     int min_ndim, int max_ndim, int allow_nhwc,
+                                     sg_error *error) {
   if (!t) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is missing", op, what);
   if (!t->data) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s has no data", op, what);
   if (t->dtype != SG_F32) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is %s, the ops take f32", op, what,
                    sg_dtype_name(t->dtype));
   }
-  if (t->format != SG_FORMAT_PLAIN) {
+  if (t->format == SG_FORMAT_NHWC && allow_nhwc && t->ndim == 3) {
+    /* an image stored channels-last */
+  } else if (t->format != SG_FORMAT_PLAIN) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
                    "%s: %s is stored channels-last (NHWC); the ops take the plain layout", op,
                    what);
@@ -119,10 +131,22 @@ static sg_status check_tensor(const char *op, const char *what, const sg_tensor 
   return SG_OK;
 }
 
-/* The output y must have exactly the given shape. */
-static sg_status check_output(const char *op, const sg_tensor *y, int ndim, const int64_t *dims,
-                              sg_error *error) {
-  sg_status status = check_tensor(op, "output y", y, 1, SG_MAX_DIMS, error);
+static sg_status check_tensor(const char *op, const char *what, const sg_tensor *t, int min_ndim,
+                              int max_ndim, sg_error *error) {
+  return check_tensor_layout(op, what, t, min_ndim, max_ndim, 0, error);
+}
+
+/* An image [C,H,W], plain or channels-last. */
+static sg_status check_image(const char *op, const char *what, const sg_tensor *t,
+                             sg_error *error) {
+  return check_tensor_layout(op, what, t, 3, 3, 1, error);
+}
+
+/* The output y must have exactly the given shape (with allow_nhwc, an image output may be
+ * channels-last). */
+static sg_status check_output_layout(const char *op, const sg_tensor *y, int ndim,
+                                     const int64_t *dims, int allow_nhwc, sg_error *error) {
+  sg_status status = check_tensor_layout(op, "output y", y, 1, SG_MAX_DIMS, allow_nhwc, error);
   if (status != SG_OK) return status;
   int same = y->ndim == ndim;
   for (int i = 0; same && i < ndim; i++) same = y->dims[i] == dims[i];
@@ -135,6 +159,11 @@ static sg_status check_output(const char *op, const sg_tensor *y, int ndim, cons
                    sg_shape_string(&expected, want, sizeof want));
   }
   return SG_OK;
+}
+
+static sg_status check_output(const char *op, const sg_tensor *y, int ndim, const int64_t *dims,
+                              sg_error *error) {
+  return check_output_layout(op, y, ndim, dims, 0, error);
 }
 
 static sg_status check_not_aliased(const char *op, const sg_tensor *y, const sg_tensor *x,
@@ -174,12 +203,41 @@ static sg_status check_vector(const char *op, const char *what, const sg_tensor 
 
 /* ---- ops ---- */
 
+/* A residual must have y's shape; it may share y's memory (not x's). */
+static sg_status check_residual(const char *op, const sg_tensor *residual, const sg_tensor *y,
+                                const sg_tensor *x, sg_error *error) {
+  if (!residual) return SG_OK;
+  CHECK(check_tensor_layout(op, "residual", residual, y->ndim, y->ndim, y->ndim == 3, error));
+  if (residual->format != y->format) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: residual and output y must have the same layout (plain or channels-last)",
+                   op);
+  }
+  if (!sg_tensor_same_shape(residual, y)) {
+    char rs[96], ys[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: residual %s does not match output y %s",
+                   op, sg_shape_string(residual, rs, sizeof rs), sg_shape_string(y, ys, sizeof ys));
+  }
+  if (residual->data == x->data) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: residual may not share memory with input x",
+                   op);
+  }
+  return SG_OK;
+}
+
 sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     int stride, int padding, int groups, sg_activation act, sg_tensor *y,
                     sg_error *error) {
+  return sg_conv2d_residual(be, x, w, b, stride, padding, groups, act, NULL, y, error);
+}
+
+sg_status sg_conv2d_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                             const sg_tensor *b, int stride, int padding, int groups,
+                             sg_activation act, const sg_tensor *residual, sg_tensor *y,
+                             sg_error *error) {
   const char *op = "conv2d";
   CHECK(check_backend(op, be, error));
-  CHECK(check_tensor(op, "input x", x, 3, 3, error));
+  CHECK(check_image(op, "input x", x, error));
   CHECK(check_tensor(op, "weight", w, 4, 4, error));
   CHECK(check_activation(op, act, error));
   char xs[96], ws[96];
@@ -208,17 +266,24 @@ sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
                    "%s: kernel of weight %s is larger than the padded input %s", op, ws, xs);
   }
   int64_t out_dims[3] = {out_channels, out_h, out_w};
-  CHECK(check_output(op, y, 3, out_dims, error));
+  CHECK(check_output_layout(op, y, 3, out_dims, 1, error));
   CHECK(check_not_aliased(op, y, x, "input x", error));
+  CHECK(check_residual(op, residual, y, x, error));
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) {
-    return sg_ref_conv2d(x, w, b, stride, padding, groups, act, y);
+    return sg_ref_conv2d(x, w, b, stride, padding, groups, act, residual, y);
   }
-  return sg_dnnl_conv2d(be->dnnl, x, w, b, stride, padding, groups, act, y, error);
+  return sg_dnnl_conv2d(be->dnnl, x, w, b, stride, padding, groups, act, residual, y, error);
 }
 
 sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     sg_activation act, sg_tensor *y, sg_error *error) {
+  return sg_linear_residual(be, x, w, b, act, NULL, y, error);
+}
+
+sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                             const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                             sg_tensor *y, sg_error *error) {
   const char *op = "linear";
   CHECK(check_backend(op, be, error));
   CHECK(check_tensor(op, "input x", x, 2, 2, error));
@@ -235,9 +300,10 @@ sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
   int64_t out_dims[2] = {x->dims[0], w->dims[0]};
   CHECK(check_output(op, y, 2, out_dims, error));
   CHECK(check_not_aliased(op, y, x, "input x", error));
+  CHECK(check_residual(op, residual, y, x, error));
   use_threads(be);
-  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_linear(x, w, b, act, y);
-  return sg_dnnl_linear(be->dnnl, x, w, b, act, y, error);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_linear(x, w, b, act, residual, y);
+  return sg_dnnl_linear(be->dnnl, x, w, b, act, residual, y, error);
 }
 
 sg_status sg_eltwise(sg_backend *be, sg_activation act, const sg_tensor *x, sg_tensor *y,
@@ -343,9 +409,13 @@ sg_status sg_upsample_nearest2x(sg_backend *be, const sg_tensor *x, sg_tensor *y
                                 sg_error *error) {
   const char *op = "upsample_nearest2x";
   CHECK(check_backend(op, be, error));
-  CHECK(check_tensor(op, "input x", x, 3, 3, error));
+  CHECK(check_image(op, "input x", x, error));
   int64_t out_dims[3] = {x->dims[0], 2 * x->dims[1], 2 * x->dims[2]};
-  CHECK(check_output(op, y, 3, out_dims, error));
+  CHECK(check_output_layout(op, y, 3, out_dims, 1, error));
+  if (y->format != x->format) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: output y must have the layout of input x (plain or channels-last)", op);
+  }
   CHECK(check_not_aliased(op, y, x, "input x", error));
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_upsample_nearest2x(x, y);

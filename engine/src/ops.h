@@ -6,7 +6,10 @@
 #include "tensor.h"
 
 /* All activations are f32, contiguous, in the layouts tensor.h describes. Weights are f32 tensors
- * in PyTorch's layouts. Output tensors are allocated by the caller with the right shape.
+ * in PyTorch's layouts. Images [C,H,W] may be stored channels-last (format SG_FORMAT_NHWC) for
+ * conv2d (x, y and residual each either way; residual as y) and upsampling (y as x): the layout
+ * oneDNN's CPU convolutions work in, so chains of convolutions need no reorders between them.
+ * The other ops take the plain layout. Output tensors are allocated by the caller with the right shape.
  * Every function returns SG_OK or fills error. In-place (y == x) is allowed for eltwise,
  * binary (y == a), group/layer/rms norm; not for conv, linear, attention. */
 typedef struct sg_backend sg_backend;
@@ -15,6 +18,12 @@ sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error);
 void sg_backend_free(sg_backend *backend);
 sg_backend_kind sg_backend_kind_of(const sg_backend *backend);
 const char *sg_backend_name(const sg_backend *backend);
+/* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
+ * its primitives prefer, made at their first use. Bytes held by those copies (0 for the
+ * reference backend), and dropping them all (e.g. after freeing the weights they came from while
+ * the backend lives on). */
+size_t sg_backend_packed_weight_bytes(const sg_backend *backend);
+void sg_backend_drop_packed_weights(sg_backend *backend);
 
 typedef enum {
   SG_ACT_NONE = 0,
@@ -35,6 +44,17 @@ sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
 /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. (PyTorch nn.Linear.) */
 sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     sg_activation act, sg_tensor *y, sg_error *error);
+
+/* The same with a block's residual add fused in: y = act(conv2d(x, w) + b + residual), and
+ * y = act(x · wᵀ + b + residual). residual has y's shape and may be y itself (then the product is
+ * added into y); NULL: none. */
+sg_status sg_conv2d_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                             const sg_tensor *b, int stride, int padding, int groups,
+                             sg_activation act, const sg_tensor *residual, sg_tensor *y,
+                             sg_error *error);
+sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                             const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                             sg_tensor *y, sg_error *error);
 
 /* y = act(x) elementwise, any shape. */
 sg_status sg_eltwise(sg_backend *be, sg_activation act, const sg_tensor *x, sg_tensor *y,

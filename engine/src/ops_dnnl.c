@@ -37,7 +37,25 @@ struct sg_dnnl {
   fallback_mode fallback;
   int log_kernels;       /* SNAPGEN_LOG_KERNELS=1: one stderr line per kernel chosen */
   sg_blas_scratch blas_scratch;
+  GHashTable *packed;    /* "data-pointer constant-id" -> GPtrArray of packed_weights */
+  size_t packed_bytes;   /* bytes held by the packed weights */
 };
+
+/* Model weights reordered once into the layout a primitive prefers, kept for every later run of
+ * any op that wants that layout (tensor.h: constant_id says the source never changes). */
+typedef struct {
+  dnnl_memory_desc_t md; /* the blocked layout */
+  dnnl_memory_t memory;  /* owns the reordered copy */
+} packed_weights;
+
+static void packed_free(gpointer data) {
+  packed_weights *packed = data;
+  dnnl_memory_destroy(packed->memory);
+  dnnl_memory_desc_destroy(packed->md);
+  free(packed);
+}
+
+static void packed_list_free(gpointer data) { g_ptr_array_free(data, TRUE); }
 
 /* One primitive with its arguments. */
 typedef struct {
@@ -45,6 +63,17 @@ typedef struct {
   int nargs;
   dnnl_exec_arg_t args[MAX_ARGS];
 } sg_dnnl_step;
+
+/* The weights argument of a convolution or matmul whose primitive wants them in a blocked layout:
+ * the caller's plain weights (user memory `user`) are reordered into `md` once per weight tensor
+ * (packed_weights) or, for weights without a constant_id, into `scratch` at every run. */
+typedef struct {
+  dnnl_memory_desc_t md;    /* NULL: the primitive takes the plain weights as they are */
+  dnnl_memory_t user;       /* the caller's plain weights */
+  dnnl_primitive_t reorder; /* plain -> md */
+  int step, arg;            /* steps[step].args[arg] takes the reordered weights */
+  dnnl_memory_t scratch;    /* made on the first run with non-constant weights */
+} weight_slot;
 
 /* A cached op: its steps (e.g. reorder, convolution, reorder) and memory objects. The user
  * memories get the caller's pointers at each run, in the order the op was built with. */
@@ -57,6 +86,7 @@ typedef struct {
   dnnl_memory_t user[MAX_USER];
   kernel_kind kernel;             /* not KERNEL_ONEDNN: the caller runs the fallback */
   sg_activation activation_after; /* group norm: activation on the engine's loop after the steps */
+  weight_slot weights;
 } sg_dnnl_op;
 
 static void op_free(gpointer data) {
@@ -64,6 +94,9 @@ static void op_free(gpointer data) {
   if (!op) return;
   for (int i = 0; i < op->nsteps; i++) dnnl_primitive_destroy(op->steps[i].primitive);
   for (int i = 0; i < op->nmemories; i++) dnnl_memory_destroy(op->memories[i]);
+  if (op->weights.reorder) dnnl_primitive_destroy(op->weights.reorder);
+  if (op->weights.scratch) dnnl_memory_destroy(op->weights.scratch);
+  if (op->weights.md) dnnl_memory_desc_destroy(op->weights.md);
   free(op);
 }
 
@@ -95,6 +128,7 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
     return NULL;
   }
   dnnl->cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, op_free);
+  dnnl->packed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, packed_list_free);
   const char *fallback = getenv("SNAPGEN_FALLBACK");
   if (fallback && *fallback && strcmp(fallback, "auto") != 0) {
     if (!strcmp(fallback, "always")) {
@@ -117,6 +151,7 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
 void sg_dnnl_free(sg_dnnl *dnnl) {
   if (!dnnl) return;
   if (dnnl->cache) g_hash_table_destroy(dnnl->cache);
+  if (dnnl->packed) g_hash_table_destroy(dnnl->packed);
   if (dnnl->stream) dnnl_stream_destroy(dnnl->stream);
   if (dnnl->engine) dnnl_engine_destroy(dnnl->engine);
   free(dnnl->scores);
@@ -125,12 +160,73 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   free(dnnl);
 }
 
-/* Runs a cached op on the caller's pointers (in the order the op was built with). */
-static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *const *pointers,
-                        sg_error *error) {
+void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl) {
+  g_hash_table_remove_all(dnnl->packed);
+  dnnl->packed_bytes = 0;
+}
+
+size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) { return dnnl->packed_bytes; }
+
+/* Reorders the op's weights (user memory already pointing at `weights`) into its slot's layout:
+ * found in or added to the packed cache when the weights are constant, else into the op's
+ * scratch copy. *out gets the memory the primitive is to read. */
+static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor *weights,
+                                  dnnl_memory_t *out) {
+  weight_slot *slot = &op->weights;
+  dnnl_status_t status = dnnl_success;
+  if (!weights->constant_id) {
+    if (!slot->scratch) {
+      status = dnnl_memory_create(&slot->scratch, slot->md, dnnl->engine, DNNL_MEMORY_ALLOCATE);
+      if (status != dnnl_success) return status;
+    }
+    *out = slot->scratch;
+  } else {
+    char key[64];
+    snprintf(key, sizeof key, "%p %llx", weights->data, (unsigned long long)weights->constant_id);
+    GPtrArray *list = g_hash_table_lookup(dnnl->packed, key);
+    for (guint i = 0; list && i < list->len; i++) {
+      packed_weights *packed = g_ptr_array_index(list, i);
+      if (dnnl_memory_desc_equal(packed->md, slot->md)) {
+        *out = packed->memory;
+        return dnnl_success;
+      }
+    }
+    packed_weights *packed = calloc(1, sizeof *packed);
+    if (!packed) return dnnl_out_of_memory;
+    status = dnnl_memory_desc_clone(&packed->md, slot->md);
+    if (status == dnnl_success) {
+      status = dnnl_memory_create(&packed->memory, slot->md, dnnl->engine, DNNL_MEMORY_ALLOCATE);
+    }
+    if (status != dnnl_success) {
+      if (packed->md) dnnl_memory_desc_destroy(packed->md);
+      free(packed);
+      return status;
+    }
+    if (!list) {
+      list = g_ptr_array_new_with_free_func(packed_free);
+      g_hash_table_insert(dnnl->packed, g_strdup(key), list);
+    }
+    g_ptr_array_add(list, packed);
+    dnnl->packed_bytes += dnnl_memory_desc_get_size(slot->md);
+    *out = packed->memory;
+  }
+  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, slot->user}, {DNNL_ARG_TO, *out}};
+  return dnnl_primitive_execute(slot->reorder, dnnl->stream, 2, args);
+}
+
+/* Runs a cached op on the caller's pointers (in the order the op was built with); weights is the
+ * tensor behind the op's weights pointer (NULL for ops without weights). */
+static sg_status op_run_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name,
+                                void *const *pointers, const sg_tensor *weights,
+                                sg_error *error) {
   dnnl_status_t status = dnnl_success;
   for (int i = 0; i < op->nuser && status == dnnl_success; i++) {
     status = dnnl_memory_set_data_handle(op->user[i], pointers[i]);
+  }
+  if (status == dnnl_success && op->weights.md) {
+    dnnl_memory_t reordered = NULL;
+    status = slot_weights(dnnl, op, weights, &reordered);
+    if (status == dnnl_success) op->steps[op->weights.step].args[op->weights.arg].memory = reordered;
   }
   for (int i = 0; i < op->nsteps && status == dnnl_success; i++) {
     sg_dnnl_step *step = &op->steps[i];
@@ -138,10 +234,15 @@ static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *c
   }
   if (status == dnnl_success) status = dnnl_stream_wait(dnnl->stream);
   if (status != dnnl_success) {
-    return sg_fail(error, SG_ERR_BACKEND, "%s: oneDNN execution failed: %s", name,
-                   status_text(status));
+    return sg_fail(error, status == dnnl_out_of_memory ? SG_ERR_OUT_OF_MEMORY : SG_ERR_BACKEND,
+                   "%s: oneDNN execution failed: %s", name, status_text(status));
   }
   return SG_OK;
+}
+
+static sg_status op_run(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name, void *const *pointers,
+                        sg_error *error) {
+  return op_run_weights(dnnl, op, name, pointers, NULL, error);
 }
 
 /* ---- building an op: a builder collects the descriptors to free and the first failure ---- */
@@ -254,6 +355,21 @@ static void add_reorder(builder *b, dnnl_memory_t from, const_dnnl_memory_desc_t
   add_step(b, pd, 2, (dnnl_exec_arg_t[]){{DNNL_ARG_FROM, from}, {DNNL_ARG_TO, to}});
 }
 
+/* Gives the op a weight slot (see weight_slot): the weights come as user memory `user` in
+ * user_md and the primitive wants want_md. The caller then sets which step argument takes them. */
+static void add_weight_slot(builder *b, dnnl_memory_t user, const_dnnl_memory_desc_t user_md,
+                            const_dnnl_memory_desc_t want_md) {
+  dnnl_primitive_desc_t pd = NULL;
+  TRY(b, dnnl_reorder_primitive_desc_create(&pd, user_md, b->dnnl->engine, want_md,
+                                            b->dnnl->engine, NULL));
+  keep_pd(b, pd);
+  if (b->status != dnnl_success) return;
+  weight_slot *slot = &b->op->weights;
+  TRY(b, dnnl_primitive_create(&slot->reorder, pd));
+  TRY(b, dnnl_memory_desc_clone(&slot->md, want_md));
+  slot->user = user;
+}
+
 /* oneDNN's form of an activation: algorithm and alpha. */
 static dnnl_alg_kind_t activation_alg(sg_activation act, float *alpha) {
   *alpha = 0.0f;
@@ -293,6 +409,76 @@ static dnnl_primitive_attr_t activation_attr(builder *b, sg_activation act) {
   eltwise_post_op post_op = {.beta = 0.0f};
   post_op.alg = activation_alg(act, &post_op.alpha);
   return make_attr(b, act == SG_ACT_NONE ? 0 : 1, &post_op);
+}
+
+/* How a convolution or matmul gets its residual: none; the residual is y itself; or another
+ * tensor. Either way the primitive adds it with a sum post-op (before the activation) to what
+ * its destination holds, which a step fills with the residual first unless it is y already. */
+typedef enum { RESIDUAL_NONE = 0, RESIDUAL_IN_Y, RESIDUAL_OTHER } residual_mode;
+
+static residual_mode residual_mode_of(const sg_tensor *residual, const sg_tensor *y) {
+  if (!residual) return RESIDUAL_NONE;
+  return residual->data == y->data ? RESIDUAL_IN_Y : RESIDUAL_OTHER;
+}
+
+/* Attributes: the residual sum (when there is one), then the activation. */
+static dnnl_primitive_attr_t residual_attr(builder *b, residual_mode residual, sg_activation act) {
+  if (residual == RESIDUAL_NONE) return activation_attr(b, act);
+  TRY(b, dnnl_primitive_attr_create(&b->attr));
+  dnnl_post_ops_t chain = NULL;
+  TRY(b, dnnl_post_ops_create(&chain));
+  TRY(b, dnnl_post_ops_append_sum(chain, 1.0f, 0, dnnl_data_type_undef));
+  if (act != SG_ACT_NONE) {
+    float alpha;
+    dnnl_alg_kind_t alg = activation_alg(act, &alpha);
+    TRY(b, dnnl_post_ops_append_eltwise(chain, alg, alpha, 0.0f));
+  }
+  TRY(b, dnnl_primitive_attr_set_post_ops(b->attr, chain));
+  if (chain) dnnl_post_ops_destroy(chain);
+  return b->attr;
+}
+
+/* Fills the destination the sum post-op adds into with the residual: from the user memory of the
+ * residual (RESIDUAL_OTHER) or of y (RESIDUAL_IN_Y, only when dst is the op's own blocked copy). */
+static void add_residual_step(builder *b, residual_mode residual, dnnl_memory_t y_user,
+                              const_dnnl_memory_desc_t user_md, dnnl_memory_t dst,
+                              const_dnnl_memory_desc_t dst_md) {
+  if (residual == RESIDUAL_NONE || (residual == RESIDUAL_IN_Y && dst == y_user)) return;
+  dnnl_memory_t from = residual == RESIDUAL_OTHER ? user_memory(b, user_md) : y_user;
+  add_reorder(b, from, user_md, dst, dst_md);
+}
+
+/* The fallback kernels know no residual: they run without the activation, then
+ * y = act(y + residual) here. A residual that is y itself is saved before the kernel runs. */
+typedef struct {
+  const sg_tensor *residual;
+  float *saved;
+} fallback_residual;
+
+static sg_status fallback_residual_start(fallback_residual *f, const sg_tensor *residual,
+                                         const sg_tensor *y, sg_error *error) {
+  f->residual = residual;
+  f->saved = NULL;
+  if (residual && residual->data == y->data) {
+    f->saved = malloc(sg_tensor_nbytes(y));
+    if (!f->saved) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a residual");
+    memcpy(f->saved, y->data, sg_tensor_nbytes(y));
+  }
+  return SG_OK;
+}
+
+static void fallback_residual_finish(fallback_residual *f, sg_activation act, sg_tensor *y) {
+  if (!f->residual) return;
+  const float *r = f->saved ? f->saved : f->residual->data;
+  float *yd = y->data;
+  const int64_t count = sg_tensor_numel(y), blocks = (count + 4095) / 4096;
+#pragma omp parallel for
+  for (int64_t k = 0; k < blocks; k++) {
+    const int64_t first = k * 4096, n = count - first < 4096 ? count - first : 4096;
+    for (int64_t i = first; i < first + n; i++) yd[i] += r[i];
+    sg_fast_activate(yd + first, n, act);
+  }
+  free(f->saved);
 }
 
 /* True when oneDNN picked its plain reference kernel ("ref:any"), which is slow. */
@@ -388,9 +574,18 @@ static void *ptr(const sg_tensor *t) { return t->data; }
 
 /* ---- convolution ---- */
 
+/* Strides of an image [C,H,W] seen as oneDNN's [1,C,H,W]: NULL (dense) when plain. */
+static const int64_t *image_md_strides(const sg_tensor *t, int64_t *strides) {
+  if (t->format != SG_FORMAT_NHWC) return NULL;
+  strides[0] = sg_tensor_numel(t);
+  sg_image_strides(t, &strides[1], &strides[2], &strides[3]);
+  return strides;
+}
+
 static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, const sg_tensor *w,
                             int has_bias, int stride, int padding, int groups, sg_activation act,
-                            const sg_tensor *y, sg_dnnl_op **out, sg_error *error) {
+                            residual_mode residual, const sg_tensor *y, sg_dnnl_op **out,
+                            sg_error *error) {
   builder b;
   build_start(&b, dnnl);
   b.key = key;
@@ -402,15 +597,16 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   const int w_ndims = groups == 1 ? 4 : 5;
   const int64_t *w_dims = groups == 1 ? grouped_dims + 1 : grouped_dims;
 
-  /* The user's layouts (NCHW, PyTorch's OIHW / GOIHW) and the layouts the kernel prefers. */
-  const_dnnl_memory_desc_t src_user = md_plain(&b, 4, src_dims, NULL);
+  /* The user's layouts (NCHW or NHWC, PyTorch's OIHW / GOIHW) and those the kernel prefers. */
+  int64_t src_strides[4], dst_strides[4];
+  const_dnnl_memory_desc_t src_user = md_plain(&b, 4, src_dims, image_md_strides(x, src_strides));
   const_dnnl_memory_desc_t w_user = md_plain(&b, w_ndims, w_dims, NULL);
-  const_dnnl_memory_desc_t dst_user = md_plain(&b, 4, dst_dims, NULL);
+  const_dnnl_memory_desc_t dst_user = md_plain(&b, 4, dst_dims, image_md_strides(y, dst_strides));
   const_dnnl_memory_desc_t bias_md = has_bias ? md_plain(&b, 1, bias_dims, NULL) : NULL;
   const_dnnl_memory_desc_t src_any = md_any(&b, 4, src_dims);
   const_dnnl_memory_desc_t w_any = md_any(&b, w_ndims, w_dims);
   const_dnnl_memory_desc_t dst_any = md_any(&b, 4, dst_dims);
-  dnnl_primitive_attr_t attr = activation_attr(&b, act);
+  dnnl_primitive_attr_t attr = residual_attr(&b, residual, act);
   const dnnl_dims_t strides = {stride, stride}, dilates = {0, 0}, pad = {padding, padding};
   dnnl_primitive_desc_t pd = NULL;
   TRY(&b, dnnl_convolution_forward_primitive_desc_create(
@@ -426,7 +622,7 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   const_dnnl_memory_desc_t src_md = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
   const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
   const_dnnl_memory_desc_t dst_md = dnnl_primitive_desc_query_md(pd, dnnl_query_dst_md, 0);
-  /* User memories in run order: x, w, (b), y. */
+  /* User memories in run order: x, w, (b), y, (residual). */
   dnnl_memory_t src_mem = user_memory(&b, src_user);
   dnnl_memory_t w_mem = user_memory(&b, w_user);
   dnnl_memory_t bias_mem = has_bias ? user_memory(&b, bias_md) : NULL;
@@ -436,48 +632,117 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
     add_reorder(&b, src_mem, src_user, blocked, src_md);
     src_mem = blocked;
   }
-  /* Weights are reordered at each run for now (a later step reorders them once at load). */
-  if (!dnnl_memory_desc_equal(w_md, w_user)) {
-    dnnl_memory_t blocked = buffer_memory(&b, w_md);
-    add_reorder(&b, w_mem, w_user, blocked, w_md);
-    w_mem = blocked;
+  /* Blocked weights: reordered once per weight tensor at its first run (weight_slot). */
+  const int blocked_weights = !dnnl_memory_desc_equal(w_md, w_user);
+  if (blocked_weights) {
+    add_weight_slot(&b, w_mem, w_user, w_md);
+    w_mem = NULL; /* set at each run */
   }
   dnnl_memory_t user_dst = dst_mem;
   if (!dnnl_memory_desc_equal(dst_md, dst_user)) dst_mem = buffer_memory(&b, dst_md);
+  add_residual_step(&b, residual, user_dst, dst_user, dst_mem, dst_md);
   dnnl_exec_arg_t args[4] = {
       {DNNL_ARG_SRC, src_mem}, {DNNL_ARG_WEIGHTS, w_mem}, {DNNL_ARG_DST, dst_mem},
       {DNNL_ARG_BIAS, bias_mem}};
   add_step(&b, pd, has_bias ? 4 : 3, args);
+  if (blocked_weights && b.status == dnnl_success) {
+    b.op->weights.step = b.op->nsteps - 1;
+    b.op->weights.arg = 1;
+  }
   if (dst_mem != user_dst) add_reorder(&b, dst_mem, dst_md, user_dst, dst_user);
   return build_finish(&b, key, "conv2d", out, error);
 }
 
+/* The caller's pointers in the order the op's user memories were made: x, w, (b), y, (residual
+ * when it is not y). */
+static void *const *product_pointers(void **pointers, const sg_tensor *x, const sg_tensor *w,
+                                     const sg_tensor *b, const sg_tensor *residual,
+                                     const sg_tensor *y) {
+  int n = 0;
+  pointers[n++] = ptr(x);
+  pointers[n++] = ptr(w);
+  if (b) pointers[n++] = ptr(b);
+  pointers[n++] = ptr(y);
+  if (residual_mode_of(residual, y) == RESIDUAL_OTHER) pointers[n++] = ptr(residual);
+  return pointers;
+}
+
+static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_tensor *x,
+                               const sg_tensor *w, const sg_tensor *b, int stride, int padding,
+                               int groups, sg_activation act, const sg_tensor *residual,
+                               sg_tensor *y, sg_error *error);
+
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         int stride, int padding, int groups, sg_activation act, sg_tensor *y,
-                         sg_error *error) {
+                         int stride, int padding, int groups, sg_activation act,
+                         const sg_tensor *residual, sg_tensor *y, sg_error *error) {
+  const residual_mode residual_kind = residual_mode_of(residual, y);
   char key[256];
-  snprintf(key, sizeof key, "conv2d x%lldx%lldx%lld w%lldx%lldx%lld s%d p%d g%d a%d b%d",
+  snprintf(key, sizeof key, "conv2d x%lldx%lldx%lld w%lldx%lldx%lld s%d p%d g%d a%d b%d r%d f%d%d",
            (long long)x->dims[0], (long long)x->dims[1], (long long)x->dims[2],
            (long long)w->dims[0], (long long)w->dims[2], (long long)w->dims[3], stride, padding,
-           groups, (int)act, b != NULL);
+           groups, (int)act, b != NULL, (int)residual_kind, (int)x->format, (int)y->format);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
-    sg_status status = conv_build(dnnl, key, x, w, b != NULL, stride, padding, groups, act, y, &op,
-                                  error);
+    sg_status status = conv_build(dnnl, key, x, w, b != NULL, stride, padding, groups, act,
+                                  residual_kind, y, &op, error);
     if (status != SG_OK) return status;
   }
-  if (op->kernel == KERNEL_OWN) {
-    sg_fast_depthwise_conv2d(x, w, b, stride, padding, act, y);
-    return SG_OK;
+  if (op->kernel != KERNEL_ONEDNN) return conv_fallback(dnnl, op, x, w, b, stride, padding, groups,
+                                                       act, residual, y, error);
+  void *pointers[5];
+  return op_run_weights(dnnl, op, "conv2d", product_pointers(pointers, x, w, b, residual, y), w,
+                        error);
+}
+
+/* A plain copy of an image (a new buffer), or the image itself when it is plain already. */
+static sg_status plain_image(const sg_tensor *t, sg_tensor *plain, sg_error *error) {
+  *plain = *t;
+  if (t->format == SG_FORMAT_PLAIN) return SG_OK;
+  plain->format = SG_FORMAT_PLAIN;
+  plain->data = malloc(sg_tensor_nbytes(t));
+  if (!plain->data) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a relayout");
+  sg_fast_relayout(t, plain);
+  return SG_OK;
+}
+
+/* The fallback kernels of a convolution, which take plain images: channels-last ones are
+ * converted around them. */
+static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_tensor *x,
+                               const sg_tensor *w, const sg_tensor *b, int stride, int padding,
+                               int groups, sg_activation act, const sg_tensor *residual,
+                               sg_tensor *y, sg_error *error) {
+  if (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN) {
+    sg_tensor x_plain, y_plain, residual_plain = {0};
+    sg_status status = plain_image(x, &x_plain, error);
+    if (status == SG_OK) status = plain_image(y, &y_plain, error); /* y may hold the residual */
+    if (status == SG_OK && residual && residual->data != y->data) {
+      status = plain_image(residual, &residual_plain, error);
+    }
+    if (status == SG_OK) {
+      const sg_tensor *r = !residual ? NULL : residual->data == y->data ? &y_plain : &residual_plain;
+      status = conv_fallback(dnnl, op, &x_plain, w, b, stride, padding, groups, act, r, &y_plain,
+                             error);
+    }
+    if (status == SG_OK && y_plain.data != y->data) sg_fast_relayout(&y_plain, y);
+    if (x_plain.data != x->data) free(x_plain.data);
+    if (y_plain.data != y->data) free(y_plain.data);
+    if (residual_plain.data != (residual ? residual->data : NULL)) free(residual_plain.data);
+    return status;
   }
+  fallback_residual saved;
+  sg_status status = fallback_residual_start(&saved, residual, y, error);
+  if (status != SG_OK) return status;
+  const sg_activation kernel_act = residual ? SG_ACT_NONE : act;
+  if (op->kernel == KERNEL_OWN) sg_fast_depthwise_conv2d(x, w, b, stride, padding, kernel_act, y);
 #ifdef SG_HAVE_BLAS
   if (op->kernel == KERNEL_OPENBLAS) {
-    return sg_blas_conv2d(x, w, b, stride, padding, groups, act, y, &dnnl->blas_scratch, error);
+    status = sg_blas_conv2d(x, w, b, stride, padding, groups, kernel_act, y, &dnnl->blas_scratch,
+                            error);
   }
 #endif
-  /* Without a bias the third pointer is y (the op was built without a bias memory). */
-  return op_run(dnnl, op, "conv2d", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
-                error);
+  if (status == SG_OK) fallback_residual_finish(&saved, act, y);
+  else free(saved.saved);
+  return status;
 }
 
 /* ---- matrix products ---- */
@@ -490,34 +755,51 @@ typedef struct {
   const int64_t *strides;
 } operand;
 
+/* blocked_weights: the primitive picks the weights' layout (model weights, see weight_slot). */
 static void add_matmul(builder *b, const operand *src, const operand *weights,
-                       const operand *bias, const operand *dst, dnnl_primitive_attr_t attr) {
+                       const operand *bias, const operand *dst, dnnl_primitive_attr_t attr,
+                       int blocked_weights, residual_mode residual) {
   const_dnnl_memory_desc_t src_md = md_plain(b, src->ndims, src->dims, src->strides);
   const_dnnl_memory_desc_t w_md = md_plain(b, weights->ndims, weights->dims, weights->strides);
   const_dnnl_memory_desc_t bias_md = bias ? md_plain(b, bias->ndims, bias->dims, NULL) : NULL;
   const_dnnl_memory_desc_t dst_md = md_plain(b, dst->ndims, dst->dims, dst->strides);
+  const_dnnl_memory_desc_t w_wanted = blocked_weights ? md_any(b, weights->ndims, weights->dims)
+                                                      : w_md;
   dnnl_primitive_desc_t pd = NULL;
-  TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_md, bias_md, dst_md,
-                                           attr));
-  if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) {
-    keep_pd(b, pd);
-    return;
-  }
+  TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_wanted, bias_md,
+                                           dst_md, attr));
+  keep_pd(b, pd);
+  if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) return;
   dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, user_memory(b, src_md)},
                              {DNNL_ARG_WEIGHTS, user_memory(b, w_md)},
                              {DNNL_ARG_DST, NULL},
                              {DNNL_ARG_BIAS, NULL}};
   if (bias) args[3].memory = user_memory(b, bias_md);
   args[2].memory = user_memory(b, dst_md);
+  add_residual_step(b, residual, args[2].memory, dst_md, args[2].memory, dst_md);
+  if (blocked_weights && b->status == dnnl_success) {
+    w_wanted = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
+    blocked_weights = !dnnl_memory_desc_equal(w_wanted, w_md);
+    if (blocked_weights) {
+      add_weight_slot(b, args[1].memory, w_md, w_wanted);
+      args[1].memory = NULL; /* set at each run */
+    }
+  }
   add_step(b, pd, bias ? 4 : 3, args);
+  if (blocked_weights && b->status == dnnl_success) {
+    b->op->weights.step = b->op->nsteps - 1;
+    b->op->weights.arg = 1;
+  }
 }
 
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         sg_activation act, sg_tensor *y, sg_error *error) {
+                         sg_activation act, const sg_tensor *residual, sg_tensor *y,
+                         sg_error *error) {
   const int64_t rows = x->dims[0], in = x->dims[1], out = w->dims[0];
+  const residual_mode residual_kind = residual_mode_of(residual, y);
   char key[160];
-  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d", (long long)rows, (long long)in,
-           (long long)out, (int)act, b != NULL);
+  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d r%d", (long long)rows, (long long)in,
+           (long long)out, (int)act, b != NULL, (int)residual_kind);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
     builder bl;
@@ -527,16 +809,24 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
     const int64_t w_strides[2] = {1, in};
     operand src = {2, {rows, in}, NULL}, weights = {2, {in, out}, w_strides};
     operand bias = {2, {1, out}, NULL}, dst = {2, {rows, out}, NULL};
-    add_matmul(&bl, &src, &weights, b ? &bias : NULL, &dst, activation_attr(&bl, act));
+    add_matmul(&bl, &src, &weights, b ? &bias : NULL, &dst, residual_attr(&bl, residual_kind, act),
+               1, residual_kind);
     sg_status status = build_finish(&bl, key, "linear", &op, error);
     if (status != SG_OK) return status;
   }
 #ifdef SG_HAVE_BLAS
-  if (op->kernel == KERNEL_OPENBLAS) return sg_blas_linear(x, w, b, act, y);
+  if (op->kernel == KERNEL_OPENBLAS) {
+    fallback_residual saved;
+    sg_status status = fallback_residual_start(&saved, residual, y, error);
+    if (status != SG_OK) return status;
+    status = sg_blas_linear(x, w, b, residual ? SG_ACT_NONE : act, y);
+    fallback_residual_finish(&saved, act, y);
+    return status;
+  }
 #endif
-  /* Without a bias the third pointer is y (the op was built without a bias memory). */
-  return op_run(dnnl, op, "linear", (void *[]){ptr(x), ptr(w), b ? ptr(b) : ptr(y), ptr(y)},
-                error);
+  void *pointers[5];
+  return op_run_weights(dnnl, op, "linear", product_pointers(pointers, x, w, b, residual, y), w,
+                        error);
 }
 
 /* ---- elementwise ---- */
@@ -821,16 +1111,17 @@ sg_status sg_dnnl_softmax(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y, sg_er
 sg_status sg_dnnl_upsample_nearest2x(sg_dnnl *dnnl, const sg_tensor *x, sg_tensor *y,
                                      sg_error *error) {
   char key[128];
-  snprintf(key, sizeof key, "upsample %lldx%lldx%lld", (long long)x->dims[0],
-           (long long)x->dims[1], (long long)x->dims[2]);
+  snprintf(key, sizeof key, "upsample %lldx%lldx%lld f%d", (long long)x->dims[0],
+           (long long)x->dims[1], (long long)x->dims[2], (int)x->format);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
     builder b;
     build_start(&b, dnnl);
     const int64_t src_dims[4] = {1, x->dims[0], x->dims[1], x->dims[2]};
     const int64_t dst_dims[4] = {1, y->dims[0], y->dims[1], y->dims[2]};
-    const_dnnl_memory_desc_t src_md = md_plain(&b, 4, src_dims, NULL);
-    const_dnnl_memory_desc_t dst_md = md_plain(&b, 4, dst_dims, NULL);
+    int64_t src_strides[4], dst_strides[4];
+    const_dnnl_memory_desc_t src_md = md_plain(&b, 4, src_dims, image_md_strides(x, src_strides));
+    const_dnnl_memory_desc_t dst_md = md_plain(&b, 4, dst_dims, image_md_strides(y, dst_strides));
     dnnl_primitive_desc_t pd = NULL;
     TRY(&b, dnnl_resampling_forward_primitive_desc_create(&pd, dnnl->engine,
                                                           dnnl_forward_inference,
@@ -929,14 +1220,14 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
       const int64_t k_strides[2] = {1, dim};
       operand q = {2, {block * heads, dim}, NULL}, k = {2, {dim, keys}, k_strides};
       operand scores = {2, {block * heads, keys}, NULL};
-      add_matmul(&b, &q, &k, NULL, &scores, attr);
+      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, RESIDUAL_NONE);
     } else {
       const int64_t q_strides[4] = {ratio * dim, dim, heads * dim, 1};
       const int64_t k_strides[4] = {dim, dim, 1, kv_heads * dim};
       operand q = {4, {kv_heads, ratio, block, dim}, q_strides};
       operand k = {4, {kv_heads, 1, dim, keys}, k_strides};
       operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
-      add_matmul(&b, &q, &k, NULL, &scores, attr);
+      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", scores_op, error);
     if (status != SG_OK) return status;
@@ -950,14 +1241,14 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
     if (kv_heads == 1) {
       operand scores = {2, {block * heads, keys}, NULL}, v = {2, {keys, dim}, NULL};
       operand y = {2, {block * heads, dim}, NULL};
-      add_matmul(&b, &scores, &v, NULL, &y, NULL);
+      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, RESIDUAL_NONE);
     } else {
       const int64_t v_strides[4] = {dim, dim, kv_heads * dim, 1};
       const int64_t y_strides[4] = {ratio * dim, dim, heads * dim, 1};
       operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
       operand v = {4, {kv_heads, 1, keys, dim}, v_strides};
       operand y = {4, {kv_heads, ratio, block, dim}, y_strides};
-      add_matmul(&b, &scores, &v, NULL, &y, NULL);
+      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", values_op, error);
     if (status != SG_OK) return status;

@@ -15,6 +15,16 @@ struct sg_backend {
   sg_dnnl *dnnl; /* NULL for the reference backend */
 };
 
+/* Element strides (channel, row, column) of an image [C,H,W], plain or channels-last. */
+static inline void sg_image_strides(const sg_tensor *t, int64_t *channel, int64_t *row,
+                                    int64_t *column) {
+  const int64_t c = t->dims[0], w = t->dims[2];
+  const int nhwc = t->format == SG_FORMAT_NHWC;
+  *channel = nhwc ? 1 : t->dims[1] * w;
+  *row = nhwc ? w * c : w;
+  *column = nhwc ? c : 1;
+}
+
 /* Output height or width of a convolution (kernel k, square stride/padding). */
 static inline int64_t sg_conv_out_size(int64_t in, int64_t k, int stride, int padding) {
   return (in + 2 * (int64_t)padding - k) / stride + 1;
@@ -47,11 +57,13 @@ static inline int sg_binary_b_dims(const sg_tensor *a, const sg_tensor *b, int64
   return 1;
 }
 
-/* Plain-C reference (ops_ref.c). */
+/* Plain-C reference (ops_ref.c). residual (NULL: none) is added before the activation; it may
+ * be y. */
 sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
-                        int padding, int groups, sg_activation act, sg_tensor *y);
+                        int padding, int groups, sg_activation act, const sg_tensor *residual,
+                        sg_tensor *y);
 sg_status sg_ref_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                        sg_activation act, sg_tensor *y);
+                        sg_activation act, const sg_tensor *residual, sg_tensor *y);
 sg_status sg_ref_eltwise(sg_activation act, const sg_tensor *x, sg_tensor *y);
 sg_status sg_ref_binary(sg_binary_op op, const sg_tensor *a, const sg_tensor *b, sg_tensor *y);
 sg_status sg_ref_group_norm(const sg_tensor *x, int groups, const sg_tensor *gamma,
@@ -77,6 +89,8 @@ void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols); /* y
 /* groups == channels of x == channels of y */
 void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                               int stride, int padding, sg_activation act, sg_tensor *y);
+/* Copies image from into to, which has its shape, converting between plain and channels-last. */
+void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
 
 /* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined): the
  * oneDNN backend runs convolutions and matrix products here where oneDNN only has a reference
@@ -104,11 +118,14 @@ void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64
 /* oneDNN backend (ops_dnnl.c). */
 sg_dnnl *sg_dnnl_new(sg_error *error);
 void sg_dnnl_free(sg_dnnl *dnnl);
+size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl);
+void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl);
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         int stride, int padding, int groups, sg_activation act, sg_tensor *y,
-                         sg_error *error);
+                         int stride, int padding, int groups, sg_activation act,
+                         const sg_tensor *residual, sg_tensor *y, sg_error *error);
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         sg_activation act, sg_tensor *y, sg_error *error);
+                         sg_activation act, const sg_tensor *residual, sg_tensor *y,
+                         sg_error *error);
 sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, sg_tensor *y,
                           sg_error *error);
 sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op, const sg_tensor *a, const sg_tensor *b,

@@ -16,14 +16,20 @@ static void rows_cols(const sg_tensor *t, int64_t *rows, int64_t *cols) {
   *rows = sg_tensor_numel(t) / *cols;
 }
 
+/* Each output value is written once, after its residual value was read: residual may be y. */
 sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b, int stride,
-                        int padding, int groups, sg_activation act, sg_tensor *y) {
+                        int padding, int groups, sg_activation act, const sg_tensor *residual,
+                        sg_tensor *y) {
   const int64_t in_c = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
   const int64_t out_c = y->dims[0], out_h = y->dims[1], out_w = y->dims[2];
   const int64_t kh = w->dims[2], kw = w->dims[3];
   const int64_t group_in = in_c / groups, group_out = out_c / groups;
   const float *xd = cdata(x), *wd = cdata(w), *bd = b ? cdata(b) : NULL;
+  const float *rd = residual ? cdata(residual) : NULL;
   float *yd = fdata(y);
+  int64_t xs_c, xs_y, xs_x, ys_c, ys_y, ys_x; /* plain or channels-last */
+  sg_image_strides(x, &xs_c, &xs_y, &xs_x);
+  sg_image_strides(y, &ys_c, &ys_y, &ys_x);
 #pragma omp parallel for
   for (int64_t co = 0; co < out_c; co++) {
     const int64_t first_ci = (co / group_out) * group_in;
@@ -32,18 +38,20 @@ sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor 
       for (int64_t ox = 0; ox < out_w; ox++) {
         double sum = bd ? bd[co] : 0.0;
         for (int64_t ci = 0; ci < group_in; ci++) {
-          const float *xc = xd + (first_ci + ci) * in_h * in_w;
+          const float *xc = xd + (first_ci + ci) * xs_c;
           for (int64_t ky = 0; ky < kh; ky++) {
             int64_t iy = oy * stride - padding + ky;
             if (iy < 0 || iy >= in_h) continue;
             for (int64_t kx = 0; kx < kw; kx++) {
               int64_t ix = ox * stride - padding + kx;
               if (ix < 0 || ix >= in_w) continue;
-              sum += (double)xc[iy * in_w + ix] * wc[(ci * kh + ky) * kw + kx];
+              sum += (double)xc[iy * xs_y + ix * xs_x] * wc[(ci * kh + ky) * kw + kx];
             }
           }
         }
-        yd[(co * out_h + oy) * out_w + ox] = sg_activation_apply(act, (float)sum);
+        const int64_t at = co * ys_c + oy * ys_y + ox * ys_x;
+        if (rd) sum += rd[at];
+        yd[at] = sg_activation_apply(act, (float)sum);
       }
     }
   }
@@ -51,15 +59,17 @@ sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor 
 }
 
 sg_status sg_ref_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                        sg_activation act, sg_tensor *y) {
+                        sg_activation act, const sg_tensor *residual, sg_tensor *y) {
   const int64_t rows = x->dims[0], in = x->dims[1], out = w->dims[0];
   const float *xd = cdata(x), *wd = cdata(w), *bd = b ? cdata(b) : NULL;
+  const float *rd = residual ? cdata(residual) : NULL;
   float *yd = fdata(y);
 #pragma omp parallel for
   for (int64_t m = 0; m < rows; m++) {
     for (int64_t n = 0; n < out; n++) {
       double sum = bd ? bd[n] : 0.0;
       for (int64_t k = 0; k < in; k++) sum += (double)xd[m * in + k] * wd[n * in + k];
+      if (rd) sum += rd[m * out + n];
       yd[m * out + n] = sg_activation_apply(act, (float)sum);
     }
   }
@@ -203,11 +213,14 @@ sg_status sg_ref_upsample_nearest2x(const sg_tensor *x, sg_tensor *y) {
   const int64_t channels = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
   const float *xd = cdata(x);
   float *yd = fdata(y);
+  int64_t xs_c, xs_y, xs_x, ys_c, ys_y, ys_x; /* plain or channels-last */
+  sg_image_strides(x, &xs_c, &xs_y, &xs_x);
+  sg_image_strides(y, &ys_c, &ys_y, &ys_x);
 #pragma omp parallel for
   for (int64_t c = 0; c < channels; c++) {
     for (int64_t oy = 0; oy < 2 * in_h; oy++) {
       for (int64_t ox = 0; ox < 2 * in_w; ox++) {
-        yd[(c * 2 * in_h + oy) * 2 * in_w + ox] = xd[(c * in_h + oy / 2) * in_w + ox / 2];
+        yd[c * ys_c + oy * ys_y + ox * ys_x] = xd[c * xs_c + (oy / 2) * xs_y + (ox / 2) * xs_x];
       }
     }
   }

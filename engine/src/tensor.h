@@ -21,6 +21,10 @@ typedef struct {
   int ndim;
   int64_t dims[SG_MAX_DIMS];
   void *data;
+  /* Nonzero for model weights: their values stay unchanged at this address for as long as this id
+   * lives (one id per sg_weights object, never reused), so a backend may keep copies of them
+   * reordered into its preferred layout, keyed by (data, constant_id). 0 for activations. */
+  uint64_t constant_id;
 } sg_tensor;
 
 size_t sg_dtype_size(sg_dtype dtype);

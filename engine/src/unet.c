@@ -684,44 +684,53 @@ static sg_status res_forward(const res_block *rb, const sg_unet_config *c, sg_ba
   int64_t H = x->dims[1], W = x->dims[2];
   int groups = c->norm_groups;
   float eps = (float)c->norm_eps;
-  sg_tensor a, b, h, proj;
+  sg_tensor a, b, h, proj, bias;
+  /* The time embedding is a per-channel constant: added to the first conv's bias, not to h. */
+  TRY(new2(arena, 1, rb->inner, &proj, error));
+  TRY(sg_linear(be, temb_silu, &rb->time_w, &rb->time_b, SG_ACT_NONE, &proj, error));
+  bias = sg_tensor_1d((float *)proj.data, rb->inner);
+  TRY(sg_binary(be, SG_BINARY_ADD, &bias, c->separable ? &rb->pw1_b : &rb->conv1_b, &bias,
+                error));
   TRY(new3(arena, rb->in_channels, H, W, &a, error));
   TRY(sg_group_norm(be, x, groups, &rb->norm1_w, &rb->norm1_b, eps, SG_ACT_SILU, &a, error));
   TRY(new3(arena, rb->inner, H, W, &h, error));
   if (c->separable) {
+    /* The depthwise outputs are stored channels-last, the layout both convolutions work in, so
+     * the pair needs no reorder between them. */
     TRY(new3(arena, rb->in_channels, H, W, &b, error));
+    b.format = SG_FORMAT_NHWC;
     TRY(sg_conv2d(be, &a, &rb->dw1, NULL, 1, 1, rb->in_channels, SG_ACT_NONE, &b, error));
-    TRY(sg_conv2d(be, &b, &rb->pw1_w, &rb->pw1_b, 1, 0, 1, SG_ACT_NONE, &h, error));
+    TRY(sg_conv2d(be, &b, &rb->pw1_w, &bias, 1, 0, 1, SG_ACT_NONE, &h, error));
   } else {
-    TRY(sg_conv2d(be, &a, &rb->conv1_w, &rb->conv1_b, 1, 1, 1, SG_ACT_NONE, &h, error));
+    TRY(sg_conv2d(be, &a, &rb->conv1_w, &bias, 1, 1, 1, SG_ACT_NONE, &h, error));
   }
-  TRY(new2(arena, 1, rb->inner, &proj, error));
-  TRY(sg_linear(be, temb_silu, &rb->time_w, &rb->time_b, SG_ACT_NONE, &proj, error));
-  sg_tensor per_channel = sg_tensor_1d((float *)proj.data, rb->inner);
-  TRY(sg_binary(be, SG_BINARY_ADD, &h, &per_channel, &h, error));
   TRY(sg_group_norm(be, &h, groups, &rb->norm2_w, &rb->norm2_b, eps, SG_ACT_SILU, &h, error));
-  if (c->separable) {
-    TRY(new3(arena, rb->inner, H, W, &b, error));
-    TRY(sg_conv2d(be, &h, &rb->dw2, NULL, 1, 1, rb->inner, SG_ACT_NONE, &b, error));
-    TRY(sg_conv2d(be, &b, &rb->pw2_w, &rb->pw2_b, 1, 0, 1, SG_ACT_NONE, out, error));
-  } else {
-    TRY(sg_conv2d(be, &h, &rb->conv2_w, &rb->conv2_b, 1, 1, 1, SG_ACT_NONE, out, error));
-  }
+  /* The residual (x, or its 1x1 projection) is added by the last conv. */
+  const sg_tensor *residual = x;
+  sg_tensor shortcut;
   if (rb->has_shortcut) {
-    sg_tensor shortcut;
     TRY(new3(arena, rb->out_channels, H, W, &shortcut, error));
     TRY(sg_conv2d(be, x, &rb->shortcut_w, &rb->shortcut_b, 1, 0, 1, SG_ACT_NONE, &shortcut,
                   error));
-    TRY(sg_binary(be, SG_BINARY_ADD, out, &shortcut, out, error));
+    residual = &shortcut;
+  }
+  if (c->separable) {
+    TRY(new3(arena, rb->inner, H, W, &b, error));
+    b.format = SG_FORMAT_NHWC;
+    TRY(sg_conv2d(be, &h, &rb->dw2, NULL, 1, 1, rb->inner, SG_ACT_NONE, &b, error));
+    TRY(sg_conv2d_residual(be, &b, &rb->pw2_w, &rb->pw2_b, 1, 0, 1, SG_ACT_NONE, residual, out,
+                           error));
   } else {
-    TRY(sg_binary(be, SG_BINARY_ADD, out, x, out, error));
+    TRY(sg_conv2d_residual(be, &h, &rb->conv2_w, &rb->conv2_b, 1, 1, 1, SG_ACT_NONE, residual,
+                           out, error));
   }
 done:
   sg_arena_reset(arena, mark);
   return status;
 }
 
-/* y [T, C] = Attention(x [T, C] -> q; source [S, Cs] -> k, v). */
+/* y [T, C] += Attention(x [T, C] -> q; source [S, Cs] -> k, v): the output projection adds
+ * into y (the block's residual stream). */
 static sg_status attention_forward(const attention *at, const sg_unet_config *c, int channels,
                                    sg_backend *be, sg_arena *arena, const sg_tensor *x,
                                    const sg_tensor *source, const float *key_mask, sg_tensor *y,
@@ -753,7 +762,7 @@ static sg_status attention_forward(const attention *at, const sg_unet_config *c,
                                 .window = 0,
                                 .key_mask = key_mask};
   TRY(sg_attention(be, &q, &k, &v, &params, &o, error));
-  TRY(sg_linear(be, &o, &at->to_out_w, &at->to_out_b, SG_ACT_NONE, y, error));
+  TRY(sg_linear_residual(be, &o, &at->to_out_w, &at->to_out_b, SG_ACT_NONE, y, y, error));
 done:
   sg_arena_reset(arena, mark);
   return status;
@@ -768,17 +777,14 @@ static sg_status block_forward(const transformer_block *b, const transformer *tf
   sg_status status = SG_OK;
   int64_t T = h->dims[0], C = tf->channels, I = tf->ffn_inner;
   float eps = (float)c->norm_eps;
-  sg_tensor normed, y, inner, gated;
+  sg_tensor normed, inner, gated;
   TRY(new2(arena, T, C, &normed, error));
-  TRY(new2(arena, T, C, &y, error));
   if (b->has_self_attention) {
     TRY(sg_layer_norm(be, h, &b->norm1_w, &b->norm1_b, eps, &normed, error));
-    TRY(attention_forward(&b->self_attn, c, (int)C, be, arena, &normed, &normed, NULL, &y, error));
-    TRY(sg_binary(be, SG_BINARY_ADD, h, &y, h, error));
+    TRY(attention_forward(&b->self_attn, c, (int)C, be, arena, &normed, &normed, NULL, h, error));
   }
   TRY(sg_layer_norm(be, h, &b->norm2_w, &b->norm2_b, eps, &normed, error));
-  TRY(attention_forward(&b->cross_attn, c, (int)C, be, arena, &normed, context, mask, &y, error));
-  TRY(sg_binary(be, SG_BINARY_ADD, h, &y, h, error));
+  TRY(attention_forward(&b->cross_attn, c, (int)C, be, arena, &normed, context, mask, h, error));
   TRY(sg_layer_norm(be, h, &b->norm3_w, &b->norm3_b, eps, &normed, error));
   if (c->ffn_geglu) {
     TRY(new2(arena, T, 2 * I, &inner, error));
@@ -789,8 +795,7 @@ static sg_status block_forward(const transformer_block *b, const transformer *tf
     TRY(new2(arena, T, I, &gated, error));
     TRY(sg_linear(be, &normed, &b->ff_in_w, &b->ff_in_b, SG_ACT_GELU_ERF, &gated, error));
   }
-  TRY(sg_linear(be, &gated, &b->ff_out_w, &b->ff_out_b, SG_ACT_NONE, &y, error));
-  TRY(sg_binary(be, SG_BINARY_ADD, h, &y, h, error));
+  TRY(sg_linear_residual(be, &gated, &b->ff_out_w, &b->ff_out_b, SG_ACT_NONE, h, h, error));
 done:
   sg_arena_reset(arena, mark);
   return status;

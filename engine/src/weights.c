@@ -36,6 +36,7 @@ struct sg_weights {
   GHashTable *fetched; /* name (owned) -> fetched_tensor* */
   int64_t parameter_count;
   size_t owned_bytes;
+  uint64_t constant_id; /* stamped on every tensor handed out (tensor.h): random, never 0 */
 };
 
 static void free_fetched(gpointer pointer) {
@@ -49,6 +50,10 @@ static sg_weights *weights_new(const char *source) {
   weights->source = g_strdup(source);
   weights->located = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
   weights->fetched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_fetched);
+  /* Random rather than counted: a later sg_weights at the same addresses must get another id. */
+  do {
+    weights->constant_id = ((uint64_t)g_random_int() << 32) | g_random_int();
+  } while (weights->constant_id == 0);
   return weights;
 }
 
@@ -292,6 +297,7 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
     weights->parameter_count += numel;
   }
   *out = sg_tensor_view(fetched->data, SG_F32, ndim, dims);
+  out->constant_id = weights->constant_id;
   *found = 1;
   return SG_OK;
 }

@@ -1,11 +1,14 @@
 /* snapgen.c: the headless runner: generates an image from a model folder, reports a model's size,
  * and benchmarks model configs with random weights (`snapgen bench`). */
+#include <errno.h>
 #include <glib.h>
+#include <glib/gstdio.h>
 #include <omp.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <unistd.h>
 
 #include "conditioner.h"
 #include "decoder.h"
@@ -44,9 +47,12 @@ static const char usage_text[] =
     "       snapgen info --model DIR\n"
     "       snapgen encode --model DIR --prompt TEXT    token ids and embedding statistics\n"
     "       snapgen bench --unet-config FILE [--decoder-config FILE] [--size PIXELS] [options]\n"
+    "       snapgen bench --model DIR [--size PIXELS] [options]\n"
     "\n"
     "generate options:\n"
     "  --prompt TEXT          the prompt (needs a model with text encoders, or a fixed conditioning)\n"
+    "  --prompt-file FILE     the prompt from a UTF-8 text file, one final line break dropped\n"
+    "                         (instead of --prompt; one argument holds at most 128 KiB)\n"
     "  --negative TEXT        negative prompt (used with --guidance > 1)\n"
     "  --conditioning FILE    safetensors with 'context', 'context_mask', 'pooled' (instead of text)\n"
     "  --seed N               random seed (default 0)\n"
@@ -56,10 +62,13 @@ static const char usage_text[] =
     "  --threads N            CPU threads (default: all cores)\n"
     "  --backend NAME         onednn (default) or reference (slow, plain C)\n"
     "  --quiet                no progress on stderr\n"
+    "  The output's folder is checked before generating; the PNG is written to a temporary\n"
+    "  file there and renamed at the end.\n"
     "bench options:\n"
     "  --size PIXELS          square image side (default 1024)\n"
     "  --context-tokens N     cross-attention context length (default 154)\n"
-    "  --repeat N             UNet forwards to time (default 1)\n"
+    "  --model DIR            time a model folder's own weights (and its text encoders)\n"
+    "  --repeat N             runs of each component; the median is reported (default 1)\n"
     "  --threads N, --backend NAME\n"
     "\n"
     "exit codes: 0 done, 2 bad arguments, 3 bad model files, 4 file error, 5 out of memory,\n"
@@ -67,7 +76,7 @@ static const char usage_text[] =
 
 typedef struct {
   const char *command;
-  const char *model, *output, *prompt, *negative, *conditioning;
+  const char *model, *output, *prompt, *prompt_file, *negative, *conditioning;
   const char *unet_config, *decoder_config, *backend_name;
   guint64 seed;
   int steps, width, height, threads, size, context_tokens, repeat, quiet;
@@ -118,6 +127,7 @@ static int parse_args(int argc, char **argv, runner_args *a) {
     if (!strcmp(opt, "--model")) a->model = val;
     else if (!strcmp(opt, "--output")) a->output = val;
     else if (!strcmp(opt, "--prompt")) a->prompt = val;
+    else if (!strcmp(opt, "--prompt-file")) a->prompt_file = val;
     else if (!strcmp(opt, "--negative")) a->negative = val;
     else if (!strcmp(opt, "--conditioning")) a->conditioning = val;
     else if (!strcmp(opt, "--unet-config")) a->unet_config = val;
@@ -161,6 +171,69 @@ static int parse_args(int argc, char **argv, runner_args *a) {
     }
   }
   return 1;
+}
+
+/* The most a prompt file may hold: far above the engine's prompt limit (64 KiB), which then names
+ * the exact length; this bound only keeps a wrong file (a disk image, /dev/zero) from being read
+ * whole. */
+#define PROMPT_FILE_MAX_BYTES (1024 * 1024)
+
+/* Reads --prompt-file into *text (one final line break dropped; the engine checks the rest as for
+ * --prompt). Returns EXIT_OK, or prints one line and returns the exit code. */
+static int read_prompt_file(const char *path, char **text) {
+  FILE *stream = fopen(path, "rb");
+  if (stream == NULL) {
+    fprintf(stderr, "snapgen: cannot read the prompt file %s: %s\n", path, g_strerror(errno));
+    return EXIT_IO;
+  }
+  char *buffer = g_malloc(PROMPT_FILE_MAX_BYTES + 2);
+  size_t length = fread(buffer, 1, PROMPT_FILE_MAX_BYTES + 1, stream);
+  int read_errno = ferror(stream) ? errno : 0;
+  fclose(stream);
+  const char *nul = memchr(buffer, '\0', length);
+  int code = EXIT_USAGE;
+  if (read_errno != 0) {
+    fprintf(stderr, "snapgen: cannot read the prompt file %s: %s\n", path, g_strerror(read_errno));
+    code = EXIT_IO;
+  } else if (length > PROMPT_FILE_MAX_BYTES) {
+    fprintf(stderr, "snapgen: the prompt file %s holds more than %d bytes, too many for a prompt\n",
+            path, PROMPT_FILE_MAX_BYTES);
+  } else if (nul != NULL) {
+    fprintf(stderr, "snapgen: the prompt file %s holds a NUL byte at offset %td; it must be UTF-8 "
+            "text\n", path, nul - buffer);
+  } else {
+    if (length > 0 && buffer[length - 1] == '\n') length--;
+    if (length > 0 && buffer[length - 1] == '\r') length--;
+    buffer[length] = '\0';
+    *text = buffer;
+    return EXIT_OK;
+  }
+  g_free(buffer);
+  return code;
+}
+
+/* Finds out before minutes of computing whether the output can be written: it is no folder, and
+ * a file can be made next to it (a temporary file like the one the PNG goes to, removed at once).
+ * Returns 1, or prints one line and returns 0. */
+static int output_writable(const char *output) {
+  if (g_file_test(output, G_FILE_TEST_IS_DIR)) {
+    fprintf(stderr, "snapgen: cannot write %s: it is a directory\n", output);
+    return 0;
+  }
+  char *folder = g_path_get_dirname(output);
+  char *probe = g_strdup_printf("%s.tmp-XXXXXX", output);
+  int fd = g_mkstemp(probe);
+  int probe_errno = errno;
+  if (fd >= 0) {
+    close(fd);
+    g_unlink(probe);
+  } else {
+    fprintf(stderr, "snapgen: cannot write %s: cannot create a file in %s: %s\n", output, folder,
+            g_strerror(probe_errno));
+  }
+  g_free(probe);
+  g_free(folder);
+  return fd >= 0;
 }
 
 static int backend_from_name(const char *name, sg_backend_kind *kind) {
@@ -207,6 +280,7 @@ static int run_generate(const runner_args *a) {
   sg_context_options_init(&options);
   options.threads = a->threads;
   if (!backend_from_name(a->backend_name, &options.backend)) return EXIT_USAGE;
+  if (!output_writable(a->output)) return EXIT_IO;
 
   sg_error error = {0};
   sg_context *ctx = NULL;
@@ -306,14 +380,157 @@ static int run_info(const runner_args *a) {
   return exit_code_for(status);
 }
 
+/* ---- snapgen bench: timings, the machine's ceiling and memory of the model's components ---- */
+
 static int compare_doubles(const void *a, const void *b) {
   double x = *(const double *)a, y = *(const double *)b;
   return (x > y) - (x < y);
 }
 
+/* Median of n samples (sorts them). */
+static double median_of(double *samples, int n) {
+  qsort(samples, n, sizeof *samples, compare_doubles);
+  return n % 2 ? samples[n / 2] : (samples[n / 2 - 1] + samples[n / 2]) / 2;
+}
+
+/* CPU seconds of the whole process: on a shared machine a steadier measure of work than wall. */
+static double cpu_seconds(void) {
+  struct timespec now;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &now);
+  return now.tv_sec + now.tv_nsec / 1e9;
+}
+
+/* A field of /proc/self/status in MiB ("VmRSS", "VmHWM"); -1 where there is none (not Linux). */
+static double proc_status_mib(const char *field) {
+  char *text = NULL;
+  double mib = -1;
+  if (!g_file_get_contents("/proc/self/status", &text, NULL, NULL)) return -1;
+  for (char *line = text; line && *line; line = strchr(line, '\n') ? strchr(line, '\n') + 1 : NULL) {
+    size_t length = strlen(field);
+    if (!strncmp(line, field, length) && line[length] == ':') {
+      mib = g_ascii_strtod(line + length + 1, NULL) / 1024.0; /* the value is in kB */
+      break;
+    }
+  }
+  g_free(text);
+  return mib;
+}
+
+/* Restarts the peak (VmHWM) from the current resident size, so each component gets its own peak
+ * (Linux: writing 5 to /proc/self/clear_refs; elsewhere the peak stays the process's). */
+static void reset_peak_memory(void) {
+  FILE *file = fopen("/proc/self/clear_refs", "w");
+  if (!file) return;
+  fputs("5", file);
+  fclose(file);
+}
+
+/* One timed component: wall and CPU seconds of each run. */
+typedef struct {
+  const char *name;
+  double flops; /* per run; 0 when unknown */
+  int runs;
+  double *wall, *cpu;
+} bench_row;
+
+static void row_start(bench_row *row, const char *name, double flops, int repeat) {
+  row->name = name;
+  row->flops = flops;
+  row->runs = 0;
+  row->wall = g_new(double, repeat);
+  row->cpu = g_new(double, repeat);
+}
+
+/* Prints the row: medians, GFLOP/s and the fraction of the ceiling (0: not measured), by wall
+ * time and by CPU time (GFLOP per CPU second against the ceiling's: steadier on a busy machine). */
+static void row_print(bench_row *row, double ceiling_gflops, double ceiling_cpu_gflops) {
+  if (row->runs == 0) return;
+  double wall = median_of(row->wall, row->runs), cpu = median_of(row->cpu, row->runs);
+  char label[64];
+  snprintf(label, sizeof label, "%s:", row->name);
+  printf("%-23s %9.3f", label, wall);
+  if (cpu > 0) printf(" %9.3f", cpu);
+  else printf(" %9s", "-");
+  printf(" %9.1f", row->flops / 1e9);
+  if (row->flops > 0) {
+    double gflops = row->flops / 1e9 / wall;
+    printf(" %9.1f", gflops);
+    if (ceiling_gflops > 0) printf(" %8.0f%%", 100 * gflops / ceiling_gflops);
+    if (ceiling_cpu_gflops > 0 && cpu > 0)
+      printf(" %8.0f%%", 100 * row->flops / 1e9 / cpu / ceiling_cpu_gflops);
+  }
+  printf("\n");
+}
+
+/* Runs call (which sets status) once, timed into row. */
+#define TIME_RUN(row, call)                                      \
+  do {                                                           \
+    gint64 wall_start_ = g_get_monotonic_time();                 \
+    double cpu_start_ = cpu_seconds();                           \
+    status = (call);                                             \
+    (row)->wall[(row)->runs] = (g_get_monotonic_time() - wall_start_) / 1e6; \
+    (row)->cpu[(row)->runs] = cpu_seconds() - cpu_start_;        \
+    (row)->runs++;                                               \
+  } while (0)
+
+#define CEILING_SIZE 2048
+
+/* The machine's f32 ceiling in the same run: GFLOP/s of a 2048×2048×2048 product on the backend's
+ * matmul (median of 3 after a warm-up run). */
+static sg_status measure_ceiling(sg_backend *be, bench_row *row, sg_error *error) {
+  const int64_t n = CEILING_SIZE;
+  float *x = g_new(float, n * n), *w = g_new(float, n * n), *y = g_new(float, n * n);
+  for (int64_t i = 0; i < n * n; i++) {
+    x[i] = (float)((i % 7) - 3) / 3;
+    w[i] = (float)((i % 5) - 2) / 2;
+  }
+  sg_tensor xt = sg_tensor_2d(x, n, n), wt = sg_tensor_2d(w, n, n), yt = sg_tensor_2d(y, n, n);
+  wt.constant_id = 1; /* like model weights: packed once; dropped below */
+  sg_status status = sg_linear(be, &xt, &wt, NULL, SG_ACT_NONE, &yt, error);
+  row_start(row, "ceiling matmul 2048^3", 2.0 * n * n * n, 3);
+  for (int r = 0; r < 3 && status == SG_OK; r++)
+    TIME_RUN(row, sg_linear(be, &xt, &wt, NULL, SG_ACT_NONE, &yt, error));
+  sg_backend_drop_packed_weights(be);
+  g_free(x);
+  g_free(w);
+  g_free(y);
+  return status;
+}
+
+/* The weights of one component: from MODEL/component when a model folder is given, else seeded
+ * random values. */
+static sg_status bench_weights(const runner_args *a, const char *component, uint64_t seed,
+                               sg_weights **out, sg_error *error) {
+  if (!a->model) {
+    *out = sg_weights_new_random(seed);
+    return SG_OK;
+  }
+  char *folder = g_build_filename(a->model, component, NULL);
+  sg_status status = sg_weights_open_folder(folder, out, error);
+  g_free(folder);
+  return status;
+}
+
+/* Memory after a component ran: its peak (VmHWM since reset_peak_memory) split into the weights
+ * as loaded (f32, owned or mapped), their copies in the backend's preferred layouts, and the rest
+ * (activations, oneDNN's buffers, and whatever earlier components left resident). */
+static void print_memory(const char *after, double weight_bytes, const sg_backend *be,
+                         const sg_arena *arena) {
+  double peak = proc_status_mib("VmHWM"), now = proc_status_mib("VmRSS");
+  double weights = weight_bytes / 1048576.0, packed = sg_backend_packed_weight_bytes(be) / 1048576.0;
+  printf("memory after %s: peak %.0f MiB = weights %.0f MiB (f32 as loaded) + packed weights "
+         "%.0f MiB + other %.0f MiB (arena %.0f MiB); resident now %.0f MiB\n",
+         after, peak, weights, packed, peak - weights - packed,
+         sg_arena_peak_bytes(arena) / 1048576.0, now);
+}
+
+static const char bench_prompt[] =
+    "a red fox sitting in tall grass at sunrise, soft golden light, morning mist over the hills "
+    "behind, detailed fur";
+
 static int run_bench(const runner_args *a) {
-  if (a->unet_config == NULL) {
-    fprintf(stderr, "snapgen: bench needs --unet-config FILE\n");
+  if (a->unet_config == NULL && a->model == NULL) {
+    fprintf(stderr, "snapgen: bench needs --unet-config FILE or --model DIR\n");
     return EXIT_USAGE;
   }
   sg_backend_kind kind;
@@ -321,112 +538,206 @@ static int run_bench(const runner_args *a) {
   sg_error error = {0};
   sg_unet_config config;
   sg_decoder_config decoder_config;
-  sg_status status = sg_unet_config_load(a->unet_config, &config, &error);
-  if (status == SG_OK && a->decoder_config)
-    status = sg_decoder_config_load(a->decoder_config, &decoder_config, &error);
+  char *unet_config_path = a->model ? g_build_filename(a->model, "unet", "config.json", NULL)
+                                    : g_strdup(a->unet_config);
+  char *decoder_config_path =
+      a->model ? g_build_filename(a->model, "decoder", "config.json", NULL)
+               : g_strdup(a->decoder_config);
+  sg_status status = sg_unet_config_load(unet_config_path, &config, &error);
+  if (status == SG_OK && decoder_config_path)
+    status = sg_decoder_config_load(decoder_config_path, &decoder_config, &error);
   if (status != SG_OK) {
     fprintf(stderr, "snapgen: %s\n", error.message);
+    g_free(unet_config_path);
+    g_free(decoder_config_path);
     return exit_code_for(status);
   }
-  int scale = a->decoder_config ? sg_decoder_scale(&decoder_config) : 8;
+  int scale = decoder_config_path ? sg_decoder_scale(&decoder_config) : 8;
   int latent_side = a->size / scale;
   int stride = 1 << (config.num_stages - 1);
   if (a->size % scale != 0 || latent_side % stride != 0) {
     fprintf(stderr, "snapgen: --size %d must be a multiple of %d\n", a->size, scale * stride);
+    g_free(unet_config_path);
+    g_free(decoder_config_path);
     return EXIT_USAGE;
   }
   int threads = a->threads > 0 ? a->threads : omp_get_max_threads();
-  printf("bench: %s, %d×%d pixels (latent %d×%d), %d context tokens, %d threads, backend %s\n",
-         a->unet_config, a->size, a->size, latent_side, latent_side, a->context_tokens, threads,
-         a->backend_name);
-  printf("unet parameters: %lld (%.1fM)\n", (long long)sg_unet_parameter_count(&config),
-         sg_unet_parameter_count(&config) / 1e6);
+  printf("bench: %s, %d×%d pixels (latent %d×%d), %d threads, backend %s, %d runs each, "
+         "weights %s\n",
+         a->model ? a->model : unet_config_path, a->size, a->size, latent_side, latent_side,
+         threads, a->backend_name, a->repeat, a->model ? "from the model folder" : "random");
 
   sg_backend *be = sg_backend_new(kind, a->threads, &error);
-  sg_weights *weights = sg_weights_new_random(1);
-  sg_unet *unet = NULL;
   sg_arena *arena = sg_arena_new();
-  gint64 start = g_get_monotonic_time();
-  status = be ? sg_unet_load(&config, weights, &unet, &error) : error.status;
-  if (status != SG_OK) {
-    fprintf(stderr, "snapgen: %s\n", error.message);
-    sg_weights_free(weights);
-    sg_backend_free(be);
-    sg_arena_free(arena);
-    return exit_code_for(status);
-  }
-  printf("unet random weights made in %.2f s\n", (g_get_monotonic_time() - start) / 1e6);
+  if (!be) status = error.status ? error.status : SG_ERR_BACKEND;
+  bench_row ceiling = {0}, encoder_rows[8] = {{0}}, unet_row = {0}, decoder_row = {0};
+  int encoder_count = 0;
+  if (status == SG_OK && kind == SG_BACKEND_ONEDNN) status = measure_ceiling(be, &ceiling, &error);
 
+  /* Text encoders (a model folder with a conditioner only). */
+  sg_conditioning_out conditioning = {0};
+  sg_conditioner *conditioner = NULL;
+  if (status == SG_OK && a->model) status = sg_conditioner_load(a->model, &conditioner, &error);
+  if (status == SG_OK && conditioner) {
+    const char *prompt = a->prompt ? a->prompt : bench_prompt;
+    encoder_count = sg_conditioner_encoder_count(conditioner);
+    if (encoder_count > 8) encoder_count = 8;
+    for (int i = 0; i < encoder_count; i++) {
+      sg_encoder_info info;
+      sg_conditioner_encoder_info(conditioner, i, &info);
+      row_start(&encoder_rows[i], info.component, 0, a->repeat);
+    }
+    for (int r = 0; r < a->repeat + 1 && status == SG_OK; r++) { /* run 0 warms up */
+      sg_conditioning_out_clear(&conditioning);
+      status = sg_conditioner_encode(conditioner, be, arena, prompt, &conditioning, &error);
+      for (int i = 0; i < encoder_count && status == SG_OK && r > 0; i++) {
+        sg_encoder_info info;
+        sg_conditioner_encoder_info(conditioner, i, &info);
+        if (!info.present) continue;
+        bench_row *row = &encoder_rows[i];
+        row->wall[row->runs] = info.forward_seconds;
+        row->cpu[row->runs] = 0; /* not measured per encoder */
+        row->runs++;
+      }
+    }
+  }
+
+  /* UNet: one step (a forward) on a fixed latent, context and pooled vector. */
+  sg_weights *weights = NULL;
+  sg_unet *unet = NULL;
+  int64_t context_tokens = conditioning.context.data ? conditioning.context.dims[0]
+                                                      : a->context_tokens;
   int64_t x_dims[3] = {config.in_channels, latent_side, latent_side};
-  int64_t ctx_dims[2] = {a->context_tokens, config.context_dim};
+  int64_t ctx_dims[2] = {context_tokens, config.context_dim};
   int64_t pooled_dims[1] = {config.pooled_dim};
   int64_t latent_count = x_dims[0] * x_dims[1] * x_dims[2];
   sg_tensor x = sg_tensor_view(g_new(float, latent_count), SG_F32, 3, x_dims);
-  sg_tensor out = sg_tensor_view(g_new(float, sg_tensor_numel(&x)), SG_F32, 3, x_dims);
+  sg_tensor out = sg_tensor_view(g_new0(float, latent_count), SG_F32, 3, x_dims);
   sg_tensor context = sg_tensor_view(g_new(float, ctx_dims[0] * ctx_dims[1]), SG_F32, 2, ctx_dims);
   sg_tensor pooled = sg_tensor_view(g_new0(float, config.pooled_dim + 1), SG_F32, 1, pooled_dims);
-  float *mask = g_new(float, a->context_tokens);
-  for (int64_t i = 0; i < sg_tensor_numel(&x); i++) ((float *)x.data)[i] = (float)((i % 17) - 8) / 8;
+  float *mask = g_new(float, context_tokens);
+  for (int64_t i = 0; i < latent_count; i++) ((float *)x.data)[i] = (float)((i % 17) - 8) / 8;
   for (int64_t i = 0; i < ctx_dims[0] * ctx_dims[1]; i++)
     ((float *)context.data)[i] = (float)((i % 13) - 6) / 6;
-  for (int i = 0; i < a->context_tokens; i++) mask[i] = 1.0f;
-
-  double *times = g_new(double, a->repeat);
-  for (int r = 0; r < a->repeat && status == SG_OK; r++) {
+  for (int64_t i = 0; i < context_tokens; i++) mask[i] = 1.0f;
+  if (conditioning.context.data && conditioning.context.dims[1] == config.context_dim) {
+    memcpy(context.data, conditioning.context.data, sg_tensor_nbytes(&context));
+    memcpy(mask, conditioning.context_mask, (size_t)context_tokens * sizeof(float));
+    if (conditioning.pooled.data && sg_tensor_numel(&conditioning.pooled) == config.pooled_dim)
+      memcpy(pooled.data, conditioning.pooled.data, sg_tensor_nbytes(&conditioning.pooled));
+  }
+  reset_peak_memory();
+  gint64 start = g_get_monotonic_time();
+  if (status == SG_OK) status = bench_weights(a, "unet", 1, &weights, &error);
+  if (status == SG_OK) status = sg_unet_load(&config, weights, &unet, &error);
+  if (status == SG_OK) {
+    printf("unet: %.1fM parameters, weights ready in %.2f s\n",
+           sg_unet_parameter_count(&config) / 1e6, (g_get_monotonic_time() - start) / 1e6);
+    row_start(&unet_row, "unet step",
+              sg_unet_flops(&config, latent_side, latent_side, (int)context_tokens), a->repeat);
+    /* The first forward packs the weights and sizes the arena: a warm-up, timed apart. */
     start = g_get_monotonic_time();
     status = sg_unet_forward(unet, be, arena, &x, 500.0f, &context, mask,
                              config.pooled_dim > 0 ? &pooled : NULL, &out, &error);
-    times[r] = (g_get_monotonic_time() - start) / 1e6;
-    if (r == 0) sg_arena_settle(arena);
+    sg_arena_settle(arena);
+    printf("unet first step (packs weights): %.3f s\n", (g_get_monotonic_time() - start) / 1e6);
   }
-  if (status == SG_OK) {
-    qsort(times, a->repeat, sizeof *times, compare_doubles);
-    double median = times[a->repeat / 2];
-    double flops = sg_unet_flops(&config, latent_side, latent_side, a->context_tokens);
-    printf("unet step: %.3f s median of %d (first %.3f s), %.1f GFLOP, %.1f GFLOP/s\n", median,
-           a->repeat, times[0], flops / 1e9, flops / 1e9 / median);
-    printf("unet activation arena peak: %.1f MiB\n", sg_arena_peak_bytes(arena) / 1048576.0);
-  }
+  for (int r = 0; r < a->repeat && status == SG_OK; r++)
+    TIME_RUN(&unet_row, sg_unet_forward(unet, be, arena, &x, 500.0f, &context, mask,
+                                        config.pooled_dim > 0 ? &pooled : NULL, &out, &error));
+  if (status == SG_OK)
+    print_memory("the unet", 4.0 * (double)sg_unet_parameter_count(&config), be, arena);
   sg_unet_free(unet);
   sg_weights_free(weights);
+  sg_backend_drop_packed_weights(be); /* its weights are gone; the decoder packs its own */
 
-  if (status == SG_OK && a->decoder_config) {
-    sg_weights *dweights = sg_weights_new_random(2);
+  /* Decoder: the UNet's output latent to RGB. */
+  if (status == SG_OK && decoder_config_path) {
+    sg_weights *decoder_weights = NULL;
     sg_decoder *decoder = NULL;
-    status = sg_decoder_load(&decoder_config, dweights, &decoder, &error);
+    reset_peak_memory();
+    status = bench_weights(a, "decoder", 2, &decoder_weights, &error);
+    if (status == SG_OK) status = sg_decoder_load(&decoder_config, decoder_weights, &decoder, &error);
     int64_t image_dims[3] = {decoder_config.out_channels, a->size, a->size};
-    sg_tensor image = sg_tensor_view(g_new(float, (int64_t)3 * a->size * a->size), SG_F32, 3,
+    sg_tensor image = sg_tensor_view(g_new(float, image_dims[0] * a->size * a->size), SG_F32, 3,
                                      image_dims);
     if (status == SG_OK) {
-      printf("decoder parameters: %lld\n", (long long)sg_decoder_parameter_count(&decoder_config));
-      start = g_get_monotonic_time();
-      status = sg_decoder_forward(decoder, be, arena, &out, &image, &error);
-      printf("decoder: %.3f s\n", (g_get_monotonic_time() - start) / 1e6);
+      printf("decoder: %.2fM parameters\n", sg_decoder_parameter_count(&decoder_config) / 1e6);
+      row_start(&decoder_row, "decoder",
+                sg_decoder_flops(&decoder_config, latent_side, latent_side), a->repeat);
+      status = sg_decoder_forward(decoder, be, arena, &out, &image, &error); /* warm-up */
     }
+    for (int r = 0; r < a->repeat && status == SG_OK; r++)
+      TIME_RUN(&decoder_row, sg_decoder_forward(decoder, be, arena, &out, &image, &error));
+    if (status == SG_OK)
+      print_memory("the decoder", 4.0 * (double)sg_decoder_parameter_count(&decoder_config), be,
+                   arena);
     g_free(image.data);
     sg_decoder_free(decoder);
-    sg_weights_free(dweights);
+    sg_weights_free(decoder_weights);
   }
-  printf("peak resident memory: %.0f MiB\n", peak_rss_mib());
-  if (status != SG_OK) fprintf(stderr, "snapgen: %s\n", error.message);
-  g_free(times);
+
+  if (status == SG_OK) {
+    double ceiling_gflops = 0, ceiling_cpu_gflops = 0;
+    if (ceiling.runs > 0) {
+      ceiling_gflops = ceiling.flops / 1e9 / median_of(ceiling.wall, ceiling.runs);
+      ceiling_cpu_gflops = ceiling.flops / 1e9 / median_of(ceiling.cpu, ceiling.runs);
+    }
+    printf("%-23s %9s %9s %9s %9s %9s %9s\n", "component", "median s", "cpu s", "GFLOP",
+           "GFLOP/s", "ceiling", "cpu ceil");
+    row_print(&ceiling, ceiling_gflops, ceiling_cpu_gflops);
+    for (int i = 0; i < encoder_count; i++) row_print(&encoder_rows[i], 0, 0);
+    row_print(&unet_row, ceiling_gflops, ceiling_cpu_gflops);
+    row_print(&decoder_row, ceiling_gflops, ceiling_cpu_gflops);
+  } else {
+    fprintf(stderr, "snapgen: %s\n", error.message);
+  }
+  bench_row *rows[] = {&ceiling, &unet_row, &decoder_row};
+  for (size_t i = 0; i < sizeof rows / sizeof rows[0]; i++) {
+    g_free(rows[i]->wall);
+    g_free(rows[i]->cpu);
+  }
+  for (int i = 0; i < encoder_count; i++) {
+    g_free(encoder_rows[i].wall);
+    g_free(encoder_rows[i].cpu);
+  }
+  sg_conditioning_out_clear(&conditioning);
+  sg_conditioner_free(conditioner);
   g_free(mask);
   g_free(x.data);
   g_free(out.data);
   g_free(context.data);
   g_free(pooled.data);
+  g_free(unet_config_path);
+  g_free(decoder_config_path);
   sg_arena_free(arena);
   sg_backend_free(be);
   return exit_code_for(status);
 }
 
+static int run_command(const runner_args *a) {
+  if (!strcmp(a->command, "generate")) return run_generate(a);
+  if (!strcmp(a->command, "info")) return run_info(a);
+  if (!strcmp(a->command, "encode")) return run_encode(a);
+  if (!strcmp(a->command, "bench")) return run_bench(a);
+  fprintf(stderr, "snapgen: unknown command '%s' (see --help)\n", a->command);
+  return EXIT_USAGE;
+}
+
 int main(int argc, char **argv) {
   runner_args args;
+  char *prompt_text = NULL;
   if (!parse_args(argc, argv, &args)) return EXIT_USAGE;
-  if (!strcmp(args.command, "generate")) return run_generate(&args);
-  if (!strcmp(args.command, "info")) return run_info(&args);
-  if (!strcmp(args.command, "encode")) return run_encode(&args);
-  if (!strcmp(args.command, "bench")) return run_bench(&args);
-  fprintf(stderr, "snapgen: unknown command '%s' (see --help)\n", args.command);
-  return EXIT_USAGE;
+  if (args.prompt_file != NULL) {
+    if (args.prompt != NULL) {
+      fprintf(stderr, "snapgen: give either --prompt or --prompt-file, not both\n");
+      return EXIT_USAGE;
+    }
+    int code = read_prompt_file(args.prompt_file, &prompt_text);
+    if (code != EXIT_OK) return code;
+    args.prompt = prompt_text;
+  }
+  int code = run_command(&args);
+  g_free(prompt_text);
+  return code;
 }

@@ -262,8 +262,9 @@ static void test_decoder_config(sg_test *t) {
        " \"blocks\": [3, 3, 3, 1], \"separable\": true, \"latent_clamp\": 3.0}",
        1, NULL},
       {"{\"channels\": [32, 24], \"blocks\": [1]}", 0, "blocks"},
-      {"{\"channels\": [32, 24, 16, 8, 8, 8, 8], \"blocks\": [1, 1, 1, 1, 1, 1, 1]}", 0,
-       "channels"},
+      /* one stage over SG_DECODER_MAX_STAGES (8) */
+      {"{\"channels\": [32, 24, 16, 8, 8, 8, 8, 8, 8], \"blocks\": [1, 1, 1, 1, 1, 1, 1, 1, 1]}",
+       0, "channels"},
       {"{\"channels\": [32], \"blocks\": [1], \"latent_clamp\": -1}", 0, "latent_clamp"},
       {"{\"channels\": [0], \"blocks\": [1]}", 0, "channels"},
       {"{\"channels\": [8], \"blocks\": [17]}", 0, "blocks"},

@@ -16,17 +16,27 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   (void)dnnl;
 }
 
+size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 0;
+}
+
+void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl) {
+  (void)dnnl;
+}
+
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         int stride, int padding, int groups, sg_activation act, sg_tensor *y,
-                         sg_error *error) {
+                         int stride, int padding, int groups, sg_activation act,
+                         const sg_tensor *residual, sg_tensor *y, sg_error *error) {
   (void)dnnl, (void)x, (void)w, (void)b, (void)stride, (void)padding, (void)groups, (void)act;
-  (void)y;
+  (void)residual, (void)y;
   return no_dnnl(error);
 }
 
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
-                         sg_activation act, sg_tensor *y, sg_error *error) {
-  (void)dnnl, (void)x, (void)w, (void)b, (void)act, (void)y;
+                         sg_activation act, const sg_tensor *residual, sg_tensor *y,
+                         sg_error *error) {
+  (void)dnnl, (void)x, (void)w, (void)b, (void)act, (void)residual, (void)y;
   return no_dnnl(error);
 }
 

@@ -73,7 +73,23 @@ def d(t):
 
 # ---- cases: (name, metadata, inputs, reference output) ----
 
-def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", bias=True):
+def product_extras(meta, inputs, y, residual, constant_weights, repeat):
+    """Options shared by conv2d and linear: a residual r added before the activation (passed as
+    its own tensor, or as y itself with residual="in_y"; in place allows one run only), weights
+    passed as non-constant (reordered at every run), repeated runs (packed weights reused)."""
+    meta.update(constant_weights=constant_weights, repeat=repeat)
+    if residual:
+        r = rand(*y.shape)
+        inputs["r"] = r
+        y = y + d(r)
+        meta["residual_in_y"] = int(residual == "in_y")
+        if residual == "in_y":
+            meta["repeat"] = 1
+    return y
+
+
+def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", bias=True,
+                residual=None, constant_weights=1, repeat=1):
     x, wt = rand(cin, h, w), rand(cout, cin // groups, k, k) / math.sqrt(cin // groups * k * k)
     inputs = {"x": x, "w": wt}
     b = None
@@ -82,10 +98,12 @@ def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", b
         inputs["b"] = b
     y = F.conv2d(d(x)[None], d(wt), d(b) if bias else None, stride, padding, 1, groups)[0]
     meta = {"op": "conv2d", "stride": stride, "padding": padding, "groups": groups, "act": act}
+    y = product_extras(meta, inputs, y, residual, constant_weights, repeat)
     return name, meta, inputs, ACTIVATIONS[act](y)
 
 
-def linear_case(name, m, k, n, act="none", bias=True, repeat=1):
+def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
+                constant_weights=1):
     x, wt = rand(m, k), rand(n, k) / math.sqrt(k)
     inputs = {"x": x, "w": wt}
     b = None
@@ -93,7 +111,15 @@ def linear_case(name, m, k, n, act="none", bias=True, repeat=1):
         b = rand(n)
         inputs["b"] = b
     y = F.linear(d(x), d(wt), d(b) if bias else None)
-    return name, {"op": "linear", "act": act, "repeat": repeat}, inputs, ACTIVATIONS[act](y)
+    meta = {"op": "linear", "act": act}
+    y = product_extras(meta, inputs, y, residual, constant_weights, repeat)
+    return name, meta, inputs, ACTIVATIONS[act](y)
+
+
+def nhwc(case, x_nhwc, y_nhwc):
+    """The case run with x and/or y (and the residual) stored channels-last by sgcheck."""
+    name, meta, inputs, y = case
+    return name, dict(meta, x_nhwc=x_nhwc, y_nhwc=y_nhwc), inputs, y
 
 
 def eltwise_case(name, shape, act, inplace=0):
@@ -223,6 +249,35 @@ def all_cases():
         linear_case("linear nobias", 64, 128, 96, bias=False, repeat=2),
         linear_case("linear one row silu", 1, 256, 320, "silu"),
         linear_case("linear quick_gelu", 10, 64, 48, "quick_gelu"),
+        # Packed (blocked) weights: made at the first run and reused; or reordered at every run.
+        conv2d_case("conv2d 1x1 packed repeat", 64, 96, 12, 10, 1, 1, 0, 1, repeat=3),
+        conv2d_case("conv2d 3x3 packed repeat", 48, 64, 9, 11, 3, 1, 1, 1, "silu", repeat=2),
+        conv2d_case("conv2d 3x3 not constant", 48, 64, 9, 11, 3, 1, 1, 1, constant_weights=0,
+                    repeat=2),
+        linear_case("linear packed repeat", 40, 96, 160, "gelu_erf", repeat=3),
+        linear_case("linear not constant", 40, 96, 160, constant_weights=0, repeat=2),
+        # A block's residual add fused into the product (before the activation).
+        conv2d_case("conv2d 1x1 residual", 64, 32, 8, 12, 1, 1, 0, 1, residual="other"),
+        conv2d_case("conv2d 1x1 residual in y", 64, 32, 8, 12, 1, 1, 0, 1, residual="in_y"),
+        conv2d_case("conv2d 3x3 residual relu", 24, 24, 10, 9, 3, 1, 1, 1, "relu",
+                    residual="other", repeat=2),
+        conv2d_case("conv2d 3x3 residual in y relu", 24, 24, 10, 9, 3, 1, 1, 1, "relu",
+                    residual="in_y"),
+        conv2d_case("conv2d depthwise residual", 16, 16, 7, 9, 3, 1, 1, 16, residual="other"),
+        linear_case("linear residual", 33, 64, 48, residual="other", repeat=2),
+        linear_case("linear residual in y", 33, 64, 48, residual="in_y"),
+        linear_case("linear residual in y silu", 5, 32, 24, "silu", bias=False, residual="in_y"),
+        # Images stored channels-last (NHWC) in and/or out.
+        nhwc(conv2d_case("conv2d 1x1 nhwc", 48, 80, 9, 13, 1, 1, 0, 1, "relu", repeat=2), 1, 1),
+        nhwc(conv2d_case("conv2d depthwise nhwc", 40, 40, 12, 7, 3, 1, 1, 40), 1, 1),
+        nhwc(conv2d_case("conv2d 3x3 plain to nhwc", 16, 64, 8, 8, 3, 1, 1, 1, "relu"), 0, 1),
+        nhwc(conv2d_case("conv2d 3x3 nhwc to plain", 48, 3, 10, 12, 3, 1, 1, 1), 1, 0),
+        nhwc(conv2d_case("conv2d 1x1 nhwc residual relu", 32, 32, 6, 10, 1, 1, 0, 1, "relu",
+                         residual="other"), 1, 1),
+        nhwc(conv2d_case("conv2d 3x3 nhwc residual in y", 16, 16, 6, 5, 3, 1, 1, 1,
+                         residual="in_y"), 1, 1),
+        nhwc(conv2d_case("conv2d grouped stride2 nhwc", 16, 32, 9, 12, 3, 2, 1, 4, "silu"), 1, 1),
+        nhwc(upsample_case("upsample nhwc", 24, 5, 7), 1, 1),
     ]
     for act in ACTIVATIONS:
         cases.append(eltwise_case(f"eltwise {act}", (3, 5, 7), act))

@@ -2,8 +2,10 @@
  * case written by tests/ref/test_ops.py and writes its output as tensor "y".
  *
  * Case metadata: "op", "backend" (onednn | reference) and the op's parameters. Tensors per op:
- *   conv2d      x [Ci,H,W], w [Co,Ci/groups,kh,kw], b [Co] (optional); stride, padding, groups, act
- *   linear      x [M,K], w [N,K], b [N] (optional); act
+ *   conv2d      x [Ci,H,W], w [Co,Ci/groups,kh,kw], b [Co] (optional), r [Co,Ho,Wo] (optional
+ *               residual); stride, padding, groups, act, residual_in_y
+ *   linear      x [M,K], w [N,K], b [N] (optional), r [M,N] (optional residual); act,
+ *               residual_in_y
  *   eltwise     x (any shape); act
  *   binary      a, b (b broadcast as sg_binary says); binary = add | mul
  *   group_norm  x [C,H,W] or [C,L], gamma, beta [C] (optional); groups, eps, act
@@ -18,7 +20,12 @@
  *   gated       x [M,2N]; act
  * act is none | silu | gelu_erf | gelu_tanh | quick_gelu | relu | tanh (default none).
  * Optional: "inplace" = 1 runs with y sharing the first input's memory (eltwise, binary, norms,
- * softmax); "repeat" = n runs the op n times (the later runs use cached primitives). */
+ * softmax); "repeat" = n runs the op n times (the later runs use cached primitives);
+ * "constant_weights" = 0 passes conv2d/linear weights as activations would come (no constant_id,
+ * so the oneDNN backend reorders them at every run instead of keeping a packed copy);
+ * "residual_in_y" = 1 passes the residual r as y itself (y starts as a copy of r);
+ * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample) run the op on x / y (and the residual) stored
+ * channels-last: the case's tensors stay plain, converted here before and after the op. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -87,6 +94,48 @@ static sg_status make_output(int ndim, const int64_t *dims, sg_tensor *y, sg_err
   return SG_OK;
 }
 
+/* The residual of conv2d/linear: r as given, or y itself holding a copy of r (residual_in_y). */
+static sg_status residual_input(const case_file *c, sg_tensor *storage, sg_tensor *y,
+                                const sg_tensor **residual, sg_error *error) {
+  sg_status status = input(c, "r", 1, storage, residual, error);
+  if (status != SG_OK || !*residual || !meta_int(c, "residual_in_y", 0)) return status;
+  if (sg_tensor_nbytes(*residual) != sg_tensor_nbytes(y)) {
+    return sg_fail(error, SG_ERR_FORMAT, "%s: residual r does not have y's size", c->path);
+  }
+  memcpy(y->data, (*residual)->data, sg_tensor_nbytes(y));
+  *residual = y;
+  return SG_OK;
+}
+
+/* A channels-last copy of image t (malloc'd into *owned) when the metadata flag is set. */
+static sg_status maybe_nhwc(const case_file *c, const char *flag, sg_tensor *t, float **owned,
+                            sg_error *error) {
+  *owned = NULL;
+  if (!meta_int(c, flag, 0) || t->ndim != 3) return SG_OK;
+  const int64_t C = t->dims[0], H = t->dims[1], W = t->dims[2];
+  *owned = malloc(sg_tensor_nbytes(t));
+  if (!*owned) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a relayout");
+  const float *plain = t->data;
+  for (int64_t ch = 0; ch < C; ch++)
+    for (int64_t i = 0; i < H * W; i++) (*owned)[i * C + ch] = plain[ch * H * W + i];
+  t->data = *owned;
+  t->format = SG_FORMAT_NHWC;
+  return SG_OK;
+}
+
+/* Turns a channels-last y back into the plain layout in place. */
+static void plain_again(sg_tensor *y) {
+  if (y->format != SG_FORMAT_NHWC) return;
+  const int64_t C = y->dims[0], HW = y->dims[1] * y->dims[2];
+  float *copy = malloc(sg_tensor_nbytes(y)), *data = y->data;
+  if (!copy) return;
+  memcpy(copy, data, sg_tensor_nbytes(y));
+  for (int64_t ch = 0; ch < C; ch++)
+    for (int64_t i = 0; i < HW; i++) data[ch * HW + i] = copy[i * C + ch];
+  free(copy);
+  y->format = SG_FORMAT_PLAIN;
+}
+
 /* For in-place runs: y becomes a copy of x, and x then points at y's memory. */
 static sg_status make_inplace(const sg_tensor **x, sg_tensor *x_storage, sg_tensor *y,
                               sg_error *error) {
@@ -117,17 +166,22 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   }
   const int inplace = meta_int(c, "inplace", 0);
   const int repeat = inplace ? 1 : meta_int(c, "repeat", 1);
+  /* The case file stays mapped until the end: its weights are constant for this process. */
+  const uint64_t constant_id = meta_int(c, "constant_weights", 1) ? 1 : 0;
   sg_activation act = SG_ACT_NONE;
   sg_status status = parse_activation(c, &act, error);
   if (status != SG_OK) return status;
   sg_backend *be = sg_backend_new(kind, 0, error);
   if (!be) return error->status;
 
-  sg_tensor storage[6], y = {0};
+  sg_tensor storage[6], y = {0}, residual_storage;
+  const sg_tensor *residual = NULL;
+  float *x_owned = NULL, *y_owned = NULL, *r_owned = NULL; /* channels-last copies (y's: y.data) */
   const sg_tensor *x = NULL, *w = NULL, *b = NULL, *a = NULL, *gamma = NULL, *beta = NULL;
   if (!strcmp(op, "conv2d")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     TRY(input(c, "w", 0, &storage[1], &w, error));
+    storage[1].constant_id = constant_id;
     TRY(input(c, "b", 1, &storage[2], &b, error));
     const int stride = meta_int(c, "stride", 1), padding = meta_int(c, "padding", 0);
     const int groups = meta_int(c, "groups", 1);
@@ -139,16 +193,29 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     int64_t dims[3] = {w->dims[0], (x->dims[1] + 2 * padding - w->dims[2]) / stride + 1,
                        (x->dims[2] + 2 * padding - w->dims[3]) / stride + 1};
     TRY(make_output(3, dims, &y, error));
-    for (int i = 0; i < repeat; i++) {
-      TRY(sg_conv2d(be, x, w, b, stride, padding, groups, act, &y, error));
+    TRY(residual_input(c, &storage[3], &y, &residual, error));
+    TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
+    if (residual && residual != &y) {
+      residual_storage = *residual;
+      TRY(maybe_nhwc(c, "y_nhwc", &residual_storage, &r_owned, error));
+      residual = &residual_storage;
     }
+    float *y_plain = y.data;
+    TRY(maybe_nhwc(c, "y_nhwc", &y, &y_owned, error)); /* keeps the residual held in y */
+    if (y_owned) free(y_plain); /* y's memory is now the channels-last copy */
+    for (int i = 0; i < repeat; i++) {
+      TRY(sg_conv2d_residual(be, x, w, b, stride, padding, groups, act, residual, &y, error));
+    }
+    plain_again(&y);
   } else if (!strcmp(op, "linear")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     TRY(input(c, "w", 0, &storage[1], &w, error));
+    storage[1].constant_id = constant_id;
     TRY(input(c, "b", 1, &storage[2], &b, error));
     int64_t dims[2] = {x->dims[0], w->dims[0]};
     TRY(make_output(2, dims, &y, error));
-    for (int i = 0; i < repeat; i++) TRY(sg_linear(be, x, w, b, act, &y, error));
+    TRY(residual_input(c, &storage[3], &y, &residual, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_linear_residual(be, x, w, b, act, residual, &y, error));
   } else if (!strcmp(op, "eltwise") || !strcmp(op, "softmax")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     if (inplace) {
@@ -202,7 +269,10 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     TRY(input(c, "x", 0, &storage[0], &x, error));
     int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
     TRY(make_output(x->ndim, dims, &y, error));
+    TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
+    if (meta_int(c, "x_nhwc", 0)) y.format = SG_FORMAT_NHWC;
     for (int i = 0; i < repeat; i++) TRY(sg_upsample_nearest2x(be, x, &y, error));
+    plain_again(&y);
   } else if (!strcmp(op, "concat")) {
     TRY(input(c, "a", 0, &storage[0], &a, error));
     TRY(input(c, "b", 0, &storage[1], &b, error));
@@ -254,6 +324,8 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   status = sg_safetensors_write(out_path, 1, names, &y, metadata, error);
 done:
   free(y.data);
+  free(x_owned);
+  free(r_owned);
   sg_backend_free(be);
   return status;
 }

@@ -1,0 +1,144 @@
+#!/usr/bin/env python3
+# bench_vs_torch.py: times the engine (`snapgen bench`) and the PyTorch recipe on the same weights.
+"""Engine vs PyTorch, per component, on one random model folder (a benchmark, not a test).
+
+Makes (or reuses) a model folder with random weights from the UNet and decoder configs
+(weights/recipe/make_random_model.py), times the recipe's modules on it in PyTorch's best
+configuration on this CPU (weights and activations in the precision, channels-last, inference
+mode, attention as the recipe's plain matmul + softmax, --threads threads), in f32 and bf16, then
+runs `snapgen bench --model FOLDER` on the same folder and prints per component the median times and
+the ratio PyTorch / engine (> 1: the engine is faster). Run inside the build environment:
+
+    python3 tests/bench/bench_vs_torch.py --snapgen build/engine/snapgen --size 512
+"""
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+sys.path.insert(0, os.path.join(ROOT, "weights", "recipe"))
+from sgrecipe import export  # noqa: E402
+
+
+def make_folder(args):
+    """The random model folder: made once per (configs, seed), reused after."""
+    done = os.path.join(args.model, "model_index.json")
+    if os.path.exists(done):
+        print(f"model folder: {args.model} (reused)")
+        return
+    print(f"model folder: making {args.model} (random weights, seed {args.seed})", flush=True)
+    subprocess.run([sys.executable, os.path.join(ROOT, "weights", "recipe", "make_random_model.py"),
+                    "--unet-config", args.unet_config, "--decoder-config", args.decoder_config,
+                    "--out", args.model, "--seed", str(args.seed)], check=True)
+
+
+def median_time(fn, repeat):
+    """Median wall seconds of repeat calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def time_torch(args, dtype):
+    """{component: median seconds} for the recipe's UNet step and decoder in dtype."""
+    unet, decoder, _ = export.load_model_folder(args.model)
+    unet = unet.to(dtype=dtype, memory_format=torch.channels_last)
+    decoder = decoder.to(dtype=dtype, memory_format=torch.channels_last)
+    scale = 2 ** (len(decoder.config["channels"]) - 1)
+    side = args.size // scale
+    cfg = unet.config
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(1, cfg["in_channels"], side, side, generator=generator)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    context = torch.randn(1, args.context_tokens, cfg["context_dim"], generator=generator)
+    context = context.to(dtype)
+    mask = torch.ones(1, args.context_tokens)
+    pooled = None
+    if cfg["pooled_dim"] > 0:
+        pooled = torch.randn(1, cfg["pooled_dim"], generator=generator).to(dtype)
+    timestep = torch.tensor([500.0])
+    times = {"unet step": median_time(lambda: unet(x, timestep, context, mask, pooled),
+                                      args.repeat)}
+    latent = unet(x, timestep, context, mask, pooled).contiguous(memory_format=torch.channels_last)
+    times["decoder"] = median_time(lambda: decoder(latent), args.repeat)
+    return times
+
+
+def time_engine(args):
+    """{component: median seconds} and the ceiling line from `snapgen bench` on the folder."""
+    command = [args.snapgen, "bench", "--model", args.model, "--size", str(args.size),
+               "--threads", str(args.threads), "--repeat", str(args.repeat),
+               "--context-tokens", str(args.context_tokens)]
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
+    run = subprocess.run(command, capture_output=True, text=True, env=env)
+    print(run.stdout, end="")
+    if run.returncode != 0:
+        sys.exit(f"snapgen bench failed ({run.returncode}): {run.stderr.strip()}")
+    times = {}
+    for line in run.stdout.splitlines():
+        match = re.match(r"(unet step|decoder|ceiling matmul \S+):\s+([0-9.]+)", line)
+        if match:
+            times[match.group(1)] = float(match.group(2))
+    return times
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--snapgen", default=os.environ.get("SNAPGEN", "build/engine/snapgen"))
+    parser.add_argument("--unet-config",
+                        default=os.path.join(ROOT, "weights", "configs", "snapgen-unet-full.json"))
+    parser.add_argument("--decoder-config",
+                        default=os.path.join(ROOT, "weights", "configs", "snapgen-decoder.json"))
+    parser.add_argument("--model", default=os.path.join(ROOT, "build-bench", "random-full"),
+                        help="model folder to make or reuse (f32 random weights)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=int, default=1024, help="image side in pixels")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs per component")
+    parser.add_argument("--context-tokens", type=int, default=154)
+    parser.add_argument("--precisions", default="f32,bf16",
+                        help="PyTorch precisions to time (f32, bf16)")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    make_folder(args)
+
+    cpu_flags = open("/proc/cpuinfo").read().split("flags", 1)[-1].split("\n", 1)[0].split()
+    bf16_hardware = [f for f in ("avx512_bf16", "amx_bf16", "avx_ne_convert") if f in cpu_flags]
+    print(f"cpu bf16 instructions: {', '.join(bf16_hardware) or 'none'}; torch {torch.__version__}, "
+          f"{args.threads} threads, {args.size}x{args.size}")
+    results = {}
+    for name in args.precisions.split(","):
+        dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
+        print(f"PyTorch {name}: timing ...", flush=True)
+        results[f"torch {name}"] = time_torch(args, dtype)
+        print(f"PyTorch {name}: {json.dumps(results[f'torch {name}'])}", flush=True)
+    engine = time_engine(args)
+
+    print(f"\n{'component':12s} {'engine f32 s':>13s}", end="")
+    for name in results:
+        print(f" {name + ' s':>14s} {'ratio':>6s}", end="")
+    print()
+    for component in ("unet step", "decoder"):
+        if component not in engine:
+            continue
+        print(f"{component:12s} {engine[component]:13.3f}", end="")
+        for times in results.values():
+            print(f" {times[component]:14.3f} {times[component] / engine[component]:6.2f}", end="")
+        print()
+    print("ratio = PyTorch time / engine time (> 1: the engine is faster)")
+
+
+if __name__ == "__main__":
+    main()
