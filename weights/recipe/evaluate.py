@@ -7,6 +7,8 @@ a JSON file and a Markdown table.
   python3 weights/recipe/evaluate.py --model weights/default --out eval.json      # PyTorch
   python3 weights/recipe/evaluate.py --write-manifest manifest.jsonl      # jobs for the C engine
   python3 weights/recipe/evaluate.py --images DIR --manifest manifest.jsonl --out c.json
+  python3 weights/recipe/evaluate.py --engine build/engine/snapgen --model weights/default \
+      --images DIR --out c.json       # the C engine makes DIR/*.png (kept), then ShapeEval
 
 Seeds: prompt i, image k uses seed i·seeds + k. Images are made at full size (1024² for the
 default model), turned into uint8 as the pipeline does (clamp, ×255, round), and box-filtered to
@@ -272,10 +274,48 @@ def write_sheet(path, rows, labels):
         f.write("\n".join(labels) + "\n")
 
 
+def engine_images(engine, model, folder, jobs, workers, steps=None, guidance=None):
+    """Generates every job's PNG with the C runner (`snapgen generate`, one thread per process,
+    `workers` processes at once) into folder; existing PNGs are kept (resumable). Returns the
+    manifest entries and the seconds spent."""
+    import subprocess
+    os.makedirs(folder, exist_ok=True)
+    manifest = [{"name": f"{index:05d}.png", "prompt": prompt, "seed": seed,
+                 "category": category} for index, category, prompt, seed in jobs]
+    todo = [m for m in manifest if not os.path.exists(os.path.join(folder, m["name"]))]
+    started = time.time()
+    running = []
+    env = dict(os.environ, OMP_WAIT_POLICY="passive")
+    for m in todo + [None] * workers:
+        while len(running) >= workers or (m is None and running):
+            proc, job = running.pop(0)
+            if proc.wait() != 0:
+                raise RuntimeError(f"snapgen failed (exit {proc.returncode}) on {job}: "
+                                   f"{proc.stderr.read().decode(errors='replace').strip()}")
+            if m is None:
+                break
+        if m is None:
+            continue
+        cmd = [engine, "generate", "--model", model, "--prompt", m["prompt"], "--seed",
+               str(m["seed"]), "--output", os.path.join(folder, m["name"]), "--threads", "1",
+               "--quiet"]
+        if steps:
+            cmd += ["--steps", str(steps)]
+        if guidance is not None:
+            cmd += ["--guidance", str(guidance)]
+        running.append((subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env), m))
+    with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
+        for m in manifest:
+            f.write(json.dumps(m) + "\n")
+    return manifest, time.time() - started
+
+
 def main():
     parser = argparse.ArgumentParser(description="ShapeEval of a model folder or of PNG images.")
     parser.add_argument("--model", help="exported model folder (PyTorch generation)")
     parser.add_argument("--images", help="folder of PNGs named by --manifest (e.g. C engine)")
+    parser.add_argument("--engine", help="C runner (build/engine/snapgen): generate the PNGs of "
+                        "--model into --images first")
     parser.add_argument("--manifest", help="JSONL of {name, prompt, seed, category}")
     parser.add_argument("--write-manifest", help="write the prompt/seed list as JSONL and stop")
     parser.add_argument("--prompts", type=int, default=504)
@@ -300,18 +340,28 @@ def main():
         return 0
     pool = multiprocessing.get_context("fork").Pool(args.workers)
     torch.set_num_threads(max(1, os.cpu_count() // 2))
+    engine_seconds = None
+    if args.engine:
+        if not (args.model and args.images):
+            parser.error("--engine needs --model and --images")
+        manifest, engine_seconds = engine_images(args.engine, args.model, args.images, jobs,
+                                                 args.workers, args.steps, args.guidance)
+        print(f"engine: {len(manifest)} images in {args.images} ({engine_seconds:.0f} s)")
     if args.images:
-        with open(args.manifest) as f:
-            manifest = [json.loads(line) for line in f if line.strip()]
+        if not args.engine:
+            with open(args.manifest) as f:
+                manifest = [json.loads(line) for line in f if line.strip()]
         jobs = [(i, m["category"], m["prompt"], m["seed"]) for i, m in enumerate(manifest)]
-        from PIL import Image
+        # ShapeEval opens each PNG in its worker (a path is accepted like an array)
         results = pool.map(render.evaluate_item,
-                           [(m["prompt"], np.asarray(Image.open(os.path.join(args.images,
-                                                                             m["name"]))
-                                                     .convert("RGB")))
+                           [(m["prompt"], os.path.join(args.images, m["name"]))
                             for m in manifest], chunksize=8)
-        entry = {"name": os.path.basename(os.path.normpath(args.images)), "steps": None,
-                 "guidance": None, "table": score(results, jobs)}
+        name = os.path.basename(os.path.normpath(args.images))
+        entry = {"name": f"C engine: {name}" if args.engine else name, "steps": args.steps,
+                 "guidance": args.guidance, "table": score(results, jobs),
+                 "engine_seconds": engine_seconds,
+                 "failures": [{"prompt": j[2], "seed": j[3], "reason": r[2]}
+                              for j, r in zip(jobs, results) if not r[0]][:40]}
     else:
         device = torch.device(args.device)
         gen = load_generator(args.model, device, os.path.basename(os.path.normpath(args.model)),

@@ -55,6 +55,8 @@ def parse_args(argv=None):
     p.add_argument("--ckpt-seconds", type=float, help="checkpoint interval (default 300 on "
                    "cuda, 600 on cpu)")
     p.add_argument("--smoke", action="store_true", help="tiny models, 256² images (tests)")
+    p.add_argument("--preset", choices=["full", "cpu", "smoke"], default="full",
+                   help="size table: full (GPU), cpu (the 2-core machine), smoke (tests)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                    help="override one entry of the size table (sgtrain/nets.py FULL/SMOKE), "
                         "e.g. --set hires_images=512 --set batch=128")
@@ -103,7 +105,8 @@ def main(argv=None):
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")
         torch.backends.cudnn.benchmark = True
-    sizes = dict(nets.SMOKE if args.smoke else nets.FULL)
+    preset = "smoke" if args.smoke else args.preset
+    sizes = dict({"full": nets.FULL, "cpu": nets.CPU, "smoke": nets.SMOKE}[preset])
     for item in args.set:
         key, value = item.split("=", 1)
         if key not in sizes:

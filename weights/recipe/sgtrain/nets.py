@@ -47,6 +47,28 @@ FULL = {
     "eval_batch": 256,
 }
 
+# "cpu" trains on the 2-core machine in a few hours: 16×16×16 latents (decoder scale 64, so the
+# UNets see 4× fewer positions than "full"), 128² encoder input, smaller UNets. PyTorch's CPU
+# depthwise-conv backward is slow, so every net is kept narrow rather than shallow.
+_CPU_UNET = dict(_UNET_COMMON, down_res_blocks=[1, 1, 1], up_res_blocks=[2, 2, 2], head_dim=32,
+                 norm_groups=16)
+
+CPU = dict(FULL, **{
+    "encoder_size": 128,
+    "decoder": {"latent_channels": 16, "out_channels": 3,
+                "channels": [128, 96, 64, 48, 32, 16, 8], "blocks": [2, 2, 1, 1, 1, 0, 0],
+                "separable": True, "latent_clamp": 3.0},
+    "encoder": {"latent_channels": 16, "out_channels": 3, "channels": [128, 96, 64, 32],
+                "blocks": [1, 1, 1, 1], "separable": True, "latent_clamp": 0.0},
+    "teacher": dict(_CPU_UNET, block_channels=[64, 128, 192], transformer_depth=[1, 1, 2],
+                    mid_transformer_depth=1, context_dim=128, time_embed_dim=256),
+    "student": dict(_CPU_UNET, block_channels=[32, 64, 128], transformer_depth=[1, 1, 1],
+                    mid_transformer_depth=1, context_dim=64, time_embed_dim=128),
+    "disc_channels": 64,
+    "hires_images": 1024, "max_images": 16000, "min_images": 4096, "ae_holdout": 48,
+    "ae_crop": 4, "ae_batch": 16, "batch": 64, "adv_batch": 32, "eval_batch": 32,
+})
+
 _SMOKE_UNET = {"in_channels": 16, "out_channels": 16, "down_res_blocks": [1, 1, 1],
                "up_res_blocks": [2, 2, 2], "self_attention": [False, False, True],
                "mid_self_attention": True, "head_dim": 16, "num_kv_heads": 1,
