@@ -12,8 +12,9 @@
   eval         ShapeEval of teacher, students and the exported model; eval.json/.md, samples.png
 
 Stages with a budget stop when their wall-clock budget (seconds × --budget-scale, summed over
-resumed runs) is spent, checkpointing every --ckpt-seconds. --max-seconds ends this invocation
-early (exit status 75); run the same command again to continue. Finished stages are skipped
+resumed runs) is spent, checkpointing every --ckpt-seconds. --max-seconds (or Ctrl+C / SIGTERM)
+ends this invocation early after a checkpoint (exit status 75); run the same command again to
+continue. Finished stages are skipped
 (--redo STAGE,... runs them again).
 
   GPU:   python3 weights/recipe/train_default.py --device cuda --workdir /tmp/sgtrain \
@@ -27,6 +28,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import signal
 import sys
 import time
 
@@ -89,10 +91,17 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def _ignore_stop_signals():
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def main(argv=None):
     args = parse_args(argv)
     # The pool is forked before torch starts threads or CUDA, so its workers stay clean.
-    pool = multiprocessing.get_context("fork").Pool(max(1, args.threads))
+    # Workers ignore SIGINT/SIGTERM: the driver handles them (below) and ends the pool itself.
+    pool = multiprocessing.get_context("fork").Pool(max(1, args.threads),
+                                                    initializer=_ignore_stop_signals)
     import torch
     from sgtrain import nets
     from sgtrain.common import Interrupted, Run
@@ -135,6 +144,14 @@ def main(argv=None):
     for name in list(wanted) + list(redo):
         if name not in STAGES:
             raise SystemExit(f"unknown stage {name!r} (stages: {', '.join(STAGES)})")
+    def stop_soon(signum, frame):
+        # Ctrl+C or SIGTERM: the running stage checkpoints at its next step and the driver
+        # exits as at --max-seconds (status 75); the same command continues.
+        run.log(f"signal {signal.Signals(signum).name}: checkpointing and stopping")
+        run.deadline = time.time()
+
+    signal.signal(signal.SIGINT, stop_soon)
+    signal.signal(signal.SIGTERM, stop_soon)
     run.log(f"start: {' '.join(sys.argv)}")
     run.log(f"torch {torch.__version__} on {device}"
             + (f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else "")
@@ -160,7 +177,7 @@ def main(argv=None):
             run.log(f"{name}: finished in {time.time() - stage_start:.0f} s "
                     f"(total {time.time() - started:.0f} s)")
     except Interrupted:
-        run.log(f"stopped at the --max-seconds limit after {time.time() - started:.0f} s; "
+        run.log(f"stopped (--max-seconds or a signal) after {time.time() - started:.0f} s; "
                 "run the same command again to continue")
         pool.terminate()
         publish(run, out)
