@@ -276,12 +276,241 @@ static sg_tensor nhwc(float *data, int64_t c, int64_t h, int64_t w) {
   return t;
 }
 
-/* Arena layout: [clamped latent][A][B][T0][T1], each of A..T1 sized for the largest activation
- * (all channels-last; the latent and the image are plain).
- * A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> B (depthwise outputs in T0), adds A
- * into B; then A and B swap roles. */
+/* ---- tiles ----
+ * Every convolution is 3×3 (or depthwise 3×3 + 1×1): each widens the receptive field by one pixel
+ * of its stage. A tile decodes its core (a rectangle of the latent) from the core grown by a
+ * margin; then, at every stage, values within the grown core minus what the convolutions so far
+ * have eaten from its edges equal an untiled decode's (at the image's own edges the zero padding
+ * is the real one). margin[s] is what stage s's input needs for the core to come out exact, so
+ * the tiled image equals the untiled one. Between stages the activation is cropped to what the
+ * rest still needs, so high-resolution stages work on little more than the core. */
+
+typedef struct {
+  int64_t y, x, h, w; /* first row and column, rows and columns, at one stage's resolution */
+} region;
+
+/* core grown by margin on every side, within a full × full_w image. */
+static region grow(region core, int64_t margin, int64_t full_h, int64_t full_w) {
+  int64_t y0 = core.y - margin < 0 ? 0 : core.y - margin;
+  int64_t x0 = core.x - margin < 0 ? 0 : core.x - margin;
+  int64_t y1 = core.y + core.h + margin > full_h ? full_h : core.y + core.h + margin;
+  int64_t x1 = core.x + core.w + margin > full_w ? full_w : core.x + core.w + margin;
+  return (region){y0, x0, y1 - y0, x1 - x0};
+}
+
+static region scaled(region r, int64_t factor) {
+  return (region){r.y * factor, r.x * factor, r.h * factor, r.w * factor};
+}
+
+/* Margins in each stage's pixels: margin[s] for stage s's input (after the upsample of the stage
+ * before), and *latent_margin for the latent (before conv_in). */
+static void tile_margins(const sg_decoder_config *c, int64_t *margin, int64_t *latent_margin) {
+  int last = c->num_stages - 1;
+  margin[last] = 3 * c->blocks[last] + 1; /* its convolutions, then conv_out */
+  for (int s = last - 1; s >= 0; s--) {
+    /* The next stage's input comes from the upsample conv (one pixel there) over the upsampled
+     * output of this stage: half as many of this stage's pixels, rounded up. */
+    margin[s] = 3 * c->blocks[s] + (margin[s + 1] + 2) / 2;
+  }
+  *latent_margin = margin[0] + 1; /* conv_in */
+}
+
+/* The regions one tile works on: the latent it reads, each stage's input, and for each stage
+ * but the last, the part of its output the next stage needs (crop). */
+typedef struct {
+  region latent, input[SG_DECODER_MAX_STAGES], crop[SG_DECODER_MAX_STAGES];
+} tile_plan;
+
+static tile_plan plan_tile(const sg_decoder_config *c, region core, int64_t h, int64_t w) {
+  int64_t margin[SG_DECODER_MAX_STAGES], latent_margin;
+  tile_margins(c, margin, &latent_margin);
+  tile_plan p;
+  p.latent = grow(core, latent_margin, h, w);
+  p.input[0] = p.latent; /* conv_in keeps the size */
+  for (int s = 0; s + 1 < c->num_stages; s++) {
+    p.crop[s] = grow(scaled(core, (int64_t)1 << s), (margin[s + 1] + 2) / 2, h << s, w << s);
+    p.input[s + 1] = scaled(p.crop[s], 2);
+  }
+  return p;
+}
+
+/* The whole image as one tile. */
+static tile_plan plan_whole(const sg_decoder_config *c, int64_t h, int64_t w) {
+  return plan_tile(c, (region){0, 0, h, w}, h, w);
+}
+
+/* Floats of the largest activation from stage `first` on (each of the four working buffers holds
+ * one): a stage's input, or a stage's output cropped and upsampled before the next one's conv. */
+static int64_t plan_largest(const sg_decoder_config *c, const tile_plan *p, int first) {
+  int64_t largest = first == 0 ? (int64_t)c->latent_channels * p->latent.h * p->latent.w : 0;
+  for (int s = first > 0 ? first - 1 : 0; s < c->num_stages; s++) {
+    int64_t size = s >= first ? (int64_t)c->channels[s] * p->input[s].h * p->input[s].w : 0;
+    if (s + 1 < c->num_stages) {
+      int64_t wider = c->channels[s] > c->channels[s + 1] ? c->channels[s] : c->channels[s + 1];
+      int64_t upsampled = wider * p->input[s + 1].h * p->input[s + 1].w;
+      if (upsampled > size) size = upsampled;
+    }
+    if (size > largest) largest = size;
+  }
+  return largest;
+}
+
+/* Copies rows/columns `part` (absolute, within `from`'s region `whole`) of image `from` into
+ * `to` (shaped for part, same format: plain or channels-last). */
+static void crop_image(const sg_tensor *from, region whole, region part, sg_tensor *to) {
+  const int64_t c = from->dims[0];
+  const float *src = from->data;
+  float *dst = to->data;
+  const int64_t dy = part.y - whole.y, dx = part.x - whole.x;
+  if (from->format == SG_FORMAT_NHWC) {
+    for (int64_t y = 0; y < part.h; y++)
+      memcpy(dst + y * part.w * c, src + ((dy + y) * whole.w + dx) * c,
+             (size_t)(part.w * c) * sizeof(float));
+    return;
+  }
+  for (int64_t ch = 0; ch < c; ch++)
+    for (int64_t y = 0; y < part.h; y++)
+      memcpy(dst + (ch * part.h + y) * part.w, src + (ch * whole.h + dy + y) * whole.w + dx,
+             (size_t)part.w * sizeof(float));
+}
+
+/* Tile i of count along a side of n latent pixels: first pixel and count. */
+static int64_t tile_count(int64_t n, int64_t tile) { return tile <= 0 ? 1 : (n + tile - 1) / tile; }
+static int64_t tile_start(int64_t n, int64_t count, int64_t i) { return i * n / count; }
+static region tile_core(int64_t h, int64_t w, int64_t rows, int64_t columns, int64_t i,
+                        int64_t j) {
+  region core = {tile_start(h, rows, i), tile_start(w, columns, j), 0, 0};
+  core.h = tile_start(h, rows, i + 1) - core.y;
+  core.w = tile_start(w, columns, j + 1) - core.x;
+  return core;
+}
+
+/* Runs stages first..last of a plan on *current (in buf[0] or buf[1], over p->input[first]):
+ * each stage's blocks (skipped for `first` when skip_first_blocks), then, between stages, the
+ * crop to p->crop[s], the upsample and its conv. *current ends as stage last's output. */
+static sg_status run_stages(const sg_decoder *decoder, sg_backend *be, const tile_plan *p,
+                            int first, int last, int skip_first_blocks, float *const *buf,
+                            sg_tensor *current, sg_error *error) {
+  const sg_decoder_config *c = &decoder->config;
+  float *a = buf[0], *b = buf[1], *t0 = buf[2], *t1 = buf[3];
+  for (int i = first; i <= last; i++) {
+    const decoder_stage *st = &decoder->stages[i];
+    int64_t C = st->channels, H = current->dims[1], W = current->dims[2];
+    for (int j = i == first && skip_first_blocks ? st->num_blocks : 0; j < st->num_blocks; j++) {
+      const decoder_block *blk = &st->blocks[j];
+      float *other = current->data == a ? b : a;
+      sg_tensor out = nhwc(other, C, H, W), mid = nhwc(t1, C, H, W);
+      TRY_CFG(conv_forward(be, &blk->conv[0], current, SG_ACT_RELU, NULL, t0, &out, error));
+      TRY_CFG(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
+      /* relu(conv3 + block input): the residual add and ReLU fused into the last conv. */
+      TRY_CFG(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, current, t0, &out, error));
+      *current = out;
+    }
+    if (i == last) break;
+    float *other = current->data == a ? b : a;
+    const region crop = p->crop[i];
+    if (crop.h != H || crop.w != W) {
+      sg_tensor cropped = nhwc(other, C, crop.h, crop.w);
+      crop_image(current, p->input[i], crop, &cropped);
+      *current = cropped; /* in other, which the upsample has read before the conv writes it */
+    }
+    sg_tensor upsampled = nhwc(t1, C, 2 * crop.h, 2 * crop.w);
+    sg_tensor out = nhwc(other, c->channels[i + 1], 2 * crop.h, 2 * crop.w);
+    TRY_CFG(sg_upsample_nearest2x(be, current, &upsampled, error));
+    TRY_CFG(conv_forward(be, &st->upsample, &upsampled, SG_ACT_NONE, NULL, t0, &out, error));
+    *current = out;
+  }
+  return SG_OK;
+}
+
+/* conv_out on *current (over region `last`) into image: directly when it covers the image, else
+ * through tile_image, of which the core goes to its place. */
+static sg_status finish_tile(const sg_decoder *decoder, sg_backend *be, const sg_tensor *current,
+                             region last, region core, float *tile_image, sg_tensor *image,
+                             sg_error *error) {
+  const sg_decoder_config *c = &decoder->config;
+  if (last.h == image->dims[1] && last.w == image->dims[2])
+    return sg_conv2d(be, current, &decoder->conv_out_w, &decoder->conv_out_b, 1, 1, 1,
+                     SG_ACT_NONE, image, error);
+  sg_tensor out = sg_tensor_3d(tile_image, c->out_channels, last.h, last.w);
+  TRY_CFG(sg_conv2d(be, current, &decoder->conv_out_w, &decoder->conv_out_b, 1, 1, 1,
+                    SG_ACT_NONE, &out, error));
+  const region core_out = scaled(core, sg_decoder_scale(c));
+  const int64_t image_h = image->dims[1], image_w = image->dims[2];
+  for (int64_t ch = 0; ch < c->out_channels; ch++)
+    for (int64_t y = 0; y < core_out.h; y++)
+      memcpy((float *)image->data + (ch * image_h + core_out.y + y) * image_w + core_out.x,
+             (float *)out.data + (ch * last.h + core_out.y - last.y + y) * last.w + core_out.x -
+                 last.x,
+             (size_t)core_out.w * sizeof(float));
+  return SG_OK;
+}
+
+#define TRY(expr)                   \
+  do {                              \
+    status = (expr);                \
+    if (status != SG_OK) goto done; \
+  } while (0)
+
 sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
                              const sg_tensor *latent, sg_tensor *image, sg_error *error) {
+  return sg_decoder_forward_tiled(decoder, be, arena, latent, SG_DECODER_TILE, -1, image, error);
+}
+
+/* How the work splits: the first `whole` stages on the whole image (then the last of them's
+ * output is kept, `kept` floats), the rest tile by tile; `largest`: floats of each working
+ * buffer; `latent_room`, `image_room`: a tile's cropped latent and output (0: not needed). */
+typedef struct {
+  int whole;
+  int64_t kept, largest, latent_room, image_room;
+} decode_layout;
+
+static decode_layout layout_for(const sg_decoder_config *c, int64_t h, int64_t w, int64_t rows,
+                                int64_t columns, int whole) {
+  decode_layout l = {.whole = whole};
+  const tile_plan all = plan_whole(c, h, w);
+  if (rows * columns == 1) l.whole = c->num_stages;
+  if (l.whole > 0) {
+    /* The stages on the whole image, without the crop and upsample after the last of them. */
+    tile_plan prefix = all;
+    int64_t largest = (int64_t)c->latent_channels * h * w;
+    for (int s = 0; s < l.whole; s++) {
+      int64_t size = (int64_t)c->channels[s] * prefix.input[s].h * prefix.input[s].w;
+      if (s + 1 < l.whole) {
+        int64_t wider = c->channels[s] > c->channels[s + 1] ? c->channels[s] : c->channels[s + 1];
+        size = wider * prefix.input[s + 1].h * prefix.input[s + 1].w;
+      }
+      if (size > largest) largest = size;
+    }
+    l.largest = largest;
+    if (l.whole < c->num_stages)
+      l.kept = (int64_t)c->channels[l.whole - 1] * all.input[l.whole - 1].h *
+               all.input[l.whole - 1].w;
+  }
+  if (l.whole == c->num_stages) return l;
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < columns; j++) {
+      const tile_plan p = plan_tile(c, tile_core(h, w, rows, columns, i, j), h, w);
+      const region last = p.input[c->num_stages - 1];
+      int64_t size = plan_largest(c, &p, l.whole);
+      if (size > l.largest) l.largest = size;
+      if (l.whole == 0 && (int64_t)c->latent_channels * p.latent.h * p.latent.w > l.latent_room)
+        l.latent_room = (int64_t)c->latent_channels * p.latent.h * p.latent.w;
+      if ((int64_t)c->out_channels * last.h * last.w > l.image_room)
+        l.image_room = (int64_t)c->out_channels * last.h * last.w;
+    }
+  return l;
+}
+
+/* Arena layout: [clamped latent][factor][A][B][T0][T1][kept][tile latent][tile image], A..T1
+ * sized for the largest activation of any part (all channels-last; the latent and the image are
+ * plain). A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> B (depthwise outputs in T0),
+ * adds A into B; then A and B swap roles. The early stages (few pixels, many channels: costly to
+ * tile, whose margins are widest there) run on the whole image as long as that takes no more
+ * memory than a tile of the later ones; their output is kept and cropped for each tile. */
+sg_status sg_decoder_forward_tiled(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
+                                   const sg_tensor *latent, int tile, int whole_stages,
+                                   sg_tensor *image, sg_error *error) {
   const sg_decoder_config *c = &decoder->config;
   size_t mark = sg_arena_mark(arena);
   sg_status status = SG_OK;
@@ -296,24 +525,36 @@ sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *aren
                 "decoder: the image must be f32 [%d, %lld, %lld]", c->out_channels,
                 (long long)(h * scale), (long long)(w * scale)));
 
-  /* Largest activation: a stage's output, or a stage's output upsampled before its conv. */
-  int64_t largest = (int64_t)c->latent_channels * h * w;
-  for (int i = 0; i < c->num_stages; i++) {
-    int64_t size = (int64_t)c->channels[i] * (h << i) * (w << i);
-    if (i + 1 < c->num_stages) size *= 4;
-    if (size > largest) largest = size;
+  const int64_t rows = tile_count(h, tile), columns = tile_count(w, tile);
+  decode_layout layout;
+  if (whole_stages >= 0) {
+    layout = layout_for(c, h, w, rows, columns,
+                        whole_stages < c->num_stages ? whole_stages : c->num_stages);
+  } else {
+    /* As many whole stages as fit in the memory the tiles need anyway. */
+    layout = layout_for(c, h, w, rows, columns, 0);
+    for (int k = 1; k <= c->num_stages; k++) {
+      decode_layout more = layout_for(c, h, w, rows, columns, k);
+      if (more.largest > layout.largest) break;
+      layout = more;
+    }
   }
 
   sg_tensor x, factor;
   int64_t one = 1;
   TRY(sg_arena_tensor(arena, 3, latent->dims, &x, error));
   TRY(sg_arena_tensor(arena, 1, &one, &factor, error));
-  float *buf[4];
+  float *buf[4], *kept = NULL, *tile_latent = NULL, *tile_image = NULL;
   for (int k = 0; k < 4; k++) {
-    buf[k] = sg_arena_alloc(arena, largest, error);
+    buf[k] = sg_arena_alloc(arena, layout.largest, error);
     if (!buf[k]) TRY(SG_ERR_OUT_OF_MEMORY);
   }
-  float *a = buf[0], *b = buf[1], *t0 = buf[2], *t1 = buf[3];
+  if (layout.kept > 0 && !(kept = sg_arena_alloc(arena, layout.kept, error)))
+    TRY(SG_ERR_OUT_OF_MEMORY);
+  if (layout.latent_room > 0 && !(tile_latent = sg_arena_alloc(arena, layout.latent_room, error)))
+    TRY(SG_ERR_OUT_OF_MEMORY);
+  if (layout.image_room > 0 && !(tile_image = sg_arena_alloc(arena, layout.image_room, error)))
+    TRY(SG_ERR_OUT_OF_MEMORY);
 
   if (c->latent_clamp > 0) {
     ((float *)factor.data)[0] = (float)(1.0 / c->latent_clamp);
@@ -325,33 +566,45 @@ sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *aren
     memcpy(x.data, latent->data, sg_tensor_nbytes(latent));
   }
 
-  sg_tensor current = nhwc(a, c->channels[0], h, w);
-  TRY(sg_conv2d(be, &x, &decoder->conv_in_w, &decoder->conv_in_b, 1, 1, 1, SG_ACT_RELU, &current,
-                error));
-  for (int i = 0; i < c->num_stages; i++) {
-    const decoder_stage *st = &decoder->stages[i];
-    int64_t C = st->channels, H = current.dims[1], W = current.dims[2];
-    for (int j = 0; j < st->num_blocks; j++) {
-      const decoder_block *blk = &st->blocks[j];
-      float *other = current.data == a ? b : a;
-      sg_tensor out = nhwc(other, C, H, W), mid = nhwc(t1, C, H, W);
-      TRY(conv_forward(be, &blk->conv[0], &current, SG_ACT_RELU, NULL, t0, &out, error));
-      TRY(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
-      /* relu(conv3 + block input): the residual add and ReLU fused into the last conv. */
-      TRY(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, &current, t0, &out, error));
-      current = out;
+  const int last = c->num_stages - 1, whole = layout.whole;
+  const region full = {0, 0, h, w};
+  sg_tensor current, kept_output;
+  if (whole > 0) {
+    const tile_plan all = plan_whole(c, h, w);
+    current = nhwc(buf[0], c->channels[0], h, w);
+    TRY(sg_conv2d(be, &x, &decoder->conv_in_w, &decoder->conv_in_b, 1, 1, 1, SG_ACT_RELU,
+                  &current, error));
+    TRY(run_stages(decoder, be, &all, 0, whole - 1, 0, buf, &current, error));
+    if (whole == c->num_stages) {
+      TRY(finish_tile(decoder, be, &current, all.input[last], full, NULL, image, error));
+      goto done;
     }
-    if (st->has_upsample) {
-      float *other = current.data == a ? b : a;
-      sg_tensor upsampled = nhwc(t1, C, 2 * H, 2 * W);
-      sg_tensor out = nhwc(other, c->channels[i + 1], 2 * H, 2 * W);
-      TRY(sg_upsample_nearest2x(be, &current, &upsampled, error));
-      TRY(conv_forward(be, &st->upsample, &upsampled, SG_ACT_NONE, NULL, t0, &out, error));
-      current = out;
-    }
+    kept_output = nhwc(kept, current.dims[0], current.dims[1], current.dims[2]);
+    memcpy(kept, current.data, sg_tensor_nbytes(&current));
   }
-  TRY(sg_conv2d(be, &current, &decoder->conv_out_w, &decoder->conv_out_b, 1, 1, 1, SG_ACT_NONE,
-                image, error));
+  for (int64_t i = 0; i < rows; i++)
+    for (int64_t j = 0; j < columns; j++) {
+      const region core = tile_core(h, w, rows, columns, i, j);
+      const tile_plan p = plan_tile(c, core, h, w);
+      if (whole == 0) {
+        sg_tensor input = x;
+        if (p.latent.h != h || p.latent.w != w) {
+          input = sg_tensor_3d(tile_latent, c->latent_channels, p.latent.h, p.latent.w);
+          crop_image(&x, full, p.latent, &input);
+        }
+        current = nhwc(buf[0], c->channels[0], p.latent.h, p.latent.w);
+        TRY(sg_conv2d(be, &input, &decoder->conv_in_w, &decoder->conv_in_b, 1, 1, 1,
+                      SG_ACT_RELU, &current, error));
+        TRY(run_stages(decoder, be, &p, 0, last, 0, buf, &current, error));
+      } else {
+        /* From the kept output of the whole stages: its crop, upsample and conv, then on. */
+        tile_plan from_kept = p;
+        from_kept.input[whole - 1] = plan_whole(c, h, w).input[whole - 1];
+        current = kept_output;
+        TRY(run_stages(decoder, be, &from_kept, whole - 1, last, 1, buf, &current, error));
+      }
+      TRY(finish_tile(decoder, be, &current, p.input[last], core, tile_image, image, error));
+    }
 done:
   sg_arena_reset(arena, mark);
   return status;

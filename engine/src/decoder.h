@@ -39,5 +39,15 @@ void sg_decoder_free(sg_decoder *decoder);
  * (not clamped here). */
 sg_status sg_decoder_forward(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
                              const sg_tensor *latent, sg_tensor *image, sg_error *error);
+/* The same, decoding tiles of at most `tile` latent pixels a side (0: the whole latent at once),
+ * each from a margin wide enough for the decoder's receptive field, so the image is the same as
+ * an untiled decode while the activations take memory for about one tile only. The first
+ * `whole_stages` stages run on the whole image (-1: as many as fit in the tiles' memory; they
+ * are the costly ones to tile). sg_decoder_forward uses SG_DECODER_TILE and -1 (a 1024² image at
+ * scale 8 is then 2×2 tiles of 512² for the last stages). */
+#define SG_DECODER_TILE 64
+sg_status sg_decoder_forward_tiled(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
+                                   const sg_tensor *latent, int tile, int whole_stages,
+                                   sg_tensor *image, sg_error *error);
 
 #endif

@@ -53,6 +53,10 @@ size_t sg_backend_packed_weight_bytes(const sg_backend *backend) {
   return backend->dnnl ? sg_dnnl_packed_weight_bytes(backend->dnnl) : 0;
 }
 
+size_t sg_backend_released_weight_bytes(const sg_backend *backend) {
+  return backend->dnnl ? sg_dnnl_released_weight_bytes(backend->dnnl) : 0;
+}
+
 void sg_backend_drop_packed_weights(sg_backend *backend) {
   if (backend->dnnl) sg_dnnl_drop_packed_weights(backend->dnnl);
 }

@@ -19,11 +19,15 @@ void sg_backend_free(sg_backend *backend);
 sg_backend_kind sg_backend_kind_of(const sg_backend *backend);
 const char *sg_backend_name(const sg_backend *backend);
 /* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
- * its primitives prefer, made at their first use. Bytes held by those copies (0 for the
+ * its primitives prefer, made at their first use, and then may give back the memory of the plain
+ * values as their sg_weight_memory allows. Bytes held by those copies (0 for the
  * reference backend), and dropping them all (e.g. after freeing the weights they came from while
  * the backend lives on). */
 size_t sg_backend_packed_weight_bytes(const sg_backend *backend);
 void sg_backend_drop_packed_weights(sg_backend *backend);
+/* Bytes of plain weights the backend released after packing them (tensor.h, SG_WEIGHT_HANDOFF;
+ * dropping the packed copies loses those weights, so drop only after freeing them). */
+size_t sg_backend_released_weight_bytes(const sg_backend *backend);
 
 typedef enum {
   SG_ACT_NONE = 0,

@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "ops_internal.h"
@@ -37,25 +39,44 @@ struct sg_dnnl {
   fallback_mode fallback;
   int log_kernels;       /* SNAPGEN_LOG_KERNELS=1: one stderr line per kernel chosen */
   sg_blas_scratch blas_scratch;
-  GHashTable *packed;    /* "data-pointer constant-id" -> GPtrArray of packed_weights */
+  GHashTable *packed;    /* "data-pointer constant-id" -> packed_tensor */
   size_t packed_bytes;   /* bytes held by the packed weights */
+  size_t released_bytes; /* plain weights released after packing (SG_WEIGHT_HANDOFF) */
 };
 
 /* Model weights reordered once into the layout a primitive prefers, kept for every later run of
- * any op that wants that layout (tensor.h: constant_id says the source never changes). */
+ * any op that wants that layout (tensor.h: constant_id says the source never changes). The copy
+ * lives in a mapping of its own, so dropping it gives the memory back to the system. */
 typedef struct {
   dnnl_memory_desc_t md; /* the blocked layout */
-  dnnl_memory_t memory;  /* owns the reordered copy */
+  dnnl_memory_t memory;  /* over buffer */
+  void *buffer;
+  size_t buffer_bytes;
 } packed_weights;
+
+/* One weight tensor's packed copies, and whether its plain values are gone (SG_WEIGHT_HANDOFF
+ * released): then the first copy is the source of any other layout or of the plain values. */
+typedef struct {
+  GPtrArray *layouts;          /* packed_weights */
+  dnnl_memory_desc_t plain_md; /* the plain layout the first copy was made from */
+  size_t plain_bytes;
+  int released;
+} packed_tensor;
 
 static void packed_free(gpointer data) {
   packed_weights *packed = data;
   dnnl_memory_destroy(packed->memory);
   dnnl_memory_desc_destroy(packed->md);
+  munmap(packed->buffer, packed->buffer_bytes);
   free(packed);
 }
 
-static void packed_list_free(gpointer data) { g_ptr_array_free(data, TRUE); }
+static void packed_tensor_free(gpointer data) {
+  packed_tensor *tensor = data;
+  g_ptr_array_free(tensor->layouts, TRUE);
+  dnnl_memory_desc_destroy(tensor->plain_md);
+  free(tensor);
+}
 
 /* One primitive with its arguments. */
 typedef struct {
@@ -128,7 +149,7 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
     return NULL;
   }
   dnnl->cache = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, op_free);
-  dnnl->packed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, packed_list_free);
+  dnnl->packed = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, packed_tensor_free);
   const char *fallback = getenv("SNAPGEN_FALLBACK");
   if (fallback && *fallback && strcmp(fallback, "auto") != 0) {
     if (!strcmp(fallback, "always")) {
@@ -163,13 +184,117 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
 void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl) {
   g_hash_table_remove_all(dnnl->packed);
   dnnl->packed_bytes = 0;
+  dnnl->released_bytes = 0;
 }
 
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) { return dnnl->packed_bytes; }
 
+size_t sg_dnnl_released_weight_bytes(const sg_dnnl *dnnl) { return dnnl->released_bytes; }
+
+static void packed_key(const sg_tensor *weights, char *key, size_t size) {
+  snprintf(key, size, "%p %llx", weights->data, (unsigned long long)weights->constant_id);
+}
+
+/* The entry of weights in the packed cache, or NULL. */
+static packed_tensor *packed_find(sg_dnnl *dnnl, const sg_tensor *weights) {
+  if (!weights->constant_id) return NULL;
+  char key[64];
+  packed_key(weights, key, sizeof key);
+  return g_hash_table_lookup(dnnl->packed, key);
+}
+
+/* Writes the plain values of a released weight tensor into dst (plain_bytes) from its first
+ * packed copy. */
+static dnnl_status_t unpack_weights(sg_dnnl *dnnl, const packed_tensor *tensor, void *dst) {
+  const packed_weights *source = g_ptr_array_index(tensor->layouts, 0);
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_primitive_t reorder = NULL;
+  dnnl_memory_t plain = NULL;
+  dnnl_status_t status = dnnl_reorder_primitive_desc_create(&pd, source->md, dnnl->engine,
+                                                            tensor->plain_md, dnnl->engine, NULL);
+  if (status == dnnl_success) status = dnnl_primitive_create(&reorder, pd);
+  if (status == dnnl_success)
+    status = dnnl_memory_create(&plain, tensor->plain_md, dnnl->engine, dst);
+  if (status == dnnl_success) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, source->memory}, {DNNL_ARG_TO, plain}};
+    status = dnnl_primitive_execute(reorder, dnnl->stream, 2, args);
+  }
+  if (status == dnnl_success) status = dnnl_stream_wait(dnnl->stream);
+  if (plain) dnnl_memory_destroy(plain);
+  if (reorder) dnnl_primitive_destroy(reorder);
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  return status;
+}
+
+/* The plain values of weights for a kernel that reads them (the fallbacks): the weights
+ * themselves, or, when this backend released them after packing, a copy restored from the packed
+ * one into *restored (the caller frees it). */
+static sg_status readable_weights(sg_dnnl *dnnl, const sg_tensor *weights, sg_tensor *view,
+                                  void **restored, sg_error *error) {
+  *view = *weights;
+  *restored = NULL;
+  const packed_tensor *tensor = packed_find(dnnl, weights);
+  if (!tensor || !tensor->released) return SG_OK;
+  *restored = malloc(tensor->plain_bytes);
+  if (!*restored) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory restoring weights");
+  dnnl_status_t status = unpack_weights(dnnl, tensor, *restored);
+  if (status != dnnl_success) {
+    free(*restored);
+    *restored = NULL;
+    return sg_fail(error, SG_ERR_BACKEND, "oneDNN could not restore packed weights: %s",
+                   status_text(status));
+  }
+  view->data = *restored;
+  view->constant_id = 0;
+  view->memory = SG_WEIGHT_KEEP;
+  return SG_OK;
+}
+
+/* After the first packed copy of weights: what tensor.h lets a backend do with the plain pages. */
+static void release_plain(sg_dnnl *dnnl, const sg_tensor *weights, packed_tensor *tensor) {
+  const size_t nbytes = sg_tensor_nbytes(weights);
+  if (weights->memory == SG_WEIGHT_FILE_PAGES) {
+    const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+    uintptr_t start = ((uintptr_t)weights->data + page - 1) / page * page;
+    uintptr_t end = ((uintptr_t)weights->data + nbytes) / page * page;
+    if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
+  } else if (weights->memory == SG_WEIGHT_HANDOFF) {
+    /* Same address, no pages, no access: nothing else can be placed there (the cache key stays
+     * unique) and a stray read faults instead of seeing zeros. */
+    void *gone = mmap(weights->data, sg_weight_mapping_bytes(nbytes), PROT_NONE,
+                      MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED | MAP_NORESERVE, -1, 0);
+    if (gone != MAP_FAILED) {
+      tensor->released = 1;
+      dnnl->released_bytes += nbytes;
+    }
+  }
+}
+
+/* A new packed copy of weights in the slot's layout, in a mapping of its own. */
+static dnnl_status_t packed_new(sg_dnnl *dnnl, const weight_slot *slot, packed_weights **out) {
+  packed_weights *packed = calloc(1, sizeof *packed);
+  if (!packed) return dnnl_out_of_memory;
+  packed->buffer_bytes = sg_weight_mapping_bytes(dnnl_memory_desc_get_size(slot->md));
+  packed->buffer = mmap(NULL, packed->buffer_bytes, PROT_READ | PROT_WRITE,
+                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  dnnl_status_t status = packed->buffer == MAP_FAILED ? dnnl_out_of_memory : dnnl_success;
+  if (status == dnnl_success) status = dnnl_memory_desc_clone(&packed->md, slot->md);
+  if (status == dnnl_success)
+    status = dnnl_memory_create(&packed->memory, slot->md, dnnl->engine, packed->buffer);
+  if (status != dnnl_success) {
+    if (packed->md) dnnl_memory_desc_destroy(packed->md);
+    if (packed->buffer != MAP_FAILED) munmap(packed->buffer, packed->buffer_bytes);
+    free(packed);
+    return status;
+  }
+  *out = packed;
+  return dnnl_success;
+}
+
 /* Reorders the op's weights (user memory already pointing at `weights`) into its slot's layout:
  * found in or added to the packed cache when the weights are constant, else into the op's
- * scratch copy. *out gets the memory the primitive is to read. */
+ * scratch copy. *out gets the memory the primitive is to read. The first packed copy of weights
+ * may release their plain values (release_plain); a later layout is then made from a copy. */
 static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor *weights,
                                   dnnl_memory_t *out) {
   weight_slot *slot = &op->weights;
@@ -180,48 +305,77 @@ static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor
       if (status != dnnl_success) return status;
     }
     *out = slot->scratch;
-  } else {
-    char key[64];
-    snprintf(key, sizeof key, "%p %llx", weights->data, (unsigned long long)weights->constant_id);
-    GPtrArray *list = g_hash_table_lookup(dnnl->packed, key);
-    for (guint i = 0; list && i < list->len; i++) {
-      packed_weights *packed = g_ptr_array_index(list, i);
-      if (dnnl_memory_desc_equal(packed->md, slot->md)) {
-        *out = packed->memory;
-        return dnnl_success;
-      }
-    }
-    packed_weights *packed = calloc(1, sizeof *packed);
-    if (!packed) return dnnl_out_of_memory;
-    status = dnnl_memory_desc_clone(&packed->md, slot->md);
-    if (status == dnnl_success) {
-      status = dnnl_memory_create(&packed->memory, slot->md, dnnl->engine, DNNL_MEMORY_ALLOCATE);
-    }
-    if (status != dnnl_success) {
-      if (packed->md) dnnl_memory_desc_destroy(packed->md);
-      free(packed);
-      return status;
-    }
-    if (!list) {
-      list = g_ptr_array_new_with_free_func(packed_free);
-      g_hash_table_insert(dnnl->packed, g_strdup(key), list);
-    }
-    g_ptr_array_add(list, packed);
-    dnnl->packed_bytes += dnnl_memory_desc_get_size(slot->md);
-    *out = packed->memory;
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, slot->user}, {DNNL_ARG_TO, *out}};
+    return dnnl_primitive_execute(slot->reorder, dnnl->stream, 2, args);
   }
-  dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, slot->user}, {DNNL_ARG_TO, *out}};
-  return dnnl_primitive_execute(slot->reorder, dnnl->stream, 2, args);
+  packed_tensor *tensor = packed_find(dnnl, weights);
+  for (guint i = 0; tensor && i < tensor->layouts->len; i++) {
+    packed_weights *packed = g_ptr_array_index(tensor->layouts, i);
+    if (dnnl_memory_desc_equal(packed->md, slot->md)) {
+      *out = packed->memory;
+      return dnnl_success;
+    }
+  }
+  packed_weights *packed = NULL;
+  status = packed_new(dnnl, slot, &packed);
+  if (status != dnnl_success) return status;
+  void *restored = NULL; /* the plain values, when released */
+  if (tensor && tensor->released) {
+    restored = malloc(tensor->plain_bytes);
+    status = restored ? unpack_weights(dnnl, tensor, restored) : dnnl_out_of_memory;
+    if (status == dnnl_success) status = dnnl_memory_set_data_handle(slot->user, restored);
+  }
+  if (status == dnnl_success) {
+    dnnl_exec_arg_t args[2] = {{DNNL_ARG_FROM, slot->user}, {DNNL_ARG_TO, packed->memory}};
+    status = dnnl_primitive_execute(slot->reorder, dnnl->stream, 2, args);
+  }
+  if (status == dnnl_success) status = dnnl_stream_wait(dnnl->stream);
+  free(restored);
+  if (status == dnnl_success && !tensor) {
+    tensor = calloc(1, sizeof *tensor);
+    if (!tensor) status = dnnl_out_of_memory;
+    if (status == dnnl_success) {
+      const_dnnl_memory_desc_t user_md = NULL;
+      status = dnnl_memory_get_memory_desc(slot->user, &user_md);
+      if (status == dnnl_success) status = dnnl_memory_desc_clone(&tensor->plain_md, user_md);
+    }
+    if (status == dnnl_success) {
+      char key[64];
+      packed_key(weights, key, sizeof key);
+      tensor->layouts = g_ptr_array_new_with_free_func(packed_free);
+      tensor->plain_bytes = sg_tensor_nbytes(weights);
+      g_hash_table_insert(dnnl->packed, g_strdup(key), tensor);
+    } else {
+      free(tensor);
+    }
+  }
+  if (status != dnnl_success) {
+    packed_free(packed);
+    return status;
+  }
+  g_ptr_array_add(tensor->layouts, packed);
+  dnnl->packed_bytes += dnnl_memory_desc_get_size(slot->md);
+  if (!tensor->released) release_plain(dnnl, weights, tensor);
+  *out = packed->memory;
+  return dnnl_success;
 }
 
 /* Runs a cached op on the caller's pointers (in the order the op was built with); weights is the
- * tensor behind the op's weights pointer (NULL for ops without weights). */
+ * tensor behind the op's weights pointer, pointers[1] (NULL for ops without weights). */
 static sg_status op_run_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name,
                                 void *const *pointers, const sg_tensor *weights,
                                 sg_error *error) {
   dnnl_status_t status = dnnl_success;
   for (int i = 0; i < op->nuser && status == dnnl_success; i++) {
     status = dnnl_memory_set_data_handle(op->user[i], pointers[i]);
+  }
+  void *restored = NULL;
+  if (status == dnnl_success && weights && !op->weights.md) {
+    /* A primitive that reads the plain weights, which this backend may have released. */
+    sg_tensor readable;
+    sg_status restore = readable_weights(dnnl, weights, &readable, &restored, error);
+    if (restore != SG_OK) return restore;
+    if (restored) status = dnnl_memory_set_data_handle(op->user[1], restored);
   }
   if (status == dnnl_success && op->weights.md) {
     dnnl_memory_t reordered = NULL;
@@ -233,6 +387,7 @@ static sg_status op_run_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name,
     status = dnnl_primitive_execute(step->primitive, dnnl->stream, step->nargs, step->args);
   }
   if (status == dnnl_success) status = dnnl_stream_wait(dnnl->stream);
+  free(restored);
   if (status != dnnl_success) {
     return sg_fail(error, status == dnnl_out_of_memory ? SG_ERR_OUT_OF_MEMORY : SG_ERR_BACKEND,
                    "%s: oneDNN execution failed: %s", name, status_text(status));
@@ -729,9 +884,17 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
     if (residual_plain.data != (residual ? residual->data : NULL)) free(residual_plain.data);
     return status;
   }
-  fallback_residual saved;
-  sg_status status = fallback_residual_start(&saved, residual, y, error);
+  sg_tensor w_plain;
+  void *restored = NULL;
+  sg_status status = readable_weights(dnnl, w, &w_plain, &restored, error);
   if (status != SG_OK) return status;
+  w = &w_plain;
+  fallback_residual saved;
+  status = fallback_residual_start(&saved, residual, y, error);
+  if (status != SG_OK) {
+    free(restored);
+    return status;
+  }
   const sg_activation kernel_act = residual ? SG_ACT_NONE : act;
   if (op->kernel == KERNEL_OWN) sg_fast_depthwise_conv2d(x, w, b, stride, padding, kernel_act, y);
 #ifdef SG_HAVE_BLAS
@@ -742,6 +905,7 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
 #endif
   if (status == SG_OK) fallback_residual_finish(&saved, act, y);
   else free(saved.saved);
+  free(restored);
   return status;
 }
 
@@ -816,11 +980,18 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   }
 #ifdef SG_HAVE_BLAS
   if (op->kernel == KERNEL_OPENBLAS) {
+    sg_tensor w_plain;
+    void *restored = NULL;
+    sg_status status = readable_weights(dnnl, w, &w_plain, &restored, error);
     fallback_residual saved;
-    sg_status status = fallback_residual_start(&saved, residual, y, error);
-    if (status != SG_OK) return status;
-    status = sg_blas_linear(x, w, b, residual ? SG_ACT_NONE : act, y);
+    if (status == SG_OK) status = fallback_residual_start(&saved, residual, y, error);
+    if (status != SG_OK) {
+      free(restored);
+      return status;
+    }
+    status = sg_blas_linear(x, &w_plain, b, residual ? SG_ACT_NONE : act, y);
     fallback_residual_finish(&saved, act, y);
+    free(restored);
     return status;
   }
 #endif

@@ -119,6 +119,7 @@ void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64
 sg_dnnl *sg_dnnl_new(sg_error *error);
 void sg_dnnl_free(sg_dnnl *dnnl);
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl);
+size_t sg_dnnl_released_weight_bytes(const sg_dnnl *dnnl);
 void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl);
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          int stride, int padding, int groups, sg_activation act,

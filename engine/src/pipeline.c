@@ -115,9 +115,12 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
                      "takes %d and %d", ctx->model_dir, sg_conditioner_context_dim(ctx->conditioner),
                      sg_conditioner_pooled_dim(ctx->conditioner), ctx->unet_config.context_dim,
                      ctx->unet_config.pooled_dim);
+  /* The context's one backend runs both: their plain f32 copies go once it has packed them. */
   if (status == SG_OK) status = sg_weights_open_folder(unet_dir, &ctx->unet_weights, error);
+  if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->unet_weights);
   if (status == SG_OK) status = sg_unet_load(&ctx->unet_config, ctx->unet_weights, &ctx->unet, error);
   if (status == SG_OK) status = sg_weights_open_folder(decoder_dir, &ctx->decoder_weights, error);
+  if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->decoder_weights);
   if (status == SG_OK)
     status = sg_decoder_load(&ctx->decoder_config, ctx->decoder_weights, &ctx->decoder, error);
 
@@ -340,6 +343,12 @@ static sg_status denoise(sg_context *ctx, const sg_conditioning *cond,
   sg_tensor v, v_uncond;
   sg_status status = sg_arena_tensor(ctx->arena, 3, latent->dims, &v, error);
   if (status == SG_OK && uncond) status = sg_arena_tensor(ctx->arena, 3, latent->dims, &v_uncond, error);
+  /* The cross-attention keys and values depend on the contexts alone: made once for all steps. */
+  sg_unet_context_kv *kv = NULL, *kv_uncond = NULL;
+  if (status == SG_OK)
+    status = sg_unet_context_kv_new(ctx->unet, ctx->backend, &cond->context, &kv, error);
+  if (status == SG_OK && uncond)
+    status = sg_unet_context_kv_new(ctx->unet, ctx->backend, &uncond->context, &kv_uncond, error);
   int64_t count = sg_tensor_numel(latent);
   for (int i = 0; status == SG_OK && i < steps; i++) {
     if (report(progress, user_data, SG_STAGE_DENOISING, i, steps)) {
@@ -347,19 +356,21 @@ static sg_status denoise(sg_context *ctx, const sg_conditioning *cond,
       break;
     }
     float timestep = (float)(t[i] * 1000.0);
-    status = sg_unet_forward(ctx->unet, ctx->backend, ctx->arena, latent, timestep, &cond->context,
-                             cond->context_mask, cond->pooled.data ? &cond->pooled : NULL, &v,
-                             error);
+    status = sg_unet_forward_kv(ctx->unet, ctx->backend, ctx->arena, latent, timestep, kv,
+                                cond->context_mask, cond->pooled.data ? &cond->pooled : NULL, &v,
+                                error);
     if (status == SG_OK && uncond) {
-      status = sg_unet_forward(ctx->unet, ctx->backend, ctx->arena, latent, timestep,
-                               &uncond->context, uncond->context_mask,
-                               uncond->pooled.data ? &uncond->pooled : NULL, &v_uncond, error);
+      status = sg_unet_forward_kv(ctx->unet, ctx->backend, ctx->arena, latent, timestep,
+                                  kv_uncond, uncond->context_mask,
+                                  uncond->pooled.data ? &uncond->pooled : NULL, &v_uncond, error);
       if (status == SG_OK) sg_guidance_combine(v.data, v_uncond.data, count, guidance);
     }
     if (status == SG_OK) sg_euler_step(latent->data, v.data, count, t[i], t[i + 1]);
   }
   if (status == SG_OK && report(progress, user_data, SG_STAGE_DENOISING, steps, steps))
     status = sg_fail(error, SG_ERR_CANCELLED, "cancelled");
+  sg_unet_context_kv_free(kv);
+  sg_unet_context_kv_free(kv_uncond);
   sg_arena_reset(ctx->arena, mark);
   return status;
 }

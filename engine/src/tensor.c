@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "error.h"
 
@@ -34,6 +35,11 @@ int64_t sg_tensor_numel(const sg_tensor *t) {
 
 size_t sg_tensor_nbytes(const sg_tensor *t) {
   return (size_t)sg_tensor_numel(t) * sg_dtype_size(t->dtype);
+}
+
+size_t sg_weight_mapping_bytes(size_t nbytes) {
+  const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+  return nbytes == 0 ? page : (nbytes + page - 1) / page * page;
 }
 
 sg_tensor sg_tensor_view(void *data, sg_dtype dtype, int ndim, const int64_t *dims) {

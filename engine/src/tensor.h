@@ -15,6 +15,20 @@ typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2 } sg_dtype;
  * [tokens, channels]. SG_FORMAT_NHWC marks an image stored channels-last, dims still [C, H, W]. */
 typedef enum { SG_FORMAT_PLAIN = 0, SG_FORMAT_NHWC = 1 } sg_format;
 
+/* What a backend that has packed a weight tensor (reordered into its own layout, see
+ * constant_id) may do with the memory of the plain values. */
+typedef enum {
+  SG_WEIGHT_KEEP = 0, /* leave it: activations, or weights that others may still read */
+  /* Pages of a read-only private file mapping: they may be dropped (madvise) after packing; the
+   * kernel reads them from the file again if they are touched later. */
+  SG_WEIGHT_FILE_PAGES,
+  /* Anonymous pages of their own (a page-aligned mapping of sg_weight_mapping_bytes) that only
+   * the one backend running this model reads: it may replace them by an inaccessible mapping
+   * after packing (the address stays reserved; the owner unmaps it) and then works from its
+   * packed copy alone. */
+  SG_WEIGHT_HANDOFF
+} sg_weight_memory;
+
 typedef struct {
   sg_dtype dtype;
   sg_format format;
@@ -25,7 +39,11 @@ typedef struct {
    * lives (one id per sg_weights object, never reused), so a backend may keep copies of them
    * reordered into its preferred layout, keyed by (data, constant_id). 0 for activations. */
   uint64_t constant_id;
+  sg_weight_memory memory; /* SG_WEIGHT_KEEP unless constant_id is set */
 } sg_tensor;
+
+/* Bytes of the page-aligned mapping that holds an SG_WEIGHT_HANDOFF tensor of nbytes. */
+size_t sg_weight_mapping_bytes(size_t nbytes);
 
 size_t sg_dtype_size(sg_dtype dtype);
 const char *sg_dtype_name(sg_dtype dtype);

@@ -269,6 +269,7 @@ typedef struct {
   attention cross_attn;
   sg_tensor norm3_w, norm3_b;
   sg_tensor ff_in_w, ff_in_b, ff_out_w, ff_out_b;
+  int cross_index; /* its place among the UNet's cross-attentions (sg_unet_context_kv) */
 } transformer_block;
 
 typedef struct {
@@ -297,6 +298,15 @@ struct sg_unet {
   int has_mid_attn;
   stage up[SG_UNET_MAX_STAGES]; /* up[i] runs at the resolution of down stage num_stages-1-i */
   sg_tensor norm_out_w, norm_out_b, conv_out_w, conv_out_b;
+  int cross_count;           /* transformer blocks, i.e. cross-attentions */
+  const attention **cross;   /* [cross_count], in forward order */
+};
+
+/* The keys and values of every cross-attention for one context (after the QK norm). */
+struct sg_unet_context_kv {
+  int count;
+  sg_tensor *kv; /* [2 * count]: k, v of each, [tokens, kv_heads * head_dim] */
+  float *data;
 };
 
 /* ---------------------------------------------------------------------------------------------
@@ -453,7 +463,39 @@ void sg_unet_free(sg_unet *unet) {
     free_stage(&unet->up[i]);
   }
   g_free(unet->mid_attn.blocks);
+  g_free(unet->cross);
   g_free(unet);
+}
+
+/* Numbers the transformer blocks in forward order and lists their cross-attentions. */
+static void add_cross(sg_unet *u, transformer *tf) {
+  for (int k = 0; k < tf->depth; k++) {
+    tf->blocks[k].cross_index = u->cross_count;
+    u->cross[u->cross_count++] = &tf->blocks[k].cross_attn;
+  }
+}
+
+static void list_cross_attentions(sg_unet *u) {
+  const int S = u->config.num_stages;
+  int total = u->has_mid_attn ? u->mid_attn.depth : 0;
+  for (int pass = 0; pass < 2; pass++) {
+    for (int i = 0; i < S; i++)
+      for (int updown = 0; updown < 2; updown++) {
+        const stage *st = updown ? &u->up[i] : &u->down[i];
+        for (int j = 0; st->attn && j < st->num_blocks; j++) total += pass ? 0 : st->attn[j].depth;
+      }
+    if (pass == 0) {
+      u->cross = g_new0(const attention *, total > 0 ? total : 1);
+      continue;
+    }
+    for (int i = 0; i < S; i++)
+      for (int j = 0; u->down[i].attn && j < u->down[i].num_blocks; j++)
+        add_cross(u, &u->down[i].attn[j]);
+    if (u->has_mid_attn) add_cross(u, &u->mid_attn);
+    for (int i = 0; i < S; i++)
+      for (int j = 0; u->up[i].attn && j < u->up[i].num_blocks; j++)
+        add_cross(u, &u->up[i].attn[j]);
+  }
 }
 
 /* Walks the whole UNet in the order of weights/README.md. */
@@ -577,6 +619,7 @@ sg_status sg_unet_load(const sg_unet_config *config, sg_weights *weights, sg_une
     sg_unet_free(u);
     return status;
   }
+  list_cross_attentions(u);
   *out = u;
   return SG_OK;
 }
@@ -729,29 +772,46 @@ done:
   return status;
 }
 
+/* k, v [S, kv_heads * head_dim] = source [S, Cs] projected, k after the QK norm. */
+static sg_status keys_values(const attention *at, const sg_unet_config *c, sg_backend *be,
+                             const sg_tensor *source, sg_tensor *k, sg_tensor *v,
+                             sg_error *error) {
+  sg_status status = SG_OK;
+  TRY(sg_linear(be, source, &at->to_k, NULL, SG_ACT_NONE, k, error));
+  TRY(sg_linear(be, source, &at->to_v, NULL, SG_ACT_NONE, v, error));
+  if (c->qk_norm) {
+    sg_tensor k_heads = as2(k, k->dims[0] * c->num_kv_heads, c->head_dim);
+    TRY(sg_rms_norm(be, &k_heads, &at->norm_k, (float)c->qk_norm_eps, 0.0f, &k_heads, error));
+  }
+done:
+  return status;
+}
+
 /* y [T, C] += Attention(x [T, C] -> q; source [S, Cs] -> k, v): the output projection adds
- * into y (the block's residual stream). */
+ * into y (the block's residual stream). kv: that k and v made already (NULL: made here). */
 static sg_status attention_forward(const attention *at, const sg_unet_config *c, int channels,
                                    sg_backend *be, sg_arena *arena, const sg_tensor *x,
-                                   const sg_tensor *source, const float *key_mask, sg_tensor *y,
-                                   sg_error *error) {
+                                   const sg_tensor *source, const sg_tensor *kv,
+                                   const float *key_mask, sg_tensor *y, sg_error *error) {
   size_t mark = sg_arena_mark(arena);
   sg_status status = SG_OK;
-  int64_t T = x->dims[0], S = source->dims[0];
+  int64_t T = x->dims[0];
   int d = c->head_dim, heads = channels / d, kv_heads = c->num_kv_heads;
   sg_tensor q, k, v, o;
   TRY(new2(arena, T, channels, &q, error));
-  TRY(new2(arena, S, (int64_t)kv_heads * d, &k, error));
-  TRY(new2(arena, S, (int64_t)kv_heads * d, &v, error));
   TRY(new2(arena, T, channels, &o, error));
   TRY(sg_linear(be, x, &at->to_q, NULL, SG_ACT_NONE, &q, error));
-  TRY(sg_linear(be, source, &at->to_k, NULL, SG_ACT_NONE, &k, error));
-  TRY(sg_linear(be, source, &at->to_v, NULL, SG_ACT_NONE, &v, error));
+  if (kv) {
+    k = kv[0];
+    v = kv[1];
+  } else {
+    TRY(new2(arena, source->dims[0], (int64_t)kv_heads * d, &k, error));
+    TRY(new2(arena, source->dims[0], (int64_t)kv_heads * d, &v, error));
+    TRY(keys_values(at, c, be, source, &k, &v, error));
+  }
   if (c->qk_norm) {
-    float eps = (float)c->qk_norm_eps;
-    sg_tensor q_heads = as2(&q, T * heads, d), k_heads = as2(&k, S * kv_heads, d);
-    TRY(sg_rms_norm(be, &q_heads, &at->norm_q, eps, 0.0f, &q_heads, error));
-    TRY(sg_rms_norm(be, &k_heads, &at->norm_k, eps, 0.0f, &k_heads, error));
+    sg_tensor q_heads = as2(&q, T * heads, d);
+    TRY(sg_rms_norm(be, &q_heads, &at->norm_q, (float)c->qk_norm_eps, 0.0f, &q_heads, error));
   }
   sg_attention_params params = {.heads = heads,
                                 .kv_heads = kv_heads,
@@ -771,7 +831,8 @@ done:
 /* h [T, C] += Block(h) in place. */
 static sg_status block_forward(const transformer_block *b, const transformer *tf,
                                const sg_unet_config *c, sg_backend *be, sg_arena *arena,
-                               sg_tensor *h, const sg_tensor *context, const float *mask,
+                               sg_tensor *h, const sg_tensor *context,
+                               const sg_unet_context_kv *kv, const float *mask,
                                sg_error *error) {
   size_t mark = sg_arena_mark(arena);
   sg_status status = SG_OK;
@@ -781,10 +842,12 @@ static sg_status block_forward(const transformer_block *b, const transformer *tf
   TRY(new2(arena, T, C, &normed, error));
   if (b->has_self_attention) {
     TRY(sg_layer_norm(be, h, &b->norm1_w, &b->norm1_b, eps, &normed, error));
-    TRY(attention_forward(&b->self_attn, c, (int)C, be, arena, &normed, &normed, NULL, h, error));
+    TRY(attention_forward(&b->self_attn, c, (int)C, be, arena, &normed, &normed, NULL, NULL, h,
+                          error));
   }
   TRY(sg_layer_norm(be, h, &b->norm2_w, &b->norm2_b, eps, &normed, error));
-  TRY(attention_forward(&b->cross_attn, c, (int)C, be, arena, &normed, context, mask, h, error));
+  TRY(attention_forward(&b->cross_attn, c, (int)C, be, arena, &normed, context,
+                        kv ? &kv->kv[2 * b->cross_index] : NULL, mask, h, error));
   TRY(sg_layer_norm(be, h, &b->norm3_w, &b->norm3_b, eps, &normed, error));
   if (c->ffn_geglu) {
     TRY(new2(arena, T, 2 * I, &inner, error));
@@ -801,10 +864,12 @@ done:
   return status;
 }
 
-/* out [C, H, W] = x + Transformer(x); out may be x. */
+/* out [C, H, W] = x + Transformer(x); out may be x. The cross-attentions take their keys and
+ * values from kv, or (kv NULL) make them from context. */
 static sg_status transformer_forward(const transformer *tf, const sg_unet_config *c,
                                      sg_backend *be, sg_arena *arena, const sg_tensor *x,
-                                     const sg_tensor *context, const float *mask, sg_tensor *out,
+                                     const sg_tensor *context, const sg_unet_context_kv *kv,
+                                     const float *mask, sg_tensor *out,
                                      sg_error *error) {
   size_t mark = sg_arena_mark(arena);
   sg_status status = SG_OK;
@@ -819,7 +884,7 @@ static sg_status transformer_forward(const transformer *tf, const sg_unet_config
   TRY(sg_transpose(be, &image, &tokens, error));
   TRY(sg_linear(be, &tokens, &tf->proj_in_w, &tf->proj_in_b, SG_ACT_NONE, &h, error));
   for (int k = 0; k < tf->depth; k++)
-    TRY(block_forward(&tf->blocks[k], tf, c, be, arena, &h, context, mask, error));
+    TRY(block_forward(&tf->blocks[k], tf, c, be, arena, &h, context, kv, mask, error));
   TRY(sg_linear(be, &h, &tf->proj_out_w, &tf->proj_out_b, SG_ACT_NONE, &tokens, error));
   TRY(sg_transpose(be, &tokens, &image, error));
   TRY(sg_binary(be, SG_BINARY_ADD, x, &normed, out, error));
@@ -887,9 +952,60 @@ static sg_status check_shape(const sg_tensor *t, const char *what, int ndim, int
  * below everything the mid and up paths allocate, so popping them needs no freeing. The mid and
  * up paths alternate between two buffers ("ping", "pong") sized for the largest activation there;
  * the last output is written to the caller's tensor. */
+sg_status sg_unet_context_kv_new(sg_unet *unet, sg_backend *be, const sg_tensor *context,
+                                 sg_unet_context_kv **out, sg_error *error) {
+  const sg_unet_config *c = &unet->config;
+  sg_status status = SG_OK;
+  *out = NULL;
+  TRY(check_shape(context, "the context", 2, -1, c->context_dim, 0, error));
+  if (context->dims[0] < 1)
+    TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "UNet: the context has no tokens"));
+  const int64_t tokens = context->dims[0], width = (int64_t)c->num_kv_heads * c->head_dim;
+  sg_unet_context_kv *kv = g_new0(sg_unet_context_kv, 1);
+  kv->count = unet->cross_count;
+  kv->kv = g_new0(sg_tensor, 2 * (size_t)kv->count + 1);
+  kv->data = g_try_malloc((size_t)(2 * kv->count * tokens * width + 1) * sizeof(float));
+  if (!kv->data) {
+    sg_unet_context_kv_free(kv);
+    TRY(sg_fail(error, SG_ERR_OUT_OF_MEMORY, "UNet: out of memory for the context's keys"));
+  }
+  for (int i = 0; i < kv->count && status == SG_OK; i++) {
+    sg_tensor *k = &kv->kv[2 * i], *v = &kv->kv[2 * i + 1];
+    *k = sg_tensor_2d(kv->data + (2 * i) * tokens * width, tokens, width);
+    *v = sg_tensor_2d(kv->data + (2 * i + 1) * tokens * width, tokens, width);
+    status = keys_values(unet->cross[i], c, be, context, k, v, error);
+  }
+  if (status != SG_OK) {
+    sg_unet_context_kv_free(kv);
+    goto done;
+  }
+  *out = kv;
+done:
+  return status;
+}
+
+void sg_unet_context_kv_free(sg_unet_context_kv *kv) {
+  if (!kv) return;
+  g_free(kv->data);
+  g_free(kv->kv);
+  g_free(kv);
+}
+
 sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const sg_tensor *x,
                           float timestep, const sg_tensor *context, const float *context_mask,
                           const sg_tensor *pooled, sg_tensor *out, sg_error *error) {
+  sg_unet_context_kv *kv = NULL;
+  sg_status status = sg_unet_context_kv_new(unet, be, context, &kv, error);
+  if (status != SG_OK) return status;
+  status = sg_unet_forward_kv(unet, be, arena, x, timestep, kv, context_mask, pooled, out, error);
+  sg_unet_context_kv_free(kv);
+  return status;
+}
+
+sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, const sg_tensor *x,
+                             float timestep, const sg_unet_context_kv *kv,
+                             const float *context_mask, const sg_tensor *pooled, sg_tensor *out,
+                             sg_error *error) {
   const sg_unet_config *c = &unet->config;
   int S = c->num_stages, C0 = c->block_channels[0];
   int64_t stride = (int64_t)1 << (S - 1);
@@ -901,9 +1017,8 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
     TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "UNet: latent %lldx%lld is not a multiple of %lld",
                 (long long)H, (long long)W, (long long)stride));
   TRY(check_shape(out, "the output", 3, c->out_channels, H, W, error));
-  TRY(check_shape(context, "the context", 2, -1, c->context_dim, 0, error));
-  if (context->dims[0] < 1)
-    TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "UNet: the context has no tokens"));
+  if (!kv || kv->count != unet->cross_count)
+    TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "UNet: keys and values of another UNet given"));
   if (c->pooled_dim > 0 && pooled &&
       (pooled->dtype != SG_F32 || sg_tensor_numel(pooled) != c->pooled_dim))
     TRY(sg_fail(error, SG_ERR_INVALID_ARGUMENT, "UNet: pooled has %lld values, %d expected",
@@ -926,7 +1041,7 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
       TRY(new3(arena, st->channels, h_size, w_size, next, error));
       TRY(res_forward(&st->res[j], c, be, arena, h, &temb_silu, next, error));
       if (st->attn)
-        TRY(transformer_forward(&st->attn[j], c, be, arena, next, context, context_mask, next,
+        TRY(transformer_forward(&st->attn[j], c, be, arena, next, NULL, kv, context_mask, next,
                                 error));
       h = next;
     }
@@ -964,7 +1079,7 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
   next_buffer ^= 1;
   TRY(res_forward(&unet->mid_res[0], c, be, arena, h, &temb_silu, &next, error));
   if (unet->has_mid_attn)
-    TRY(transformer_forward(&unet->mid_attn, c, be, arena, &next, context, context_mask, &next,
+    TRY(transformer_forward(&unet->mid_attn, c, be, arena, &next, NULL, kv, context_mask, &next,
                             error));
   current = next;
   next = sg_tensor_3d(buffers[next_buffer], Cl, h_size, w_size);
@@ -985,7 +1100,7 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
       TRY(res_forward(&st->res[j], c, be, arena, &joined, &temb_silu, &next, error));
       sg_arena_reset(arena, block_mark);
       if (st->attn)
-        TRY(transformer_forward(&st->attn[j], c, be, arena, &next, context, context_mask, &next,
+        TRY(transformer_forward(&st->attn[j], c, be, arena, &next, NULL, kv, context_mask, &next,
                                 error));
       current = next;
     }
@@ -1075,7 +1190,8 @@ sg_status sg_unet_forward_transformer(sg_unet *unet, sg_backend *be, sg_arena *a
   TRY(check_shape(x, "x", 3, tf->channels, -1, -1, error));
   TRY(check_shape(out, "out", 3, tf->channels, x->dims[1], x->dims[2], error));
   TRY(check_shape(context, "the context", 2, -1, unet->config.context_dim, 0, error));
-  TRY(transformer_forward(tf, &unet->config, be, arena, x, context, context_mask, out, error));
+  TRY(transformer_forward(tf, &unet->config, be, arena, x, context, NULL, context_mask, out,
+                          error));
 done:
   return status;
 }

@@ -65,6 +65,20 @@ sg_status sg_unet_forward(sg_unet *unet, sg_backend *be, sg_arena *arena, const 
                           float timestep, const sg_tensor *context, const float *context_mask,
                           const sg_tensor *pooled, sg_tensor *out, sg_error *error);
 
+/* The keys and values of every cross-attention for one context [S, context_dim]: they depend on
+ * the context alone, so a generation makes them once per prompt (with guidance, once for each
+ * of its two contexts) and passes them to every step. Free after the generation. */
+typedef struct sg_unet_context_kv sg_unet_context_kv;
+sg_status sg_unet_context_kv_new(sg_unet *unet, sg_backend *be, const sg_tensor *context,
+                                 sg_unet_context_kv **out, sg_error *error);
+void sg_unet_context_kv_free(sg_unet_context_kv *kv);
+/* sg_unet_forward with the context given as its keys and values (sg_unet_forward makes them for
+ * the call, then frees them). context_mask [S] as there. */
+sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, const sg_tensor *x,
+                             float timestep, const sg_unet_context_kv *kv,
+                             const float *context_mask, const sg_tensor *pooled, sg_tensor *out,
+                             sg_error *error);
+
 /* Test entry points: one module of a loaded UNet, found by its tensor-name prefix.
  * Residual block ("down.0.res.1", "mid.res.0", "up.1.res.2"): x [in, H, W] (for up blocks x is
  * already the concatenation with the skip), temb [time_embed_dim] before SiLU, out [out, H, W].

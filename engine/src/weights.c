@@ -5,6 +5,8 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "error.h"
 #include "rng.h"
@@ -18,10 +20,13 @@ typedef struct {
   const sg_st_entry *entry;
 } located_tensor;
 
-/* A tensor already handed out: its f32 values (owned, or in a file mapping) and shape. */
+/* A tensor already handed out: its f32 values (owned: an anonymous mapping of
+ * sg_weight_mapping_bytes of its size, so a backend may release its pages; or in a file mapping)
+ * and shape. */
 typedef struct {
   float *data;
   int owned;
+  size_t nbytes;
   int ndim;
   int64_t dims[SG_MAX_DIMS];
 } fetched_tensor;
@@ -37,11 +42,16 @@ struct sg_weights {
   int64_t parameter_count;
   size_t owned_bytes;
   uint64_t constant_id; /* stamped on every tensor handed out (tensor.h): random, never 0 */
+  int handoff;          /* sg_weights_hand_off_to_backend was called */
 };
+
+static void free_owned(float *data, size_t nbytes) {
+  munmap(data, sg_weight_mapping_bytes(nbytes));
+}
 
 static void free_fetched(gpointer pointer) {
   fetched_tensor *tensor = pointer;
-  if (tensor->owned) free(tensor->data);
+  if (tensor->owned) free_owned(tensor->data, tensor->nbytes);
   g_free(tensor);
 }
 
@@ -125,6 +135,8 @@ sg_weights *sg_weights_new_random(uint64_t seed) {
   return weights;
 }
 
+void sg_weights_hand_off_to_backend(sg_weights *weights) { weights->handoff = 1; }
+
 void sg_weights_free(sg_weights *weights) {
   if (!weights) return;
   g_hash_table_destroy(weights->fetched);
@@ -167,11 +179,21 @@ static int64_t shape_numel(int ndim, const int64_t *dims) {
   return numel;
 }
 
+/* Owned values get a mapping of their own (page-aligned, zero-filled), which a backend may
+ * release page by page (tensor.h, SG_WEIGHT_HANDOFF) and which goes back to the system when freed. */
 static float *alloc_floats(int64_t count) {
-  void *memory = NULL;
-  size_t bytes = (size_t)(count > 0 ? count : 1) * sizeof(float);
-  if (posix_memalign(&memory, 64, bytes) != 0) return NULL;
-  return memory;
+  void *memory = mmap(NULL, sg_weight_mapping_bytes((size_t)count * sizeof(float)),
+                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  return memory == MAP_FAILED ? NULL : memory;
+}
+
+/* Gives back the resident pages wholly inside a tensor in a read-only file mapping: the kernel
+ * reads them from the file again when touched. */
+static void drop_file_pages(const void *data, size_t nbytes) {
+  const uintptr_t page = (uintptr_t)sysconf(_SC_PAGESIZE);
+  uintptr_t start = ((uintptr_t)data + page - 1) / page * page;
+  uintptr_t end = ((uintptr_t)data + nbytes) / page * page;
+  if (end > start) madvise((void *)start, end - start, MADV_DONTNEED);
 }
 
 static sg_status make_random(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
@@ -193,7 +215,8 @@ static sg_status make_random(sg_weights *weights, const char *name, int ndim, co
   }
   out->data = data;
   out->owned = 1;
-  weights->owned_bytes += (size_t)numel * sizeof(float);
+  out->nbytes = (size_t)numel * sizeof(float);
+  weights->owned_bytes += out->nbytes;
   return SG_OK;
 }
 
@@ -226,13 +249,16 @@ static sg_status load_from_file(sg_weights *weights, const located_tensor *locat
     out->owned = 1;
     weights->owned_bytes += (size_t)numel * sizeof(float);
   }
+  out->nbytes = (size_t)numel * sizeof(float);
   for (int64_t i = 0; i < numel; i++) {
     if (!isfinite(out->data[i])) {
-      if (out->owned) free(out->data);
+      if (out->owned) free_owned(out->data, out->nbytes);
       return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values",
                      sg_safetensors_path(located->file), name);
     }
   }
+  /* The check read every page; until a backend packs or reads them they need not stay resident. */
+  if (!out->owned) drop_file_pages(out->data, out->nbytes);
   return SG_OK;
 }
 
@@ -298,6 +324,8 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
   }
   *out = sg_tensor_view(fetched->data, SG_F32, ndim, dims);
   out->constant_id = weights->constant_id;
+  out->memory = !fetched->owned ? SG_WEIGHT_FILE_PAGES
+                                : weights->handoff ? SG_WEIGHT_HANDOFF : SG_WEIGHT_KEEP;
   *found = 1;
   return SG_OK;
 }

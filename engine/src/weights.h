@@ -15,6 +15,11 @@ sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error 
  * for exists (get_optional always finds it). */
 sg_weights *sg_weights_new_random(uint64_t seed);
 void sg_weights_free(sg_weights *weights);
+/* Says that one backend alone will run the model made from these weights: the f32 copies this
+ * object makes (widened bf16/f16, random values) are handed out as SG_WEIGHT_HANDOFF (tensor.h),
+ * so the backend may release them once it has packed them (no second copy stays resident).
+ * Call before fetching. File-mapped f32 weights are SG_WEIGHT_FILE_PAGES either way. */
+void sg_weights_hand_off_to_backend(sg_weights *weights);
 
 /* Fetches `name` as f32 with exactly the given shape (bf16/f16 storage converted into memory
  * owned by `weights`; f32 storage is used from the mapping in place). Missing tensor, shape

@@ -2,6 +2,7 @@
  * and benchmarks model configs with random weights (`snapgen bench`). */
 #include <errno.h>
 #include <glib.h>
+#include <malloc.h>
 #include <glib/gstdio.h>
 #include <omp.h>
 #include <stdio.h>
@@ -69,6 +70,7 @@ static const char usage_text[] =
     "  --context-tokens N     cross-attention context length (default 154)\n"
     "  --model DIR            time a model folder's own weights (and its text encoders)\n"
     "  --repeat N             runs of each component; the median is reported (default 1)\n"
+    "  --decoder-tile N       decode in tiles of N latent pixels a side (default 64; 0: whole)\n"
     "  --threads N, --backend NAME\n"
     "\n"
     "exit codes: 0 done, 2 bad arguments, 3 bad model files, 4 file error, 5 out of memory,\n"
@@ -79,7 +81,7 @@ typedef struct {
   const char *model, *output, *prompt, *prompt_file, *negative, *conditioning;
   const char *unet_config, *decoder_config, *backend_name;
   guint64 seed;
-  int steps, width, height, threads, size, context_tokens, repeat, quiet;
+  int steps, width, height, threads, size, context_tokens, repeat, quiet, decoder_tile;
   double guidance;
 } runner_args;
 
@@ -103,6 +105,7 @@ static int parse_args(int argc, char **argv, runner_args *a) {
   a->width = a->height = 1024;
   a->size = 1024;
   a->context_tokens = 154;
+  a->decoder_tile = SG_DECODER_TILE;
   a->repeat = 1;
   a->guidance = -1;
   a->backend_name = "onednn";
@@ -162,6 +165,9 @@ static int parse_args(int argc, char **argv, runner_args *a) {
     } else if (!strcmp(opt, "--context-tokens")) {
       if (!parse_int(opt, val, 1, 4096, &n)) return 0;
       a->context_tokens = (int)n;
+    } else if (!strcmp(opt, "--decoder-tile")) {
+      if (!parse_int(opt, val, 0, 65536, &n)) return 0;
+      a->decoder_tile = (int)n;
     } else if (!strcmp(opt, "--repeat")) {
       if (!parse_int(opt, val, 1, 1000, &n)) return 0;
       a->repeat = (int)n;
@@ -501,27 +507,33 @@ static sg_status measure_ceiling(sg_backend *be, bench_row *row, sg_error *error
  * random values. */
 static sg_status bench_weights(const runner_args *a, const char *component, uint64_t seed,
                                sg_weights **out, sg_error *error) {
+  sg_status status = SG_OK;
   if (!a->model) {
     *out = sg_weights_new_random(seed);
-    return SG_OK;
+  } else {
+    char *folder = g_build_filename(a->model, component, NULL);
+    status = sg_weights_open_folder(folder, out, error);
+    g_free(folder);
   }
-  char *folder = g_build_filename(a->model, component, NULL);
-  sg_status status = sg_weights_open_folder(folder, out, error);
-  g_free(folder);
+  /* One backend runs it: the plain copies go once packed (no weights held twice). */
+  if (status == SG_OK) sg_weights_hand_off_to_backend(*out);
   return status;
 }
 
-/* Memory after a component ran: its peak (VmHWM since reset_peak_memory) split into the weights
- * as loaded (f32, owned or mapped), their copies in the backend's preferred layouts, and the rest
- * (activations, oneDNN's buffers, and whatever earlier components left resident). */
+/* Memory after a component ran: its peak (VmHWM since reset_peak_memory), the weights (f32 as
+ * loaded, and how much of that the backend released once it had packed them), their copies in the
+ * backend's preferred layouts, the arena; and what is resident now, anonymous and file-mapped
+ * (mapped weights pages count there while touched). */
 static void print_memory(const char *after, double weight_bytes, const sg_backend *be,
                          const sg_arena *arena) {
-  double peak = proc_status_mib("VmHWM"), now = proc_status_mib("VmRSS");
-  double weights = weight_bytes / 1048576.0, packed = sg_backend_packed_weight_bytes(be) / 1048576.0;
-  printf("memory after %s: peak %.0f MiB = weights %.0f MiB (f32 as loaded) + packed weights "
-         "%.0f MiB + other %.0f MiB (arena %.0f MiB); resident now %.0f MiB\n",
-         after, peak, weights, packed, peak - weights - packed,
-         sg_arena_peak_bytes(arena) / 1048576.0, now);
+  const double mib = 1048576.0;
+  printf("memory after %s: peak %.0f MiB (weights %.0f MiB f32, %.0f MiB of them released after "
+         "packing; packed weights %.0f MiB; arena %.0f MiB); resident now %.0f MiB (anonymous "
+         "%.0f MiB, file-mapped %.0f MiB)\n",
+         after, proc_status_mib("VmHWM"), weight_bytes / mib,
+         sg_backend_released_weight_bytes(be) / mib, sg_backend_packed_weight_bytes(be) / mib,
+         sg_arena_peak_bytes(arena) / mib, proc_status_mib("VmRSS"), proc_status_mib("RssAnon"),
+         proc_status_mib("RssFile"));
 }
 
 static const char bench_prompt[] =
@@ -605,6 +617,7 @@ static int run_bench(const runner_args *a) {
   /* UNet: one step (a forward) on a fixed latent, context and pooled vector. */
   sg_weights *weights = NULL;
   sg_unet *unet = NULL;
+  sg_unet_context_kv *kv = NULL;
   int64_t context_tokens = conditioning.context.data ? conditioning.context.dims[0]
                                                       : a->context_tokens;
   int64_t x_dims[3] = {config.in_channels, latent_side, latent_side};
@@ -635,21 +648,27 @@ static int run_bench(const runner_args *a) {
            sg_unet_parameter_count(&config) / 1e6, (g_get_monotonic_time() - start) / 1e6);
     row_start(&unet_row, "unet step",
               sg_unet_flops(&config, latent_side, latent_side, (int)context_tokens), a->repeat);
-    /* The first forward packs the weights and sizes the arena: a warm-up, timed apart. */
+    /* The first forward packs the weights and sizes the arena: a warm-up, timed apart. Like a
+     * generation, the steps share the context's cross-attention keys and values. */
     start = g_get_monotonic_time();
-    status = sg_unet_forward(unet, be, arena, &x, 500.0f, &context, mask,
-                             config.pooled_dim > 0 ? &pooled : NULL, &out, &error);
+    status = sg_unet_context_kv_new(unet, be, &context, &kv, &error);
+    if (status == SG_OK)
+      status = sg_unet_forward_kv(unet, be, arena, &x, 500.0f, kv, mask,
+                                  config.pooled_dim > 0 ? &pooled : NULL, &out, &error);
     sg_arena_settle(arena);
     printf("unet first step (packs weights): %.3f s\n", (g_get_monotonic_time() - start) / 1e6);
   }
   for (int r = 0; r < a->repeat && status == SG_OK; r++)
-    TIME_RUN(&unet_row, sg_unet_forward(unet, be, arena, &x, 500.0f, &context, mask,
-                                        config.pooled_dim > 0 ? &pooled : NULL, &out, &error));
+    TIME_RUN(&unet_row, sg_unet_forward_kv(unet, be, arena, &x, 500.0f, kv, mask,
+                                           config.pooled_dim > 0 ? &pooled : NULL, &out, &error));
   if (status == SG_OK)
     print_memory("the unet", 4.0 * (double)sg_unet_parameter_count(&config), be, arena);
+  sg_unet_context_kv_free(kv);
   sg_unet_free(unet);
   sg_weights_free(weights);
   sg_backend_drop_packed_weights(be); /* its weights are gone; the decoder packs its own */
+  /* What the UNet freed on the heap goes back to the system before the decoder is measured. */
+  malloc_trim(0);
 
   /* Decoder: the UNet's output latent to RGB. */
   if (status == SG_OK && decoder_config_path) {
@@ -665,10 +684,13 @@ static int run_bench(const runner_args *a) {
       printf("decoder: %.2fM parameters\n", sg_decoder_parameter_count(&decoder_config) / 1e6);
       row_start(&decoder_row, "decoder",
                 sg_decoder_flops(&decoder_config, latent_side, latent_side), a->repeat);
-      status = sg_decoder_forward(decoder, be, arena, &out, &image, &error); /* warm-up */
+      printf("decoder: tiles of %d latent pixels a side (0: whole)\n", a->decoder_tile);
+      status = sg_decoder_forward_tiled(decoder, be, arena, &out, a->decoder_tile, -1, &image,
+                                        &error); /* warm-up */
     }
     for (int r = 0; r < a->repeat && status == SG_OK; r++)
-      TIME_RUN(&decoder_row, sg_decoder_forward(decoder, be, arena, &out, &image, &error));
+      TIME_RUN(&decoder_row, sg_decoder_forward_tiled(decoder, be, arena, &out, a->decoder_tile,
+                                                      -1, &image, &error));
     if (status == SG_OK)
       print_memory("the decoder", 4.0 * (double)sg_decoder_parameter_count(&decoder_config), be,
                    arena);

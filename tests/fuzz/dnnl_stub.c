@@ -21,6 +21,11 @@ size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
   return 0;
 }
 
+size_t sg_dnnl_released_weight_bytes(const sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 0;
+}
+
 void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl) {
   (void)dnnl;
 }

@@ -218,20 +218,34 @@ def check_full_size(workdir):
                 77)
 
 
-def check_decoder(name, config, workdir, height=8, width=8):
+def check_decoder(name, config, workdir, height=8, width=8, tile=0, whole_stages=-1):
+    """With tile > 0 the engine also decodes in tiles of that many latent pixels, which must match
+    the reference and its own untiled decode (the margins cover the receptive field: exact up to
+    rounding)."""
     decoder = randomize(decoder_module.TinyDecoder(config))
     latent = 2.5 * randn(decoder.config["latent_channels"], height, width)  # reaches the clamp
     with torch.no_grad():
         reference = decoder(latent[None])[0]
     tensors = weights_of(decoder)
     tensors["latent"] = latent
-    metadata = {"config": json.dumps(config)}
+    metadata = {"config": json.dumps(config), "tile": tile, "whole_stages": whole_stages}
     counts = {}
     for backend in BACKENDS:
         metadata["backend"] = backend
         outputs, counts = run_engine("decoder", tensors, metadata, workdir, f"{name}-{backend}",
                                      with_metadata=True)
-        report(f"{name} [{backend}]", outputs, {"image": reference.numpy()})
+        references = {"image": reference.numpy()}
+        if tile > 0:
+            references["image_tiled"] = reference.numpy()
+        report(f"{name} [{backend}]", outputs, references)
+        if tile > 0 and outputs is not None:
+            untiled, tiled = outputs["image"], outputs.get("image_tiled", np.zeros(0))
+            seam = rel_l2(tiled, untiled)
+            ok = seam <= 1e-6
+            print(f"{'PASS' if ok else 'FAIL'} {name} tiled vs untiled [{backend}] "
+                  f"relL2={seam:.2e} max|diff|={np.abs(tiled - untiled).max():.2e}", flush=True)
+            if not ok:
+                failures.append(f"{name} tiled vs untiled [{backend}]")
     numel = sum(p.numel() for p in decoder.parameters())
     check_counts(f"{name} parameters", counts, numel, decoder_module.parameter_count(config))
 
@@ -306,6 +320,23 @@ def main():
             "decoder-separable", read_config("test-decoder-tiny.json"), d)),
         ("decoder-dense", lambda d: check_decoder(
             "decoder-dense", read_config("test-decoder-tiny-dense.json"), d, 6, 10)),
+        # Tiles smaller than the margins and uneven ones (5x4 and 4x3 tiles), from the latent on
+        # or after stages run on the whole image.
+        ("decoder-separable-tiled", lambda d: check_decoder(
+            "decoder-separable-tiled", read_config("test-decoder-tiny.json"), d, 40, 28, tile=8,
+            whole_stages=0)),
+        ("decoder-separable-tiled-auto", lambda d: check_decoder(
+            "decoder-separable-tiled-auto", read_config("test-decoder-tiny.json"), d, 40, 28,
+            tile=8)),
+        ("decoder-separable-tiled-from-stage-1", lambda d: check_decoder(
+            "decoder-separable-tiled-from-stage-1", read_config("test-decoder-tiny.json"), d, 40,
+            28, tile=8, whole_stages=1)),
+        ("decoder-separable-tiled-from-stage-2", lambda d: check_decoder(
+            "decoder-separable-tiled-from-stage-2", read_config("test-decoder-tiny.json"), d, 40,
+            28, tile=8, whole_stages=2)),
+        ("decoder-dense-tiled", lambda d: check_decoder(
+            "decoder-dense-tiled", read_config("test-decoder-tiny-dense.json"), d, 26, 20,
+            tile=7, whole_stages=0)),
         ("sampler-4-steps", lambda d: check_sampler("sampler-4-steps", d, 4, 1.0, "f32", 42)),
         ("sampler-3-steps-guidance-bf16",
          lambda d: check_sampler("sampler-3-steps-guidance-bf16", d, 3, 3.0, "bf16",

@@ -122,6 +122,25 @@ def nhwc(case, x_nhwc, y_nhwc):
     return name, dict(meta, x_nhwc=x_nhwc, y_nhwc=y_nhwc), inputs, y
 
 
+def weights_memory(case, kind):
+    """The case run with w in memory the oneDNN backend may release once it has packed it:
+    "handoff" (a mapping of its own, unmapped after packing; linear then also runs on its first
+    M-1 rows on a primitive made after that) or "file" (the case file's pages, dropped)."""
+    name, meta, inputs, y = case
+    return name, dict(meta, weights_memory=kind), inputs, y
+
+
+def second_input(case, h, w):
+    """A conv2d case that also runs its weights on another input x2 [Ci,h,w] (no residual) into
+    y2: a primitive made after the first, which may want the weights in another layout."""
+    name, meta, inputs, y = case
+    x2 = rand(inputs["x"].shape[0], h, w)
+    b = d(inputs["b"]) if "b" in inputs else None
+    y2 = F.conv2d(d(x2)[None], d(inputs["w"]), b, meta["stride"], meta["padding"], 1,
+                  meta["groups"])[0]
+    return name, meta, dict(inputs, x2=x2), {"y": y, "y2": ACTIVATIONS[meta["act"]](y2)}
+
+
 def eltwise_case(name, shape, act, inplace=0):
     x = rand(*shape) * 3
     return name, {"op": "eltwise", "act": act, "inplace": inplace}, {"x": x}, ACTIVATIONS[act](d(x))
@@ -278,6 +297,24 @@ def all_cases():
                          residual="in_y"), 1, 1),
         nhwc(conv2d_case("conv2d grouped stride2 nhwc", 16, 32, 9, 12, 3, 2, 1, 4, "silu"), 1, 1),
         nhwc(upsample_case("upsample nhwc", 24, 5, 7), 1, 1),
+        # Plain weights released after packing (the packed copy is then the only one).
+        weights_memory(linear_case("linear handoff repeat", 40, 96, 160, "gelu_erf", repeat=2),
+                       "handoff"),
+        weights_memory(linear_case("linear handoff two rows", 2, 256, 320, "silu"), "handoff"),
+        weights_memory(linear_case("linear handoff residual in y", 33, 64, 48, residual="in_y"),
+                       "handoff"),
+        weights_memory(linear_case("linear handoff residual", 17, 64, 48, residual="other"),
+                       "handoff"),
+        weights_memory(conv2d_case("conv2d 3x3 handoff repeat", 48, 64, 9, 11, 3, 1, 1, 1,
+                                   "silu", repeat=2), "handoff"),
+        weights_memory(nhwc(conv2d_case("conv2d depthwise nhwc handoff", 40, 40, 12, 7, 3, 1, 1,
+                                        40, repeat=2), 1, 1), "handoff"),
+        # 64x64 gets another convolution kernel here (AVX2), with its own weights layout: made
+        # from the packed copy, the plain one being gone.
+        weights_memory(second_input(conv2d_case("conv2d 3x3 handoff second layout", 48, 64, 9,
+                                                11, 3, 1, 1, 1, "relu"), 64, 64), "handoff"),
+        weights_memory(conv2d_case("conv2d 1x1 file pages repeat", 64, 96, 12, 10, 1, 1, 0, 1,
+                                   repeat=3), "file"),
     ]
     for act in ACTIVATIONS:
         cases.append(eltwise_case(f"eltwise {act}", (3, 5, 7), act))
@@ -370,27 +407,33 @@ def main():
         for name, meta, inputs, expected in all_cases():
             if only not in name or (quick and name in LARGE_CASES):
                 continue
-            expected = expected.numpy()
+            outputs = expected if isinstance(expected, dict) else {"y": expected}
             for backend in BACKENDS:
-                checks += 1
                 run, out_path = run_check(sgcheck, workdir, name, meta, inputs, backend)
                 label = f"{name} [{backend}]"
                 if run.returncode != 0:
+                    checks += 1
                     failures += 1
                     print(f"FAIL {label}: sgcheck exit {run.returncode}: {run.stderr.strip()}")
                     continue
-                got = load_file(out_path)["y"].astype(np.float64)
-                if got.shape != expected.shape:
-                    failures += 1
-                    print(f"FAIL {label}: shape {got.shape}, expected {expected.shape}")
-                    continue
-                norm = np.linalg.norm(expected)
-                rel = np.linalg.norm(got - expected) / (norm if norm > 0 else 1.0)
-                key = (meta["op"], backend)
-                worst[key] = max(worst.get(key, 0.0), rel)
-                ok = rel <= TOLERANCE and np.all(np.isfinite(got))
-                failures += not ok
-                print(f"{'PASS' if ok else 'FAIL'} {label} relL2={rel:.3g}")
+                results = load_file(out_path)
+                for output, want in outputs.items():
+                    checks += 1
+                    want = want.numpy()
+                    if output != "y":
+                        label = f"{name} {output} [{backend}]"
+                    if output not in results or results[output].shape != want.shape:
+                        failures += 1
+                        print(f"FAIL {label}: no output {output} of shape {want.shape}")
+                        continue
+                    got = results[output].astype(np.float64)
+                    norm = np.linalg.norm(want)
+                    rel = np.linalg.norm(got - want) / (norm if norm > 0 else 1.0)
+                    key = (meta["op"], backend)
+                    worst[key] = max(worst.get(key, 0.0), rel)
+                    ok = rel <= TOLERANCE and np.all(np.isfinite(got))
+                    failures += not ok
+                    print(f"{'PASS' if ok else 'FAIL'} {label} relL2={rel:.3g}")
         for name, meta, inputs, words in error_cases():
             if only not in name:
                 continue

@@ -24,6 +24,9 @@
  *                and "tokens" context tokens (default 77).
  *   decoder      metadata "config" (a decoder config.json); tensors: weights, "latent" [C, h, w].
  *                Output: "image" [3, H, W], metadata "parameter_count", "loaded_parameter_count".
+ *                With metadata "tile" = n also "image_tiled": the decode in tiles of n latent
+ *                pixels (sg_decoder_forward_tiled, "whole_stages" default -1), after the
+ *                untiled one (tile 0).
  *   sampler      metadata "model_dir" (a model folder with unet/, decoder/ and
  *                scheduler/scheduler_config.json), "seed" (decimal), "steps" (0: the scheduler's
  *                default), "guidance" (optional; default from the scheduler), "height" and
@@ -264,13 +267,21 @@ static sg_status run_decoder(check_state *s, const char *case_path, const char *
   int scale = sg_decoder_scale(&config);
   int64_t dims[3] = {config.out_channels, latent.dims[1] * scale, latent.dims[2] * scale};
   new_output(s, 0, 3, dims, &image);
-  TRY(sg_decoder_forward(s->decoder, s->backend, s->arena, &latent, &image, error));
-  const char *names[] = {"image"};
+  TRY(sg_decoder_forward_tiled(s->decoder, s->backend, s->arena, &latent, 0, 0, &image, error));
+  const int tile = atoi(case_meta(s->file, "tile", "0"));
+  const int whole_stages = atoi(case_meta(s->file, "whole_stages", "-1"));
+  sg_tensor outputs[2] = {image};
+  if (tile > 0) {
+    new_output(s, 1, 3, dims, &outputs[1]);
+    TRY(sg_decoder_forward_tiled(s->decoder, s->backend, s->arena, &latent, tile, whole_stages,
+                                 &outputs[1], error));
+  }
+  const char *names[] = {"image", "image_tiled"};
   char analytic[32], loaded[32];
   snprintf(analytic, sizeof analytic, "%lld", (long long)sg_decoder_parameter_count(&config));
   snprintf(loaded, sizeof loaded, "%lld", (long long)sg_weights_parameter_count(s->weights));
   const char *metadata[] = {"parameter_count", analytic, "loaded_parameter_count", loaded, NULL};
-  TRY(sg_safetensors_write(out_path, 1, names, &image, metadata, error));
+  TRY(sg_safetensors_write(out_path, tile > 0 ? 2 : 1, names, outputs, metadata, error));
 done:
   return status;
 }

@@ -24,11 +24,17 @@
  * "constant_weights" = 0 passes conv2d/linear weights as activations would come (no constant_id,
  * so the oneDNN backend reorders them at every run instead of keeping a packed copy);
  * "residual_in_y" = 1 passes the residual r as y itself (y starts as a copy of r);
+ * "weights_memory" (conv2d, linear) = handoff copies w into a mapping of its own marked
+ * SG_WEIGHT_HANDOFF, which the oneDNN backend releases once packed; file marks w (in the case
+ * file's mapping) SG_WEIGHT_FILE_PAGES. With handoff, linear runs a second time on the first M-1
+ * rows (a new primitive, made after the release), which then give y's first M-1 rows;
+ * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
  * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample) run the op on x / y (and the residual) stored
  * channels-last: the case's tensors stay plain, converted here before and after the op. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "error.h"
 #include "ops.h"
@@ -136,6 +142,29 @@ static void plain_again(sg_tensor *y) {
   y->format = SG_FORMAT_PLAIN;
 }
 
+/* The memory of conv2d/linear weights as "weights_memory" says (see the top); a handoff copy is
+ * *mapping, to unmap with sg_weight_mapping_bytes. */
+static sg_status weights_memory(const case_file *c, sg_tensor *w, void **mapping,
+                                sg_error *error) {
+  const char *kind = meta(c, "weights_memory", "keep");
+  if (!strcmp(kind, "file")) {
+    w->memory = SG_WEIGHT_FILE_PAGES;
+  } else if (!strcmp(kind, "handoff")) {
+    *mapping = mmap(NULL, sg_weight_mapping_bytes(sg_tensor_nbytes(w)), PROT_READ | PROT_WRITE,
+                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (*mapping == MAP_FAILED) {
+      *mapping = NULL;
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for the weights");
+    }
+    memcpy(*mapping, w->data, sg_tensor_nbytes(w));
+    w->data = *mapping;
+    w->memory = SG_WEIGHT_HANDOFF;
+  } else if (strcmp(kind, "keep")) {
+    return sg_fail(error, SG_ERR_FORMAT, "%s: unknown weights_memory \"%s\"", c->path, kind);
+  }
+  return SG_OK;
+}
+
 /* For in-place runs: y becomes a copy of x, and x then points at y's memory. */
 static sg_status make_inplace(const sg_tensor **x, sg_tensor *x_storage, sg_tensor *y,
                               sg_error *error) {
@@ -174,14 +203,18 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   sg_backend *be = sg_backend_new(kind, 0, error);
   if (!be) return error->status;
 
-  sg_tensor storage[6], y = {0}, residual_storage;
+  sg_tensor storage[6], y = {0}, y2 = {0}, residual_storage;
   const sg_tensor *residual = NULL;
   float *x_owned = NULL, *y_owned = NULL, *r_owned = NULL; /* channels-last copies (y's: y.data) */
+  void *w_mapping = NULL; /* weights_memory = handoff */
+  size_t w_bytes = 0;
   const sg_tensor *x = NULL, *w = NULL, *b = NULL, *a = NULL, *gamma = NULL, *beta = NULL;
   if (!strcmp(op, "conv2d")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     TRY(input(c, "w", 0, &storage[1], &w, error));
     storage[1].constant_id = constant_id;
+    w_bytes = sg_tensor_nbytes(w);
+    TRY(weights_memory(c, &storage[1], &w_mapping, error));
     TRY(input(c, "b", 1, &storage[2], &b, error));
     const int stride = meta_int(c, "stride", 1), padding = meta_int(c, "padding", 0);
     const int groups = meta_int(c, "groups", 1);
@@ -207,15 +240,41 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
       TRY(sg_conv2d_residual(be, x, w, b, stride, padding, groups, act, residual, &y, error));
     }
     plain_again(&y);
+    const sg_tensor *x2;
+    TRY(input(c, "x2", 1, &storage[4], &x2, error));
+    if (x2) {
+      /* The same weights on another input (a new primitive, perhaps another packed layout). */
+      int64_t dims2[3] = {w->dims[0], (x2->dims[1] + 2 * padding - w->dims[2]) / stride + 1,
+                          (x2->dims[2] + 2 * padding - w->dims[3]) / stride + 1};
+      TRY(make_output(3, dims2, &y2, error));
+      TRY(sg_conv2d(be, x2, w, b, stride, padding, groups, act, &y2, error));
+    }
   } else if (!strcmp(op, "linear")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     TRY(input(c, "w", 0, &storage[1], &w, error));
     storage[1].constant_id = constant_id;
+    w_bytes = sg_tensor_nbytes(w);
+    TRY(weights_memory(c, &storage[1], &w_mapping, error));
     TRY(input(c, "b", 1, &storage[2], &b, error));
     int64_t dims[2] = {x->dims[0], w->dims[0]};
     TRY(make_output(2, dims, &y, error));
     TRY(residual_input(c, &storage[3], &y, &residual, error));
     for (int i = 0; i < repeat; i++) TRY(sg_linear_residual(be, x, w, b, act, residual, &y, error));
+    if (w_mapping && x->dims[0] > 1) {
+      /* The first M-1 rows again, on a primitive made after the weights were released. */
+      const int64_t rows = x->dims[0] - 1, n = w->dims[0];
+      sg_tensor x_rows = sg_tensor_2d(x->data, rows, x->dims[1]);
+      sg_tensor y_rows = sg_tensor_2d(y.data, rows, n), r_rows;
+      const sg_tensor *r = NULL;
+      if (residual == &y) {
+        memcpy(y.data, storage[3].data, (size_t)(rows * n) * sizeof(float));
+        r = &y_rows;
+      } else if (residual) {
+        r_rows = sg_tensor_2d(residual->data, rows, n);
+        r = &r_rows;
+      }
+      TRY(sg_linear_residual(be, &x_rows, w, b, act, r, &y_rows, error));
+    }
   } else if (!strcmp(op, "eltwise") || !strcmp(op, "softmax")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     if (inplace) {
@@ -319,13 +378,16 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     status = sg_fail(error, SG_ERR_FORMAT, "%s: unknown op \"%s\"", c->path, op);
     goto done;
   }
-  const char *names[1] = {"y"};
+  const char *names[2] = {"y", "y2"};
   const char *metadata[] = {"op", op, "backend", sg_backend_name(be), NULL};
-  status = sg_safetensors_write(out_path, 1, names, &y, metadata, error);
+  sg_tensor outputs[2] = {y, y2};
+  status = sg_safetensors_write(out_path, y2.data ? 2 : 1, names, outputs, metadata, error);
 done:
   free(y.data);
+  free(y2.data);
   free(x_owned);
   free(r_owned);
+  if (w_mapping) munmap(w_mapping, sg_weight_mapping_bytes(w_bytes));
   sg_backend_free(be);
   return status;
 }
