@@ -50,6 +50,9 @@ def parse_args(argv=None):
     p.add_argument("--threads", type=int, default=2, help="worker processes and torch threads")
     p.add_argument("--stages", default="all", help="comma list of stages to run (default all)")
     p.add_argument("--redo", default="", help="comma list of finished stages to run again")
+    p.add_argument("--restart-schedule", default="", metavar="STAGE,...",
+                   help="resume these stages' weights and optimizer but restart their "
+                        "time-based learning-rate schedule (a stage moved from CPU to GPU)")
     p.add_argument("--budget-scale", type=float, default=1.0, help="multiplies every budget")
     p.add_argument("--budget", action="append", default=[], metavar="STAGE=SECONDS",
                    help="override one stage's budget (before --budget-scale)")

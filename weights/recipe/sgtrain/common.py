@@ -54,6 +54,16 @@ class Run:
         if self.cuda:
             torch.cuda.synchronize()
 
+    def resumed_elapsed(self, name, state):
+        """The stage time a checkpoint carries, or 0 with --restart-schedule NAME: the weights
+        and optimizer go on, the time-based learning-rate schedule starts again (e.g. when a
+        stage begun on the CPU goes on on a GPU, where its budget is far shorter)."""
+        if name in getattr(self.args, "restart_schedule", "").split(","):
+            self.log(f"{name}: from step {state['step']}, learning-rate schedule restarted "
+                     f"(was {state['elapsed']:.0f} s into the stage)")
+            return 0.0
+        return state["elapsed"]
+
     def stage_done(self, name):
         return os.path.exists(self.path("stages", name + ".json"))
 

@@ -226,7 +226,7 @@ def stage_ae(run, pool):
     if state:
         ae.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
-        step, elapsed = state["step"], state["elapsed"]
+        step, elapsed = state["step"], run.resumed_elapsed("ae", state)
     clock = Clock(run, run.budgets["ae"], elapsed)
     run.log(f"ae: decoder {count_parameters(ae.decoder) / 1e6:.3f}M parameters, "
             f"{nets.decoder_macs(sizes['decoder'], sizes['image_size']) / 1e9:.2f} GMAC at "

@@ -158,11 +158,22 @@ def stage_teacher(run):
     ckpt_path = run.path("ckpt", "teacher.pt")
     step, elapsed = 0, 0.0
     state = load_checkpoint(ckpt_path, dev)
-    if state:
+    warm_from = 0  # the step the learning-rate warm-up counts from
+    if state and "opt" not in state:
+        # teacher_final.pt copied to teacher.pt (e.g. brought back from a GPU run): the EMA
+        # weights go on training with fresh AdamW moments and a new warm-up
+        run.log(f"teacher: warm start from EMA weights at step {state['step']} (no optimizer "
+                "state)")
+        system.load_state_dict(state["ema"])
+        ema.load_state_dict(state["ema"])
+        step = warm_from = state["step"]
+        data.reseed(args.seed * 7919 + 1 + step)
+    elif state:
         system.load_state_dict(state["model"])
         opt.load_state_dict(state["opt"])
         ema.load_state_dict(state["ema"])
-        step, elapsed = state["step"], state["elapsed"]
+        step, elapsed = state["step"], run.resumed_elapsed("teacher", state)
+        warm_from = state.get("warm_from", 0)
         data.reseed(args.seed * 7919 + 1 + step)
     clock = Clock(run, run.budgets["teacher"], elapsed)
     unet = system["unet"]
@@ -175,7 +186,8 @@ def stage_teacher(run):
 
     def save(path=ckpt_path):
         save_checkpoint(path, {"model": system.state_dict(), "opt": opt.state_dict(),
-                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed})
+                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed,
+                               "warm_from": warm_from})
 
     system.train()
     def train_step():
@@ -188,7 +200,7 @@ def stage_teacher(run):
             context = system["conditioner"](hidden)
             v = unet(xt, t * 1000.0, context, None, pooled)
         loss = F.mse_loss(v.float(), eps - x0)
-        set_lr(opt, args.lr, lr_factor(step, clock.fraction, args.warmup))
+        set_lr(opt, args.lr, lr_factor(step - warm_from, clock.fraction, args.warmup))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -268,7 +280,7 @@ def stage_students(run):
             students[v].load_state_dict(state["model"][v])
             opts[v].load_state_dict(state["opt"][v])
             emas[v].load_state_dict(state["ema"][v])
-        step, elapsed = state["step"], state["elapsed"]
+        step, elapsed = state["step"], run.resumed_elapsed("students", state)
         data.reseed(args.seed * 7919 + 2 + step)
     clock = Clock(run, run.budgets["students"], elapsed)
     unet = students["tas"]["unet"]
@@ -403,7 +415,7 @@ def stage_adversarial(run):
         opt_g.load_state_dict(state["opt_g"])
         opt_d.load_state_dict(state["opt_d"])
         ema.load_state_dict(state["ema"])
-        step, elapsed = state["step"], state["elapsed"]
+        step, elapsed = state["step"], run.resumed_elapsed("adversarial", state)
         data.reseed(args.seed * 7919 + 3 + step)
     clock = Clock(run, run.budgets["adversarial"], elapsed)
     with torch.no_grad(), run.autocast():
