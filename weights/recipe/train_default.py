@@ -85,6 +85,8 @@ def parse_args(argv=None):
                    help="α_t multiplier in the adversarial stage's timestep-aware scaling")
     p.add_argument("--autocast-cpu", action="store_true",
                    help="bf16 autocast on the CPU too (tests the GPU's mixed-precision paths)")
+    p.add_argument("--no-cuda-graphs", action="store_true",
+                   help="train teacher and students eagerly (default on CUDA: CUDA graphs)")
     p.add_argument("--export-dtype", choices=["f32", "f16", "bf16"], default="f16")
     p.add_argument("--eval-prompts", type=int, help="held-out prompts (default 504; smoke 12)")
     p.add_argument("--eval-seeds", type=int, help="seeds per prompt (default 2)")
@@ -94,17 +96,18 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-def _ignore_stop_signals():
+def _ignore_ctrl_c():
+    # Ctrl+C reaches the whole process group; the driver handles it (below) and ends the pool.
+    # SIGTERM stays deadly to the workers: Pool.terminate() ends them with it.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
 def main(argv=None):
     args = parse_args(argv)
     # The pool is forked before torch starts threads or CUDA, so its workers stay clean.
-    # Workers ignore SIGINT/SIGTERM: the driver handles them (below) and ends the pool itself.
+    # Workers ignore Ctrl+C (SIGINT): the driver handles it and ends the pool itself.
     pool = multiprocessing.get_context("fork").Pool(max(1, args.threads),
-                                                    initializer=_ignore_stop_signals)
+                                                    initializer=_ignore_ctrl_c)
     import torch
     from sgtrain import nets
     from sgtrain.common import Interrupted, Run

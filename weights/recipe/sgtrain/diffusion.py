@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import nets
-from .common import EMA, Clock, Interrupted, adamw, count_parameters, load_checkpoint, \
+from .common import EMA, Clock, Interrupted, adamw, count_parameters, graphed, load_checkpoint, \
     lr_factor, save_checkpoint, set_lr
 from .data import load_latents
 from .text import Conditioner, clip_config, encoder_outputs, load_tokenizer, make_text_encoder, \
@@ -144,6 +144,50 @@ def expand(t, x):
 # teacher
 
 
+class TeacherForward(nn.Module):
+    """The teacher's trained forward as one module (caption ids → velocity), so that it can be
+    captured as one CUDA graph."""
+
+    def __init__(self, system, autocast):
+        super().__init__()
+        self.system = system
+        self.autocast = autocast
+
+    def forward(self, xt, timestep, ids):
+        with self.autocast(cache=False):
+            hidden, pooled = encoder_outputs(self.system["text_encoder"], ids)
+            context = self.system["conditioner"](hidden)
+            return self.system["unet"](xt, timestep, context, None, pooled)
+
+
+class StudentForward(nn.Module):
+    """A student's trained forward as one module: (velocity, KD feature) from the teacher's text
+    states, or the velocity alone when it learns without KD."""
+
+    def __init__(self, student, with_features, autocast):
+        super().__init__()
+        self.student = student
+        self.with_features = with_features
+        self.autocast = autocast
+
+    def forward(self, xt, timestep, hidden, pooled):
+        with self.autocast(cache=False):
+            context = self.student["conditioner"](hidden)
+            out = self.student["unet"](xt, timestep, context, None, pooled,
+                                       return_features=self.with_features)
+        return (out[0], out[1]["kd"]) if self.with_features else out
+
+
+def sample_inputs(data, batch):
+    """Fixed inputs of a CUDA graph capture: noise latents, timesteps, caption ids (drawn from
+    the default generator, so the training batches stay as without graphs)."""
+    dev = data.latents.device
+    shape = (batch,) + tuple(data.latents.shape[1:])
+    ids = data.ids[torch.arange(batch, device=dev) % len(data.ids)].clone()
+    return (torch.randn(shape, device=dev), torch.rand(batch, device=dev) * 1000.0, ids)
+
+
+
 def stage_teacher(run):
     """Flow matching with logit-normal t (shift 1: the 32×32 latent is the token count at which
     SD3's resolution rule gives α = 1), 10% caption dropout to "", AdamW, bf16 autocast, EMA.
@@ -190,15 +234,15 @@ def stage_teacher(run):
                                "warm_from": warm_from})
 
     system.train()
+    forward = graphed(run, TeacherForward(system, run.autocast), sample_inputs(data, batch),
+                      "teacher")
+
     def train_step():
         x0, ids = data.draw(batch)
         t = nets.logit_normal(batch, dev, data.gen)
         eps = data.noise_like(x0)
         xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
-        with run.autocast():
-            hidden, pooled = encoder_outputs(system["text_encoder"], ids)
-            context = system["conditioner"](hidden)
-            v = unet(xt, t * 1000.0, context, None, pooled)
+        v = forward(xt, t * 1000.0, ids)
         loss = F.mse_loss(v.float(), eps - x0)
         set_lr(opt, args.lr, lr_factor(step - warm_from, clock.fraction, args.warmup))
         opt.zero_grad(set_to_none=True)
@@ -219,7 +263,8 @@ def stage_teacher(run):
             if batch <= 16:
                 raise RuntimeError("teacher: out of GPU memory even at batch 16")
             batch //= 2
-            run.log(f"teacher: out of GPU memory, batch halved to {batch}")
+            forward = TeacherForward(system, run.autocast)  # eager: a graph has a fixed batch
+            run.log(f"teacher: out of GPU memory, batch halved to {batch} (eager)")
             continue
         step += 1
         ema.update(system, step)
@@ -247,13 +292,13 @@ def stage_teacher(run):
 # students: three variants trained side by side on identical batches
 
 
-def student_loss(variant, student, v_student, feats, target, v_teacher, f_teacher, t):
+def student_loss(variant, student, v_student, f_student, target, v_teacher, f_teacher, t):
     """(loss, task, kd) for one variant; task/kd are per-sample (kd None without KD)."""
     task = nets.per_sample_mse(v_student, target)
     if variant == "none":
         return task.mean(), task, None
     kd = nets.per_sample_mse(v_student, v_teacher) + \
-        nets.feature_kd(feats["kd"], student["projector"], f_teacher)
+        nets.feature_kd(f_student, student["projector"], f_teacher)
     if variant == "tas":
         return nets.timestep_aware(task, kd, t), task, kd
     return (0.5 * task + 0.5 * kd).mean(), task, kd
@@ -300,6 +345,12 @@ def stage_students(run):
 
     for v in VARIANTS:
         students[v].train()
+    sample = sample_inputs(data, batch)
+    with torch.no_grad(), run.autocast():
+        sample_text = encoder_outputs(teacher["text_encoder"], sample[2])
+    forwards = {v: graphed(run, StudentForward(students[v], v != "none", run.autocast),
+                           sample[:2] + tuple(x.clone() for x in sample_text), f"student {v}")
+                for v in VARIANTS}
     while not clock.finished():
         x0, ids = data.draw(batch)
         t = nets.logit_normal(batch, dev, data.gen)
@@ -314,12 +365,10 @@ def stage_students(run):
         factor = lr_factor(step, clock.fraction, args.warmup)
         for v in VARIANTS:
             student = students[v]
+            out = forwards[v](xt, t * 1000.0, hidden, pooled)
+            v_student, f_student = out if v != "none" else (out, None)
             with run.autocast():
-                context = student["conditioner"](hidden)
-                out = student["unet"](xt, t * 1000.0, context, None, pooled,
-                                      return_features=v != "none")
-                v_student, feats = out if v != "none" else (out, None)
-                loss, task, kd = student_loss(v, student, v_student, feats, target,
+                loss, task, kd = student_loss(v, student, v_student, f_student, target,
                                               v_teacher, f_teacher, t)
             set_lr(opts[v], args.lr, factor)
             opts[v].zero_grad(set_to_none=True)
