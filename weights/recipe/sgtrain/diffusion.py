@@ -166,15 +166,17 @@ class StudentForward(nn.Module):
 
     def __init__(self, student, with_features, autocast):
         super().__init__()
-        self.student = student
+        # not the KD projector: the loss uses it outside the graph
+        self.conditioner = student["conditioner"]
+        self.unet = student["unet"]
         self.with_features = with_features
         self.autocast = autocast
 
     def forward(self, xt, timestep, hidden, pooled):
         with self.autocast(cache=False):
-            context = self.student["conditioner"](hidden)
-            out = self.student["unet"](xt, timestep, context, None, pooled,
-                                       return_features=self.with_features)
+            context = self.conditioner(hidden)
+            out = self.unet(xt, timestep, context, None, pooled,
+                            return_features=self.with_features)
         return (out[0], out[1]["kd"]) if self.with_features else out
 
 
