@@ -226,6 +226,9 @@ static sg_status load_slot(sg_conditioner *c, JsonObject *index, const char *ind
                      "folder '%s' is not", c->model_dir, slot->component, slot->tokenizer_name);
   if (status == SG_OK && slot->present)
     status = sg_weights_open_folder(folder, &slot->weights, error);
+  /* One backend runs the encoder: the f32 copies widened from bf16 files may be released once
+   * packed (Gemma-2-2b peaked at 18 GiB, plain and packed copies both resident). */
+  if (status == SG_OK && slot->present) sg_weights_hand_off_to_backend(slot->weights);
 
   if (status == SG_OK && slot->present && slot->kind == ENCODER_CLIP) {
     sg_clip_text_config config;
