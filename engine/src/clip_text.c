@@ -94,6 +94,8 @@ struct sg_clip_text {
   sg_tensor projection; /* [projection_dim, H], no bias */
 };
 
+#define TOKEN_EMBEDDING "text_model.embeddings.token_embedding.weight"
+
 static sg_status get_tensor(sg_weights *weights, const char *name, int64_t d0, int64_t d1,
                             sg_tensor *out, sg_error *error) {
   int64_t dims[2] = {d0, d1};
@@ -133,9 +135,9 @@ sg_status sg_clip_text_load(const sg_clip_text_config *config, sg_weights *weigh
   m->config = *config;
   m->layers = g_new0(clip_layer, config->num_hidden_layers);
   int64_t h = config->hidden_size;
-  sg_status status =
-      get_tensor(weights, "text_model.embeddings.token_embedding.weight", config->vocab_size, h,
-                 &m->token_embedding, error);
+  /* The token table stays in the file's dtype: a prompt reads at most 77 of its rows. */
+  sg_status status = sg_weights_get_table(weights, TOKEN_EMBEDDING, config->vocab_size, h,
+                                          &m->token_embedding, NULL, error);
   if (status == SG_OK)
     status = get_tensor(weights, "text_model.embeddings.position_embedding.weight",
                         config->max_position_embeddings, h, &m->position_embedding, error);
@@ -283,10 +285,11 @@ sg_status sg_clip_text_forward(sg_clip_text *m, sg_backend *be, sg_arena *arena,
 
   /* Embeddings: token + position (positions 0..count-1). */
   float *xd = x.data;
-  const float *tokens = m->token_embedding.data, *positions = m->position_embedding.data;
-  for (int t = 0; t < count; t++)
-    for (int64_t j = 0; j < h; j++)
-      xd[t * h + j] = tokens[(int64_t)ids[t] * h + j] + positions[t * h + j];
+  const float *positions = m->position_embedding.data;
+  for (int t = 0; t < count; t++) {
+    CHECK(sg_weights_table_row(&m->token_embedding, TOKEN_EMBEDDING, ids[t], xd + t * h, error));
+    for (int64_t j = 0; j < h; j++) xd[t * h + j] += positions[t * h + j];
+  }
   if (hidden_out && wanted == 0) memcpy(hidden_out->data, xd, sg_tensor_nbytes(&x));
 
   for (int l = 0; l < run_layers; l++) {

@@ -158,11 +158,14 @@ sg_status sg_gemma2_load(const sg_gemma2_config *config, sg_weights *weights, sg
   const char *prefix = "model.";
   int64_t dims[2] = {config->vocab_size, h};
   int found = 0;
-  sg_status status = sg_weights_get_optional(weights, "model.embed_tokens.weight", 2, dims,
-                                             &m->embed_tokens, &found, error);
+  /* The token table stays in the file's dtype (1.2 GB of bf16 at full size, 2.4 GB widened): a
+   * prompt reads only its own rows. */
+  sg_status status = sg_weights_get_table(weights, "model.embed_tokens.weight", dims[0], dims[1],
+                                          &m->embed_tokens, &found, error);
   if (status == SG_OK && !found) {
     prefix = "";
-    status = sg_weights_get(weights, "embed_tokens.weight", 2, dims, &m->embed_tokens, error);
+    status = sg_weights_get_table(weights, "embed_tokens.weight", dims[0], dims[1],
+                                  &m->embed_tokens, NULL, error);
   }
   for (int i = 0; i < config->num_hidden_layers && status == SG_OK; i++)
     status = load_layer(weights, prefix, config, i, &m->layers[i], error);
@@ -322,10 +325,11 @@ sg_status sg_gemma2_forward(sg_gemma2 *m, sg_backend *be, sg_arena *arena, const
   /* Embeddings scaled by sqrt(hidden_size), rounded to the compute type (float32) first. */
   float normalizer = (float)sqrt((double)h);
   float *xd = x.data;
-  const float *table_data = m->embed_tokens.data;
-  for (int t = 0; t < count; t++)
-    for (int64_t j = 0; j < h; j++)
-      xd[t * h + j] = table_data[(int64_t)ids[t] * h + j] * normalizer;
+  for (int t = 0; t < count; t++) {
+    CHECK(sg_weights_table_row(&m->embed_tokens, "embed_tokens.weight", ids[t], xd + t * h,
+                               error));
+    for (int64_t j = 0; j < h; j++) xd[t * h + j] *= normalizer;
+  }
 
   int run_layers = wanted < layers ? wanted : layers;
   for (int l = 0; l < run_layers; l++) CHECK(run_layer(m, l, be, &x, &s, error));

@@ -340,6 +340,51 @@ sg_status sg_weights_get(sg_weights *weights, const char *name, int ndim, const 
   return status;
 }
 
+sg_status sg_weights_get_table(sg_weights *weights, const char *name, int64_t rows, int64_t cols,
+                               sg_tensor *out, int *found, sg_error *error) {
+  int64_t dims[2] = {rows, cols};
+  located_tensor *located = weights->random ? NULL : g_hash_table_lookup(weights->located, name);
+  const sg_st_entry *entry = located ? located->entry : NULL;
+  /* f32 files are used in place anyway; random weights and odd addresses take the f32 path. */
+  if (!entry || entry->dtype == SG_F32 || (uintptr_t)entry->data % 2 != 0) {
+    int here = 0;
+    sg_status status = sg_weights_get_optional(weights, name, 2, dims, out, &here, error);
+    if (found) *found = here;
+    if (status == SG_OK && !here && !found)
+      return sg_fail(error, SG_ERR_FORMAT, "%s: missing tensor '%s'", weights->source, name);
+    return status;
+  }
+  SG_TRY(check_shape(sg_safetensors_path(located->file), name, entry->ndim, entry->dims, 2, dims,
+                     error));
+  *out = sg_tensor_view((void *)entry->data, entry->dtype, 2, dims);
+  weights->parameter_count += rows * cols;
+  if (found) *found = 1;
+  return SG_OK;
+}
+
+sg_status sg_weights_table_row(const sg_tensor *table, const char *name, int64_t row, float *out,
+                               sg_error *error) {
+  int64_t cols = table->dims[1];
+  if (row < 0 || row >= table->dims[0]) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "row %lld of '%s' asked; it has %lld",
+                   (long long)row, name, (long long)table->dims[0]);
+  }
+  if (table->dtype == SG_F32) {
+    memcpy(out, (const float *)table->data + row * cols, (size_t)cols * sizeof(float));
+  } else {
+    const uint16_t *halves = (const uint16_t *)table->data + row * cols;
+    for (int64_t j = 0; j < cols; j++)
+      out[j] = table->dtype == SG_F16 ? sg_f16_to_f32(halves[j]) : sg_bf16_to_f32(halves[j]);
+  }
+  for (int64_t j = 0; j < cols; j++) {
+    if (!isfinite(out[j])) {
+      return sg_fail(error, SG_ERR_FORMAT, "tensor '%s' contains NaN/Inf values (row %lld)", name,
+                     (long long)row);
+    }
+  }
+  return SG_OK;
+}
+
 int64_t sg_weights_parameter_count(const sg_weights *weights) { return weights->parameter_count; }
 
 size_t sg_weights_owned_bytes(const sg_weights *weights) { return weights->owned_bytes; }
