@@ -248,6 +248,7 @@ static sg_status load_from_file(sg_weights *weights, const located_tensor *locat
     out->data = data;
     out->owned = 1;
     weights->owned_bytes += (size_t)numel * sizeof(float);
+    drop_file_pages(source, entry->nbytes); /* the file's copy is read once, for the widening */
   }
   out->nbytes = (size_t)numel * sizeof(float);
   for (int64_t i = 0; i < numel; i++) {
