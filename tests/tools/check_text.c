@@ -158,6 +158,9 @@ static sg_status open_model(check_state *s, const char *case_path, sg_json **jso
     sg_status status = sg_json_load(path, json, error);
     g_free(path);
     if (status == SG_OK) status = sg_weights_open_folder(model_dir, &s->weights, error);
+    /* One backend per run (as in the pipeline): widened copies may go once packed, which keeps
+     * the full-size Gemma check well inside the machine's memory. */
+    if (status == SG_OK) sg_weights_hand_off_to_backend(s->weights);
     return status;
   }
   const char *text = sg_safetensors_metadata(s->file, "config");
