@@ -673,6 +673,23 @@ def check_conditioner_errors(folder, workdir):
         with open(path, "w") as f:
             json.dump(config, f)
 
+    def nan_embedding(dtype):
+        # a NaN in every row of the CLIP-L token table: f32 files are checked when loaded, bf16
+        # tables (left in the file's dtype) when a prompt's row is read
+        def apply(copy_dir):
+            path = os.path.join(copy_dir, "text_encoder", "model.safetensors")
+            tensors = stio.load_file(path)
+            table = np.array(tensors["text_model.embeddings.token_embedding.weight"],
+                             dtype=np.float32)
+            table[:, 1] = np.nan
+            tensors["text_model.embeddings.token_embedding.weight"] = table
+            stio.save_file(path, tensors, dtype=dtype)
+        return apply
+
+    broken("NaN in the token embedding (f32 file)", nan_embedding("F32"),
+           ["text_model.embeddings.token_embedding.weight", "NaN/Inf"])
+    broken("NaN in the token embedding (bf16 file, found at lookup)", nan_embedding("BF16"),
+           ["text_model.embeddings.token_embedding.weight", "NaN/Inf", "row"])
     broken("hidden_layer out of range", edit_config(set_layer),
            ["conditioner/config.json", "encoders[1]", "hidden_layer 9"])
     broken("pooled widths do not add up", edit_config(pooled_sum), ["pooled_dim is 100"])
