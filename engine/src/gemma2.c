@@ -97,7 +97,8 @@ typedef struct {
 
 struct sg_gemma2 {
   sg_gemma2_config config;
-  sg_tensor embed_tokens; /* [vocab, H] */
+  sg_tensor embed_tokens; /* [vocab, H], in the file's dtype */
+  const char *embed_name; /* its tensor name, for messages */
   gemma2_layer *layers;
   sg_tensor norm;
 };
@@ -162,10 +163,12 @@ sg_status sg_gemma2_load(const sg_gemma2_config *config, sg_weights *weights, sg
    * prompt reads only its own rows. */
   sg_status status = sg_weights_get_table(weights, "model.embed_tokens.weight", dims[0], dims[1],
                                           &m->embed_tokens, &found, error);
+  m->embed_name = "model.embed_tokens.weight";
   if (status == SG_OK && !found) {
     prefix = "";
-    status = sg_weights_get_table(weights, "embed_tokens.weight", dims[0], dims[1],
-                                  &m->embed_tokens, NULL, error);
+    m->embed_name = "embed_tokens.weight";
+    status = sg_weights_get_table(weights, m->embed_name, dims[0], dims[1], &m->embed_tokens,
+                                  NULL, error);
   }
   for (int i = 0; i < config->num_hidden_layers && status == SG_OK; i++)
     status = load_layer(weights, prefix, config, i, &m->layers[i], error);
@@ -326,8 +329,7 @@ sg_status sg_gemma2_forward(sg_gemma2 *m, sg_backend *be, sg_arena *arena, const
   float normalizer = (float)sqrt((double)h);
   float *xd = x.data;
   for (int t = 0; t < count; t++) {
-    CHECK(sg_weights_table_row(&m->embed_tokens, "embed_tokens.weight", ids[t], xd + t * h,
-                               error));
+    CHECK(sg_weights_table_row(&m->embed_tokens, m->embed_name, ids[t], xd + t * h, error));
     for (int64_t j = 0; j < h; j++) xd[t * h + j] *= normalizer;
   }
 

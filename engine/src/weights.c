@@ -39,6 +39,7 @@ struct sg_weights {
   int file_count;
   GHashTable *located; /* name -> located_tensor* (names owned by the files) */
   GHashTable *fetched; /* name (owned) -> fetched_tensor* */
+  GHashTable *tables;  /* names (owned) handed out by sg_weights_get_table in their stored dtype */
   int64_t parameter_count;
   size_t owned_bytes;
   uint64_t constant_id; /* stamped on every tensor handed out (tensor.h): random, never 0 */
@@ -60,6 +61,7 @@ static sg_weights *weights_new(const char *source) {
   weights->source = g_strdup(source);
   weights->located = g_hash_table_new_full(g_str_hash, g_str_equal, NULL, g_free);
   weights->fetched = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, free_fetched);
+  weights->tables = g_hash_table_new_full(g_str_hash, g_str_equal, g_free, NULL);
   /* Random rather than counted: a later sg_weights at the same addresses must get another id. */
   do {
     weights->constant_id = ((uint64_t)g_random_int() << 32) | g_random_int();
@@ -140,6 +142,7 @@ void sg_weights_hand_off_to_backend(sg_weights *weights) { weights->handoff = 1;
 void sg_weights_free(sg_weights *weights) {
   if (!weights) return;
   g_hash_table_destroy(weights->fetched);
+  g_hash_table_destroy(weights->tables);
   g_hash_table_destroy(weights->located);
   for (int i = 0; i < weights->file_count; i++) sg_safetensors_close(weights->files[i]);
   g_free(weights->files);
@@ -358,7 +361,7 @@ sg_status sg_weights_get_table(sg_weights *weights, const char *name, int64_t ro
   SG_TRY(check_shape(sg_safetensors_path(located->file), name, entry->ndim, entry->dims, 2, dims,
                      error));
   *out = sg_tensor_view((void *)entry->data, entry->dtype, 2, dims);
-  weights->parameter_count += rows * cols;
+  if (g_hash_table_add(weights->tables, g_strdup(name))) weights->parameter_count += rows * cols;
   if (found) *found = 1;
   return SG_OK;
 }
@@ -396,7 +399,9 @@ char **sg_weights_unused_names(const sg_weights *weights) {
   gpointer key;
   g_hash_table_iter_init(&iter, weights->located);
   while (g_hash_table_iter_next(&iter, &key, NULL)) {
-    if (!g_hash_table_contains(weights->fetched, key)) g_ptr_array_add(unused, g_strdup(key));
+    if (!g_hash_table_contains(weights->fetched, key) &&
+        !g_hash_table_contains(weights->tables, key))
+      g_ptr_array_add(unused, g_strdup(key));
   }
   if (unused->len > 1) qsort(unused->pdata, unused->len, sizeof(char *), compare_strings);
   g_ptr_array_add(unused, NULL);

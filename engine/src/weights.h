@@ -30,7 +30,6 @@ sg_status sg_weights_get(sg_weights *weights, const char *name, int ndim, const 
 sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
                                   const int64_t *dims, sg_tensor *out, int *found,
                                   sg_error *error);
-/* Total parameters fetched so far, and bytes of f32 copies made (for reports). */
 /* A table read by rows (a token embedding) with exactly the shape [rows, cols], left in its stored
  * dtype (F32, BF16 or F16) in the file mapping: no f32 copy of the whole table is made, and only
  * the rows looked up are ever read (sg_weights_table_row). found may be NULL (then a missing
@@ -41,6 +40,7 @@ sg_status sg_weights_get_table(sg_weights *weights, const char *name, int64_t ro
  * table (`name`) and row. */
 sg_status sg_weights_table_row(const sg_tensor *table, const char *name, int64_t row, float *out,
                                sg_error *error);
+/* Total parameters fetched so far, and bytes of f32 copies made (for reports). */
 int64_t sg_weights_parameter_count(const sg_weights *weights);
 size_t sg_weights_owned_bytes(const sg_weights *weights);
 /* Names in the files that no model asked for (to catch typos); NULL-terminated, free with g_strfreev

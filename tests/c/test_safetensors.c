@@ -563,12 +563,58 @@ static void test_png_errors(sg_test *t) {
   signal(SIGXFSZ, saved_handler);
 }
 
+/* Token tables stay in the file's dtype; rows convert like sg_weights_get's widening, a NaN is
+ * found in the row that holds it, and the table counts as used. */
+static void test_weights_table(sg_test *t) {
+  char folder[512], path[512];
+  sg_test_path(t, "", folder, sizeof folder);
+  float values[6] = {1.5f, -2.0f, 0.25f, 3.0f, -0.5f, 8.0f};
+  uint16_t bits[6];
+  for (int i = 0; i < 6; i++) bits[i] = sg_f32_to_bf16(values[i]);
+  bits[5] = 0x7fc0; /* NaN in row 2 */
+  int64_t dims[2] = {3, 2};
+  const char *names[2] = {"embed.weight", "copy.weight"};
+  sg_tensor tensors[2] = {sg_tensor_view(bits, SG_BF16, 2, dims),
+                          sg_tensor_view(bits, SG_BF16, 2, dims)};
+  write_tensor_file(sg_test_path(t, "t.safetensors", path, sizeof path), 2, names, tensors);
+  sg_error error = {0};
+  sg_weights *weights = NULL;
+  CHECK_INT(t, sg_weights_open_folder(folder, &weights, &error), SG_OK);
+  if (!weights) return;
+  sg_tensor table;
+  int found = 0;
+  CHECK_INT(t, sg_weights_get_table(weights, "embed.weight", 3, 2, &table, &found, &error), SG_OK);
+  CHECK(t, found && table.dtype == SG_BF16);
+  float row[2];
+  CHECK_INT(t, sg_weights_table_row(&table, "embed.weight", 1, row, &error), SG_OK);
+  CHECK(t, row[0] == 0.25f && row[1] == 3.0f);
+  CHECK_INT(t, sg_weights_table_row(&table, "embed.weight", 2, row, &error), SG_ERR_FORMAT);
+  CHECK_MSG(t, strstr(error.message, "'embed.weight' contains NaN/Inf values (row 2)") != NULL,
+            "%s", error.message);
+  CHECK_INT(t, sg_weights_table_row(&table, "embed.weight", 3, row, &error),
+            SG_ERR_INVALID_ARGUMENT);
+  CHECK_INT(t, sg_weights_get_table(weights, "embed.weight", 2, 3, &table, NULL, &error),
+            SG_ERR_FORMAT);
+  CHECK(t, strstr(error.message, "has shape [3, 2], expected [2, 3]") != NULL);
+  CHECK_INT(t, sg_weights_get_table(weights, "nope", 3, 2, &table, &found, &error), SG_OK);
+  CHECK(t, !found);
+  CHECK_INT(t, sg_weights_get_table(weights, "nope", 3, 2, &table, NULL, &error), SG_ERR_FORMAT);
+  CHECK(t, strstr(error.message, "missing tensor 'nope'") != NULL);
+  CHECK_INT(t, sg_weights_get_table(weights, "embed.weight", 3, 2, &table, NULL, &error), SG_OK);
+  CHECK_INT(t, sg_weights_parameter_count(weights), 6); /* counted once */
+  char **unused = sg_weights_unused_names(weights);
+  CHECK(t, unused && unused[0] && strcmp(unused[0], "copy.weight") == 0 && !unused[1]);
+  sg_weights_free_names(unused);
+  sg_weights_free(weights);
+}
+
 void register_safetensors_tests(sg_test_list *list) {
   sg_test_add(list, "safetensors/round_trip", test_round_trip);
   sg_test_add(list, "safetensors/write_errors", test_write_errors);
   sg_test_add(list, "safetensors/malformed_files", test_malformed_files);
   sg_test_add(list, "weights/folder", test_weights_folder);
   sg_test_add(list, "weights/bad_values", test_weights_bad_values);
+  sg_test_add(list, "weights/table", test_weights_table);
   sg_test_add(list, "weights/random", test_weights_random);
   sg_test_add(list, "png/round_trip", test_png_round_trip);
   sg_test_add(list, "png/errors", test_png_errors);
