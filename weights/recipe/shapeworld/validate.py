@@ -35,6 +35,11 @@ def wilson(successes, total, z=1.96):
     return max(0.0, center - half), min(1.0, center + half)
 
 
+# A 16×16 latent decoded to 1024² rounds corners by about σ = 1.5–2% of the side (measured by
+# eye against world.render(rounding=...); see README "Validation").
+ROUNDING_MAX = 0.02
+
+
 def degrade(image, rng, blur_max=1.3):
     """Imitates a generated image: soft edges (Gaussian blur up to blur_max pixels at 256²),
     noise, a slight colour cast and JPEG artefacts."""
@@ -94,12 +99,13 @@ def violating_objects(rng, requirement, kind, size):
     return world.place_objects(rng, scene, size, place_relation)
 
 
-def make_case(seed, index, category, positive, size):
-    """(prompt, image, violation kind or None) for one validation case, deterministic."""
+def make_case(seed, index, category, positive, size, rounding=0.0):
+    """(prompt, image, violation kind or None) for one validation case, deterministic; rounding
+    rounds the objects' corners (world.render)."""
     rng = np.random.default_rng([seed, index, 1 if positive else 2])
     if positive:
-        image, prompt, _ = world.sample(rng, category, size, split=None)
-        return prompt, image, None
+        prompt, spec = world.sample_spec(rng, category, size, split=None)
+        return prompt, world.render(spec, size, rounding=rounding), None
     while True:
         requirement = world.random_requirement(rng, category, bool(rng.uniform() < 0.5))
         kind = world._pick(rng, VIOLATIONS[category])
@@ -107,22 +113,25 @@ def make_case(seed, index, category, positive, size):
         if objects is not None:
             break
     prompt = world.caption_for(category, requirement["objects"], requirement["relation"])
-    return prompt, world.render(world.finish_scene(rng, objects, size), size), kind
+    return prompt, world.render(world.finish_scene(rng, objects, size), size,
+                                rounding=rounding), kind
 
 
 def run_validation(positives, negatives, size=256, seed=20250, degrade_fraction=0.5,
-                   verbose=False, blur_max=1.3):
+                   verbose=False, blur_max=1.3, rounding_max=ROUNDING_MAX):
     """Evaluates `positives` ground-truth and `negatives` wrong renders, spread evenly over the
-    categories. Returns {"pos": {cat: [n, ok]}, "neg": {cat: [n, ok]}, "kinds": {...}, "fails"}."""
+    categories; degraded images also get their corners rounded (up to rounding_max of the side).
+    Returns {"pos": {cat: [n, ok]}, "neg": {cat: [n, ok]}, "kinds": {...}, "fails"}."""
     stats = {"pos": {c: [0, 0] for c in world.CATEGORIES},
              "neg": {c: [0, 0] for c in world.CATEGORIES}, "kinds": {}, "fails": []}
     for positive, total in ((True, positives), (False, negatives)):
         for index in range(total):
             category = world.CATEGORIES[index % len(world.CATEGORIES)]
             rng = np.random.default_rng([seed, index, 3 if positive else 4])
-            prompt, image, kind = make_case(seed, index, category, positive, size)
-            assert parse(prompt)["category"] == category, prompt
             degraded = rng.uniform() < degrade_fraction
+            rounding = float(rng.uniform(0, rounding_max)) if degraded else 0.0
+            prompt, image, kind = make_case(seed, index, category, positive, size, rounding)
+            assert parse(prompt)["category"] == category, prompt
             if degraded:
                 image = degrade(image, rng, blur_max)
             passed, _, details = shapeeval.evaluate(prompt, image)
@@ -170,28 +179,35 @@ def _row(name, pos, neg):
 
 
 def measure_prototypes(size=256):
-    """Mean shape features of clean renders: the table ShapeEval classifies against."""
+    """Mean shape features of renders, per shape and corner rounding (ROUNDING_LEVELS, σ as a
+    fraction of the object's size): the table ShapeEval classifies against."""
     result = {}
     for shape in world.SHAPES:
-        vectors = []
-        for fraction in (0.15, 0.25, 0.35, 0.5):
-            for rotation in (-6, -3, 0, 3, 6):
-                obj = world._new_object(np.random.default_rng(0), shape, "blue", fraction * size)
-                obj["rotation"] = 0.0 if shape in ("circle", "ring") else float(rotation)
-                obj["center"] = [size / 2, size / 2]
-                obj["rgb"] = list(world.COLORS["blue"])
-                scene = {"background": {"kind": "plain", "color": [230, 230, 230], "noise": 0},
-                         "objects": [obj]}
-                pixels, _ = shapeeval.load_pixels(world.render(scene, size))
-                mask = shapeeval.open_mask(shapeeval.color_labels(pixels) ==
-                                           shapeeval.PALETTE_NAMES.index("blue"))
-                rows, starts, ends, ids = shapeeval.label_runs(mask)
-                biggest = np.bincount(ids, weights=ends - starts).argmax()
-                mine = ids == biggest
-                features = shapeeval.shape_features(rows[mine], starts[mine], ends[mine])
-                vectors.append(shapeeval.feature_vector(features))
-        result[shape] = np.mean(vectors, 0)
+        result[shape] = []
+        for level in shapeeval.ROUNDING_LEVELS:
+            vectors = []
+            for fraction in (0.15, 0.25, 0.35, 0.5):
+                for rotation in (-6, -3, 0, 3, 6):
+                    vectors.append(_prototype_features(shape, fraction, rotation, level, size))
+            result[shape].append(np.mean(vectors, 0))
     return result
+
+
+def _prototype_features(shape, fraction, rotation, level, size):
+    obj = world._new_object(np.random.default_rng(0), shape, "blue", fraction * size)
+    obj["rotation"] = 0.0 if shape in ("circle", "ring") else float(rotation)
+    obj["center"] = [size / 2, size / 2]
+    obj["rgb"] = list(world.COLORS["blue"])
+    scene = {"background": {"kind": "plain", "color": [230, 230, 230], "noise": 0},
+             "objects": [obj]}
+    image = world.render(scene, size, rounding=level * fraction)
+    pixels, _ = shapeeval.load_pixels(image)
+    mask = shapeeval.open_mask(shapeeval.color_labels(pixels) ==
+                               shapeeval.PALETTE_NAMES.index("blue"))
+    rows, starts, ends, ids = shapeeval.label_runs(mask)
+    biggest = np.bincount(ids, weights=ends - starts).argmax()
+    mine = ids == biggest
+    return shapeeval.feature_vector(shapeeval.shape_features(rows[mine], starts[mine], ends[mine]))
 
 
 def main(argv=None):
@@ -204,21 +220,28 @@ def main(argv=None):
                         help="fraction of images blurred, noised and JPEG-compressed")
     parser.add_argument("--blur-max", type=float, default=1.3,
                         help="strongest blur of degraded images, in pixels at 256x256")
+    parser.add_argument("--rounding-max", type=float, default=ROUNDING_MAX,
+                        help="strongest corner rounding of degraded images (σ as a fraction "
+                             "of the side; world.render)")
     parser.add_argument("--threshold", type=float, default=0.98)
     parser.add_argument("--verbose", action="store_true", help="print every wrong decision")
     parser.add_argument("--prototypes", action="store_true",
                         help="print the prototype table measured on clean renders and exit")
     args = parser.parse_args(argv)
     if args.prototypes:
-        for shape, vector in measure_prototypes().items():
-            print(f'    "{shape}": [{", ".join(f"{v:.3f}" for v in vector)}],')
+        for shape, vectors in measure_prototypes().items():
+            print(f'    "{shape}": [')
+            for vector in vectors:
+                print(f'        [{", ".join(f"{v:.3f}" for v in vector)}],')
+            print("    ],")
         return 0
     start = time.time()
     stats = run_validation(args.positives, args.negatives, args.size, args.seed, args.degrade,
-                           args.verbose, args.blur_max)
+                           args.verbose, args.blur_max, args.rounding_max)
     seconds = time.time() - start
     print_table(stats, f"ShapeEval validation: {args.size}x{args.size}, seed {args.seed}, "
-                f"{args.degrade:.0%} degraded (blur <= {args.blur_max} px), {seconds:.1f} s")
+                f"{args.degrade:.0%} degraded (blur <= {args.blur_max} px, rounding <= "
+                f"{args.rounding_max}), {seconds:.1f} s")
     accept = sum(v[1] for v in stats["pos"].values()) / max(1, args.positives)
     reject = sum(v[1] for v in stats["neg"].values()) / max(1, args.negatives)
     ok = accept >= args.threshold and reject >= args.threshold
