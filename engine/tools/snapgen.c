@@ -601,10 +601,17 @@ static int run_bench(const runner_args *a) {
     const char *prompt = a->prompt ? a->prompt : bench_prompt;
     encoder_count = sg_conditioner_encoder_count(conditioner);
     if (encoder_count > 8) encoder_count = 8;
-    for (int i = 0; i < encoder_count; i++) {
+    for (int i = 0; i < encoder_count && status == SG_OK; i++) {
       sg_encoder_info info;
       sg_conditioner_encoder_info(conditioner, i, &info);
       row_start(&encoder_rows[i], info.component, 0, a->repeat);
+      /* the positions it runs, so that tests/bench can time PyTorch on as many */
+      int32_t *ids = NULL;
+      int count = 0, real_count = 0;
+      status = sg_conditioner_token_ids(conditioner, i, prompt, &ids, &count, &real_count, &error);
+      if (status == SG_OK && ids)
+        printf("%s: %d positions (%d tokens before padding)\n", info.component, count, real_count);
+      g_free(ids);
     }
     for (int r = 0; r < a->repeat + 1 && status == SG_OK; r++) { /* run 0 warms up */
       sg_conditioning_out_clear(&conditioning);

@@ -20,11 +20,12 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import torch
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "weights", "recipe"))
-from sgrecipe import export  # noqa: E402
+from sgrecipe import clip, export, gemma2  # noqa: E402
 
 
 def make_folder(args):
@@ -76,6 +77,75 @@ def time_torch(args, dtype):
     return times
 
 
+TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def load_text_encoder(folder, dtype):
+    """(kind, module in dtype) of a text encoder folder, its weights read tensor by tensor from
+    the safetensors file (bf16 or f32) straight into the dtype, so f32 Gemma-2-2b needs no
+    second copy."""
+    config = export.read_json(os.path.join(folder, "config.json"))
+    tensors = SafetensorsFile(os.path.join(folder, "model.safetensors"))
+    if config.get("model_type") == "gemma2" or "Gemma2" in str(config.get("architectures")):
+        kind = "gemma2"
+        with torch.device("meta"):
+            model = gemma2.Gemma2Model(config)
+    else:
+        kind = "clip"
+        with torch.device("meta"):
+            model = clip.make_model(config)
+    # file name -> module name (Gemma2ForCausalLM files put "model." in front)
+    names = {(k[len("model."):] if kind == "gemma2" and k.startswith("model.") else k): k
+             for k in tensors.header}
+    model.load_state_dict({k: tensors.get(name, dtype) for k, name in names.items()},
+                          assign=True)
+    return kind, model.eval()
+
+
+class SafetensorsFile:
+    """Tensors of a safetensors file (F32 or BF16), memory-mapped, each converted on request."""
+
+    def __init__(self, path):
+        import struct
+        with open(path, "rb") as f:
+            size = struct.unpack("<Q", f.read(8))[0]
+            self.header = {k: v for k, v in json.loads(f.read(size)).items()
+                           if k != "__metadata__"}
+        self.start = 8 + size
+        self.raw = np.memmap(path, dtype=np.uint8, mode="r")
+
+    def get(self, name, dtype):
+        info = self.header[name]
+        begin, end = (self.start + o for o in info["data_offsets"])
+        data = self.raw[begin:end]
+        if info["dtype"] == "BF16":
+            bits = torch.from_numpy(np.array(data.view(np.uint16)).view(np.int16))
+            tensor = bits.view(torch.bfloat16)
+        elif info["dtype"] == "F32":
+            tensor = torch.from_numpy(np.array(data.view(np.float32)))
+        else:
+            raise ValueError(f"{name}: dtype {info['dtype']} not handled")
+        return tensor.reshape(info["shape"]).to(dtype)
+
+
+@torch.inference_mode()
+def time_torch_text(args, dtype, positions):
+    """{component: median seconds} of each text encoder's forward on as many positions as the
+    engine ran (CLIP: 77 padded positions with the causal mask; Gemma-2: the real tokens)."""
+    times = {}
+    generator = torch.Generator().manual_seed(1)
+    for component in TEXT_ENCODERS:
+        folder = os.path.join(args.model, component)
+        if component not in positions or not os.path.isdir(folder):
+            continue
+        kind, model = load_text_encoder(folder, dtype)
+        vocab = model.config["vocab_size"]
+        ids = torch.randint(1, min(vocab, 1000), (1, positions[component]), generator=generator)
+        times[component] = median_time(lambda: model(ids), args.repeat)
+        del model
+    return times
+
+
 def time_engine(args):
     """{component: median seconds} and the ceiling line from `snapgen bench` on the folder."""
     command = [args.snapgen, "bench", "--model", args.model, "--size", str(args.size),
@@ -86,12 +156,16 @@ def time_engine(args):
     print(run.stdout, end="")
     if run.returncode != 0:
         sys.exit(f"snapgen bench failed ({run.returncode}): {run.stderr.strip()}")
-    times = {}
+    times, positions = {}, {}
     for line in run.stdout.splitlines():
-        match = re.match(r"(unet step|decoder|ceiling matmul \S+):\s+([0-9.]+)", line)
+        match = re.match(r"(unet step|decoder|text_encoder(?:_\d)?|ceiling matmul \S+):\s+"
+                         r"([0-9]+\.[0-9]+)", line)
         if match:
             times[match.group(1)] = float(match.group(2))
-    return times
+        match = re.match(r"(text_encoder\S*): (\d+) positions", line)
+        if match:
+            positions[match.group(1)] = int(match.group(2))
+    return times, positions
 
 
 def main():
@@ -118,22 +192,23 @@ def main():
     bf16_hardware = [f for f in ("avx512_bf16", "amx_bf16", "avx_ne_convert") if f in cpu_flags]
     print(f"cpu bf16 instructions: {', '.join(bf16_hardware) or 'none'}; torch {torch.__version__}, "
           f"{args.threads} threads, {args.size}x{args.size}")
+    engine, positions = time_engine(args)  # first: PyTorch runs the text encoders as long
     results = {}
     for name in args.precisions.split(","):
         dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
         print(f"PyTorch {name}: timing ...", flush=True)
-        results[f"torch {name}"] = time_torch(args, dtype)
+        results[f"torch {name}"] = time_torch_text(args, dtype, positions)
+        results[f"torch {name}"].update(time_torch(args, dtype))
         print(f"PyTorch {name}: {json.dumps(results[f'torch {name}'])}", flush=True)
-    engine = time_engine(args)
 
-    print(f"\n{'component':12s} {'engine f32 s':>13s}", end="")
+    print(f"\n{'component':14s} {'engine f32 s':>13s}", end="")
     for name in results:
         print(f" {name + ' s':>14s} {'ratio':>6s}", end="")
     print()
-    for component in ("unet step", "decoder"):
+    for component in TEXT_ENCODERS + ("unet step", "decoder"):
         if component not in engine:
             continue
-        print(f"{component:12s} {engine[component]:13.3f}", end="")
+        print(f"{component:14s} {engine[component]:13.3f}", end="")
         for times in results.values():
             print(f" {times[component]:14.3f} {times[component] / engine[component]:6.2f}", end="")
         print()

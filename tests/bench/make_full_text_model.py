@@ -22,6 +22,7 @@ import numpy as np
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.join(HERE, "..", "ref"))
+sys.path.insert(0, os.path.join(HERE, "..", "..", "weights", "recipe"))
 import test_text as tt  # noqa: E402  (its writers of random full-size files)
 
 

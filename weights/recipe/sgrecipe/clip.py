@@ -143,7 +143,7 @@ class CLIPTextTransformer(nn.Module):
         then each layer's output before the final norm) and pooler_output."""
         t = input_ids.shape[-1]
         x = self.embeddings(input_ids)
-        bias = torch.full((t, t), float("-inf"), device=x.device).triu(1)
+        bias = torch.full((t, t), float("-inf"), device=x.device, dtype=x.dtype).triu(1)
         if attention_mask is not None:  # padding keys, as transformers takes them
             pad = (1.0 - attention_mask[:, None, None, :].to(x.dtype)) * torch.finfo(x.dtype).min
             bias = bias + pad
