@@ -31,6 +31,9 @@ typedef enum { SG_BACKEND_ONEDNN = 0, SG_BACKEND_REFERENCE = 1 } sg_backend_kind
 typedef struct {
   int threads;             /* 0: all cores */
   sg_backend_kind backend;
+  /* Nonzero: the text encoders' and the UNet's linear layers keep int8 weights with one scale per
+   * output row (a quarter of their f32 memory), widened at each use; images change slightly. */
+  int int8_weights;
 } sg_context_options;
 
 /* The stages reported to the progress callback. */

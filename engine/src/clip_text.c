@@ -123,7 +123,11 @@ static sg_status load_layer(sg_weights *weights, const sg_clip_text_config *c, i
   char name[160];
   for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
     g_snprintf(name, sizeof name, "text_model.encoder.layers.%d.%s", index, parts[i].suffix);
-    SG_TRY(get_tensor(weights, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
+    if (parts[i].d1 > 0) /* a linear layer's weight: int8 when the weights store them so */
+      SG_TRY(sg_weights_get_linear(weights, name, parts[i].d0, parts[i].d1, parts[i].tensor,
+                                   error));
+    else
+      SG_TRY(get_tensor(weights, name, parts[i].d0, 0, parts[i].tensor, error));
   }
   return SG_OK;
 }

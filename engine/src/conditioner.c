@@ -47,6 +47,7 @@ struct sg_conditioner {
   int count;
   encoder_slot *slots;
   sg_weights *weights; /* conditioner/ */
+  int int8_linears;    /* the encoders' linear weights are stored int8 */
   int empty_ready;
   sg_conditioning_out empty; /* the "" prompt, cached */
 };
@@ -226,9 +227,11 @@ static sg_status load_slot(sg_conditioner *c, JsonObject *index, const char *ind
                      "folder '%s' is not", c->model_dir, slot->component, slot->tokenizer_name);
   if (status == SG_OK && slot->present)
     status = sg_weights_open_folder(folder, &slot->weights, error);
-  /* One backend runs the encoder: the f32 copies widened from bf16 files may be released once
-   * packed (Gemma-2-2b peaked at 18 GiB, plain and packed copies both resident). */
+  /* One backend runs the encoder: f32 copies widened from bf16 files that it packs may then be
+   * released (Gemma-2-2b once peaked at 18 GiB, plain and packed copies both resident). */
   if (status == SG_OK && slot->present) sg_weights_hand_off_to_backend(slot->weights);
+  if (status == SG_OK && slot->present && c->int8_linears)
+    sg_weights_store_linears_int8(slot->weights);
 
   if (status == SG_OK && slot->present && slot->kind == ENCODER_CLIP) {
     sg_clip_text_config config;
@@ -345,7 +348,8 @@ static sg_status settle_pooled_widths(sg_conditioner *c, const char *path, sg_er
   return SG_OK;
 }
 
-sg_status sg_conditioner_load(const char *model_dir, sg_conditioner **out, sg_error *error) {
+sg_status sg_conditioner_load(const char *model_dir, int int8_linears, sg_conditioner **out,
+                              sg_error *error) {
   *out = NULL;
   char *index_path = g_build_filename(model_dir, "model_index.json", NULL);
   JsonParser *parser = NULL;
@@ -361,6 +365,7 @@ sg_status sg_conditioner_load(const char *model_dir, sg_conditioner **out, sg_er
   g_free(class_name);
   sg_conditioner *c = g_new0(sg_conditioner, 1);
   c->model_dir = g_strdup(model_dir);
+  c->int8_linears = int8_linears;
   char *config_path = g_build_filename(model_dir, "conditioner", "config.json", NULL);
   char *folder = g_build_filename(model_dir, "conditioner", NULL);
   status = read_conditioner_config(c, config_path, error);

@@ -24,8 +24,10 @@ typedef struct sg_conditioner sg_conditioner;
  * side"), then loads every listed encoder whose component is present (its class named in
  * model_index.json and its folder there) with its tokenizer, and the conditioner's context_proj.{i}
  * weights. A model without a conditioner (no "conditioner" entry in model_index.json) gives
- * *out = NULL and SG_OK. Errors name the file, field or tensor at fault. */
-sg_status sg_conditioner_load(const char *model_dir, sg_conditioner **out, sg_error *error);
+ * *out = NULL and SG_OK. Errors name the file, field or tensor at fault. int8_linears: the
+ * encoders' linear layers keep int8 weights (sg_weights_store_linears_int8). */
+sg_status sg_conditioner_load(const char *model_dir, int int8_linears, sg_conditioner **out,
+                              sg_error *error);
 void sg_conditioner_free(sg_conditioner *conditioner);
 
 int sg_conditioner_context_dim(const sg_conditioner *conditioner);

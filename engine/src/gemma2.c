@@ -141,8 +141,15 @@ static sg_status load_layer(sg_weights *weights, const char *prefix, const sg_ge
   char name[160];
   for (size_t i = 0; i < G_N_ELEMENTS(parts); i++) {
     if (parts[i].is_bias && !c->attention_bias) continue;
+    if (parts[i].d1 > 0) { /* a linear layer's weight: int8 when the weights store them so */
+      char full[200];
+      g_snprintf(full, sizeof full, "%slayers.%d.%s", prefix, index, parts[i].suffix);
+      SG_TRY(sg_weights_get_linear(weights, full, parts[i].d0, parts[i].d1, parts[i].tensor,
+                                   error));
+      continue;
+    }
     g_snprintf(name, sizeof name, "layers.%d.%s", index, parts[i].suffix);
-    SG_TRY(get_tensor(weights, prefix, name, parts[i].d0, parts[i].d1, parts[i].tensor, error));
+    SG_TRY(get_tensor(weights, prefix, name, parts[i].d0, 0, parts[i].tensor, error));
   }
   return SG_OK;
 }

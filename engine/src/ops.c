@@ -44,6 +44,7 @@ sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error) {
 void sg_backend_free(sg_backend *backend) {
   if (!backend) return;
   sg_dnnl_free(backend->dnnl);
+  free(backend->widened);
   free(backend);
 }
 
@@ -285,11 +286,39 @@ sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
   return sg_linear_residual(be, x, w, b, act, NULL, y, error);
 }
 
+/* An SG_I8 weight matrix as f32 in the backend's scratch (*wide views it). The product then
+ * runs as for f32 weights: widening costs one pass over the matrix, small beside the product. */
+static sg_status widen_int8_weights(sg_backend *be, const sg_tensor *w, sg_tensor *wide,
+                                    sg_error *error) {
+  if (w->ndim != 2 || !w->data || !w->scales || w->dims[0] <= 0 || w->dims[1] <= 0)
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "linear: an int8 weight needs 2 dims, data and row scales");
+  const int64_t count = w->dims[0] * w->dims[1];
+  if (count > be->widened_capacity) {
+    float *grown = malloc((size_t)count * sizeof(float));
+    if (!grown)
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "linear: out of memory widening an int8 "
+                     "weight [%lld, %lld]", (long long)w->dims[0], (long long)w->dims[1]);
+    free(be->widened);
+    be->widened = grown;
+    be->widened_capacity = count;
+  }
+  use_threads(be);
+  sg_dequantize_rows_int8(w->data, w->scales, w->dims[0], w->dims[1], be->widened);
+  *wide = sg_tensor_view(be->widened, SG_F32, 2, w->dims); /* constant_id 0: nothing cached */
+  return SG_OK;
+}
+
 sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
                              const sg_tensor *b, sg_activation act, const sg_tensor *residual,
                              sg_tensor *y, sg_error *error) {
   const char *op = "linear";
   CHECK(check_backend(op, be, error));
+  sg_tensor wide;
+  if (w && w->dtype == SG_I8) {
+    CHECK(widen_int8_weights(be, w, &wide, error));
+    w = &wide;
+  }
   CHECK(check_tensor(op, "input x", x, 2, 2, error));
   CHECK(check_tensor(op, "weight", w, 2, 2, error));
   CHECK(check_activation(op, act, error));

@@ -13,6 +13,8 @@ struct sg_backend {
   sg_backend_kind kind;
   int threads;   /* OpenMP threads used by both backends (> 0) */
   sg_dnnl *dnnl; /* NULL for the reference backend */
+  float *widened; /* an int8 weight matrix widened to f32 for one linear (sg_linear) */
+  int64_t widened_capacity;
 };
 
 /* Element strides (channel, row, column) of an image [C,H,W], plain or channels-last. */

@@ -35,6 +35,7 @@ struct sg_context {
   sg_conditioner *conditioner;     /* NULL for models without text encoders */
   char *default_conditioning_path; /* models without a text encoder may ship a fixed conditioning */
   sg_arena *arena;
+  int int8_weights; /* sg_context_options.int8_weights */
 };
 
 void sg_generate_params_init(sg_generate_params *params) {
@@ -106,7 +107,9 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
                      "%s: the decoder takes %d latent channels but the UNet makes %d",
                      decoder_config, ctx->decoder_config.latent_channels,
                      ctx->unet_config.out_channels);
-  if (status == SG_OK) status = sg_conditioner_load(ctx->model_dir, &ctx->conditioner, error);
+  if (status == SG_OK)
+    status = sg_conditioner_load(ctx->model_dir, ctx->int8_weights, &ctx->conditioner,
+                                 error);
   if (status == SG_OK && ctx->conditioner &&
       (sg_conditioner_context_dim(ctx->conditioner) != ctx->unet_config.context_dim ||
        sg_conditioner_pooled_dim(ctx->conditioner) != ctx->unet_config.pooled_dim))
@@ -118,6 +121,7 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
   /* The context's one backend runs both: their plain f32 copies go once it has packed them. */
   if (status == SG_OK) status = sg_weights_open_folder(unet_dir, &ctx->unet_weights, error);
   if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->unet_weights);
+  if (status == SG_OK && ctx->int8_weights) sg_weights_store_linears_int8(ctx->unet_weights);
   if (status == SG_OK) status = sg_unet_load(&ctx->unet_config, ctx->unet_weights, &ctx->unet, error);
   if (status == SG_OK) status = sg_weights_open_folder(decoder_dir, &ctx->decoder_weights, error);
   if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->decoder_weights);
@@ -151,6 +155,7 @@ sg_status sg_context_new(const char *model_dir, const sg_context_options *option
 
   sg_context *ctx = g_new0(sg_context, 1);
   ctx->model_dir = g_strdup(model_dir);
+  ctx->int8_weights = options->int8_weights != 0;
   ctx->backend = sg_backend_new(options->backend, options->threads, error);
   sg_status status = ctx->backend ? SG_OK : error ? error->status : SG_ERR_BACKEND;
   if (status == SG_OK) {

@@ -14,6 +14,7 @@ size_t sg_dtype_size(sg_dtype dtype) {
     case SG_F32: return 4;
     case SG_F16: return 2;
     case SG_BF16: return 2;
+    case SG_I8: return 1;
   }
   return 0;
 }
@@ -23,6 +24,7 @@ const char *sg_dtype_name(sg_dtype dtype) {
     case SG_F32: return "F32";
     case SG_F16: return "F16";
     case SG_BF16: return "BF16";
+    case SG_I8: return "I8";
   }
   return "unknown";
 }
@@ -280,4 +282,29 @@ sg_status sg_arena_tensor(sg_arena *arena, int ndim, const int64_t *dims, sg_ten
   if (!data) return error ? error->status : SG_ERR_OUT_OF_MEMORY;
   *out = sg_tensor_view(data, SG_F32, ndim, dims);
   return SG_OK;
+}
+
+void sg_quantize_rows_int8(const float *w, int64_t rows, int64_t cols, int8_t *q, float *scales) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const float *row = w + r * cols;
+    float largest = 0.0f;
+    for (int64_t k = 0; k < cols; k++) largest = fmaxf(largest, fabsf(row[k]));
+    const float scale = largest > 0.0f ? largest / 127.0f : 1.0f;
+    scales[r] = scale;
+    for (int64_t k = 0; k < cols; k++) {
+      /* |row[k] / scale| <= 127 up to rounding; the clamp keeps a rounding slip in range */
+      long code = lrintf(row[k] / scale);
+      q[r * cols + k] = (int8_t)(code > 127 ? 127 : code < -127 ? -127 : code);
+    }
+  }
+}
+
+void sg_dequantize_rows_int8(const int8_t *q, const float *scales, int64_t rows, int64_t cols,
+                             float *out) {
+#pragma omp parallel for schedule(static)
+  for (int64_t r = 0; r < rows; r++) {
+    const float scale = scales[r];
+    for (int64_t k = 0; k < cols; k++) out[r * cols + k] = (float)q[r * cols + k] * scale;
+  }
 }

@@ -9,7 +9,8 @@
 
 #define SG_MAX_DIMS 4
 
-typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2 } sg_dtype;
+/* SG_I8: a weight matrix [N,K] of int8 codes with one f32 scale per row (sg_tensor.scales). */
+typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2, SG_I8 = 3 } sg_dtype;
 
 /* Activations are row-major over dims: images are [C, H, W] (batch 1, NCHW), token sequences are
  * [tokens, channels]. SG_FORMAT_NHWC marks an image stored channels-last, dims still [C, H, W]. */
@@ -40,6 +41,7 @@ typedef struct {
    * reordered into its preferred layout, keyed by (data, constant_id). 0 for activations. */
   uint64_t constant_id;
   sg_weight_memory memory; /* SG_WEIGHT_KEEP unless constant_id is set */
+  const float *scales;     /* SG_I8 only: row r's values are data[r][k] * scales[r] */
 } sg_tensor;
 
 /* Bytes of the page-aligned mapping that holds an SG_WEIGHT_HANDOFF tensor of nbytes. */
@@ -62,6 +64,12 @@ const char *sg_shape_string(const sg_tensor *t, char *buf, size_t size);
 float sg_bf16_to_f32(uint16_t v);
 uint16_t sg_f32_to_bf16(float v); /* round to nearest even */
 float sg_f16_to_f32(uint16_t v);
+/* Symmetric int8 per row of a [rows, cols] matrix: scales[r] = max|w[r][:]| / 127 (1 for an
+ * all-zero row) and q = round-to-nearest-even(w / scales[r]), so |w - q·scale| <= scale / 2. */
+void sg_quantize_rows_int8(const float *w, int64_t rows, int64_t cols, int8_t *q, float *scales);
+/* out[r][k] = q[r][k] * scales[r] (OpenMP over rows). */
+void sg_dequantize_rows_int8(const int8_t *q, const float *scales, int64_t rows, int64_t cols,
+                             float *out);
 
 /* Activation arena: a stack of f32 buffers for one forward pass. sg_arena_mark/sg_arena_reset
  * free everything allocated after a mark. The first pass grows it in chunks and records the peak;

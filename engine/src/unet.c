@@ -332,6 +332,8 @@ static sg_status fetch(loader *ld, sg_tensor *dst, const char *name, int ndim, i
   }
   char full[160];
   snprintf(full, sizeof full, "%s%s", ld->prefix, name);
+  if (ndim == 2) /* every matrix is a linear layer's weight: int8 if the weights store them so */
+    return sg_weights_get_linear(ld->weights, full, d0, d1, dst, ld->error);
   return sg_weights_get(ld->weights, full, ndim, dims, dst, ld->error);
 }
 

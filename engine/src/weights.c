@@ -24,11 +24,12 @@ typedef struct {
  * sg_weight_mapping_bytes of its size, so a backend may release its pages; or in a file mapping)
  * and shape. */
 typedef struct {
-  float *data;
+  float *data; /* int8 codes when scales is set (sg_weights_get_linear in int8 mode) */
   int owned;
   size_t nbytes;
   int ndim;
   int64_t dims[SG_MAX_DIMS];
+  float *scales; /* g_malloc'd, one per row; NULL for f32 values */
 } fetched_tensor;
 
 struct sg_weights {
@@ -44,6 +45,7 @@ struct sg_weights {
   size_t owned_bytes;
   uint64_t constant_id; /* stamped on every tensor handed out (tensor.h): random, never 0 */
   int handoff;          /* sg_weights_hand_off_to_backend was called */
+  int int8_linears;     /* sg_weights_store_linears_int8 was called */
 };
 
 static void free_owned(float *data, size_t nbytes) {
@@ -53,6 +55,7 @@ static void free_owned(float *data, size_t nbytes) {
 static void free_fetched(gpointer pointer) {
   fetched_tensor *tensor = pointer;
   if (tensor->owned) free_owned(tensor->data, tensor->nbytes);
+  g_free(tensor->scales);
   g_free(tensor);
 }
 
@@ -138,6 +141,8 @@ sg_weights *sg_weights_new_random(uint64_t seed) {
 }
 
 void sg_weights_hand_off_to_backend(sg_weights *weights) { weights->handoff = 1; }
+
+void sg_weights_store_linears_int8(sg_weights *weights) { weights->int8_linears = 1; }
 
 void sg_weights_free(sg_weights *weights) {
   if (!weights) return;
@@ -279,10 +284,39 @@ static sg_status check_shape(const char *where, const char *name, int have_ndim,
                  have, want);
 }
 
-sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
-                                  const int64_t *dims, sg_tensor *out, int *found,
-                                  sg_error *error) {
-  *found = 0;
+/* Replaces a fetched tensor's f32 values by int8 codes and row scales (sg_quantize_rows_int8);
+ * the f32 values go (an owned copy is unmapped, file pages are dropped). */
+static sg_status quantize_fetched(sg_weights *weights, const char *where, const char *name,
+                                  fetched_tensor *tensor, sg_error *error) {
+  const int64_t rows = tensor->dims[0], cols = tensor->dims[1];
+  int8_t *codes = (int8_t *)alloc_floats((rows * cols + 3) / 4);
+  float *scales = g_try_new(float, rows > 0 ? rows : 1);
+  if (!codes || !scales) {
+    if (codes) free_owned((float *)codes, (size_t)(rows * cols));
+    g_free(scales);
+    return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory quantizing tensor '%s'",
+                   where, name);
+  }
+  sg_quantize_rows_int8(tensor->data, rows, cols, codes, scales);
+  if (tensor->owned) {
+    free_owned(tensor->data, tensor->nbytes);
+    weights->owned_bytes -= tensor->nbytes;
+  } else {
+    drop_file_pages(tensor->data, tensor->nbytes);
+  }
+  tensor->data = (float *)codes;
+  tensor->owned = 1;
+  tensor->nbytes = (size_t)(rows * cols);
+  tensor->scales = scales;
+  weights->owned_bytes += tensor->nbytes + (size_t)rows * sizeof(float);
+  return SG_OK;
+}
+
+/* The fetched tensor `name` (made on first use, quantized when `quantize`), or *out NULL when a
+ * file has no such tensor. */
+static sg_status fetch(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
+                       int quantize, fetched_tensor **out, sg_error *error) {
+  *out = NULL;
   if (ndim < 0 || ndim > SG_MAX_DIMS) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: tensor '%s' asked with %d dimensions",
                    weights->source, name, ndim);
@@ -304,33 +338,67 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
   }
   fetched_tensor *fetched = g_hash_table_lookup(weights->fetched, name);
   if (fetched) {
-    sg_status status = check_shape(where, name, fetched->ndim, fetched->dims, ndim, dims, error);
-    if (status != SG_OK) return status;
-  } else {
-    fetched_tensor made = {0};
-    sg_status status;
-    if (weights->random) {
-      made.ndim = ndim;
-      memcpy(made.dims, dims, (size_t)ndim * sizeof *dims);
-      status = make_random(weights, name, ndim, dims, &made, error);
-    } else {
-      const sg_st_entry *entry = located->entry;
-      made.ndim = entry->ndim;
-      memcpy(made.dims, entry->dims, sizeof made.dims);
-      status = check_shape(where, name, entry->ndim, entry->dims, ndim, dims, error);
-      if (status == SG_OK) status = load_from_file(weights, located, name, &made, error);
+    SG_TRY(check_shape(where, name, fetched->ndim, fetched->dims, ndim, dims, error));
+    if ((fetched->scales != NULL) != (quantize != 0)) {
+      return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                     "%s: tensor '%s' asked for both as f32 and as an int8 matrix", where, name);
     }
-    if (status != SG_OK) return status;
-    fetched = g_new(fetched_tensor, 1);
-    *fetched = made;
-    g_hash_table_insert(weights->fetched, g_strdup(name), fetched);
-    weights->parameter_count += numel;
+    *out = fetched;
+    return SG_OK;
   }
+  fetched_tensor made = {0};
+  sg_status status;
+  if (weights->random) {
+    made.ndim = ndim;
+    memcpy(made.dims, dims, (size_t)ndim * sizeof *dims);
+    status = make_random(weights, name, ndim, dims, &made, error);
+  } else {
+    const sg_st_entry *entry = located->entry;
+    made.ndim = entry->ndim;
+    memcpy(made.dims, entry->dims, sizeof made.dims);
+    status = check_shape(where, name, entry->ndim, entry->dims, ndim, dims, error);
+    if (status == SG_OK) status = load_from_file(weights, located, name, &made, error);
+  }
+  if (status == SG_OK && quantize) {
+    status = quantize_fetched(weights, where, name, &made, error);
+    if (status != SG_OK && made.owned) free_owned(made.data, made.nbytes);
+  }
+  if (status != SG_OK) return status;
+  fetched = g_new(fetched_tensor, 1);
+  *fetched = made;
+  g_hash_table_insert(weights->fetched, g_strdup(name), fetched);
+  weights->parameter_count += numel;
+  *out = fetched;
+  return SG_OK;
+}
+
+sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
+                                  const int64_t *dims, sg_tensor *out, int *found,
+                                  sg_error *error) {
+  *found = 0;
+  fetched_tensor *fetched;
+  SG_TRY(fetch(weights, name, ndim, dims, 0, &fetched, error));
+  if (!fetched) return SG_OK;
   *out = sg_tensor_view(fetched->data, SG_F32, ndim, dims);
   out->constant_id = weights->constant_id;
   out->memory = !fetched->owned ? SG_WEIGHT_FILE_PAGES
                                 : weights->handoff ? SG_WEIGHT_HANDOFF : SG_WEIGHT_KEEP;
   *found = 1;
+  return SG_OK;
+}
+
+sg_status sg_weights_get_linear(sg_weights *weights, const char *name, int64_t out_features,
+                                int64_t in_features, sg_tensor *out, sg_error *error) {
+  int64_t dims[2] = {out_features, in_features};
+  if (!weights->int8_linears) return sg_weights_get(weights, name, 2, dims, out, error);
+  fetched_tensor *fetched;
+  SG_TRY(fetch(weights, name, 2, dims, 1, &fetched, error));
+  if (!fetched) return sg_fail(error, SG_ERR_FORMAT, "%s: missing tensor '%s'", weights->source,
+                               name);
+  *out = sg_tensor_view(fetched->data, SG_I8, 2, dims);
+  out->scales = fetched->scales;
+  out->constant_id = weights->constant_id;
+  out->memory = SG_WEIGHT_KEEP; /* widened at each use, never packed */
   return SG_OK;
 }
 

@@ -30,6 +30,14 @@ sg_status sg_weights_get(sg_weights *weights, const char *name, int ndim, const 
 sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndim,
                                   const int64_t *dims, sg_tensor *out, int *found,
                                   sg_error *error);
+/* Store the matrices fetched with sg_weights_get_linear as int8 with one scale per row
+ * (tensor.h SG_I8): a quarter of their f32 memory; the ops widen them at each use. Call before
+ * fetching. */
+void sg_weights_store_linears_int8(sg_weights *weights);
+/* A linear layer's weight [out_features, in_features]: as sg_weights_get, or an SG_I8 tensor
+ * after sg_weights_store_linears_int8. */
+sg_status sg_weights_get_linear(sg_weights *weights, const char *name, int64_t out_features,
+                                int64_t in_features, sg_tensor *out, sg_error *error);
 /* A table read by rows (a token embedding) with exactly the shape [rows, cols], left in its stored
  * dtype (F32, BF16 or F16) in the file mapping: no f32 copy of the whole table is made, and only
  * the rows looked up are ever read (sg_weights_table_row). found may be NULL (then a missing

@@ -62,6 +62,9 @@ static const char usage_text[] =
     "  --width W, --height H  image size in pixels (default 1024×1024)\n"
     "  --threads N            CPU threads (default: all cores)\n"
     "  --backend NAME         onednn (default) or reference (slow, plain C)\n"
+    "  --int8                 keep the text encoders' and UNet's linear weights as int8 (a quarter\n"
+    "                         of their f32 memory; the image changes slightly). Also for encode\n"
+    "                         and bench.\n"
     "  --quiet                no progress on stderr\n"
     "  The output's folder is checked before generating; the PNG is written to a temporary\n"
     "  file there and renamed at the end.\n"
@@ -84,6 +87,7 @@ typedef struct {
   guint64 seed;
   int steps, width, height, threads, size, context_tokens, repeat, quiet, decoder_tile;
   int no_ceiling; /* bench: skip the 2048³ ceiling matmul (minutes under an emulator) */
+  int int8;       /* int8 linear weights (sg_context_options.int8_weights) */
   double guidance;
 } runner_args;
 
@@ -125,6 +129,10 @@ static int parse_args(int argc, char **argv, runner_args *a) {
     }
     if (!strcmp(opt, "--no-ceiling")) {
       a->no_ceiling = 1;
+      continue;
+    }
+    if (!strcmp(opt, "--int8")) {
+      a->int8 = 1;
       continue;
     }
     if (i + 1 >= argc) {
@@ -291,6 +299,7 @@ static int run_generate(const runner_args *a) {
   sg_context_options options;
   sg_context_options_init(&options);
   options.threads = a->threads;
+  options.int8_weights = a->int8;
   if (!backend_from_name(a->backend_name, &options.backend)) return EXIT_USAGE;
   if (!output_writable(a->output)) return EXIT_IO;
 
@@ -351,7 +360,7 @@ static int run_encode(const runner_args *a) {
   if (!backend_from_name(a->backend_name, &kind)) return EXIT_USAGE;
   sg_error error = {0};
   sg_conditioner *conditioner = NULL;
-  sg_status status = sg_conditioner_load(a->model, &conditioner, &error);
+  sg_status status = sg_conditioner_load(a->model, a->int8, &conditioner, &error);
   if (status == SG_OK && conditioner == NULL) {
     fprintf(stderr, "snapgen: %s has no text encoders\n", a->model);
     return EXIT_MODEL;
@@ -523,6 +532,7 @@ static sg_status bench_weights(const runner_args *a, const char *component, uint
   }
   /* One backend runs it: the plain copies go once packed (no weights held twice). */
   if (status == SG_OK) sg_weights_hand_off_to_backend(*out);
+  if (status == SG_OK && a->int8 && !strcmp(component, "unet")) sg_weights_store_linears_int8(*out);
   return status;
 }
 
@@ -581,9 +591,10 @@ static int run_bench(const runner_args *a) {
   }
   int threads = a->threads > 0 ? a->threads : omp_get_max_threads();
   printf("bench: %s, %d×%d pixels (latent %d×%d), %d threads, backend %s, %d runs each, "
-         "weights %s\n",
+         "weights %s%s\n",
          a->model ? a->model : unet_config_path, a->size, a->size, latent_side, latent_side,
-         threads, a->backend_name, a->repeat, a->model ? "from the model folder" : "random");
+         threads, a->backend_name, a->repeat, a->model ? "from the model folder" : "random",
+         a->int8 ? ", linear layers int8" : "");
 
   sg_backend *be = sg_backend_new(kind, a->threads, &error);
   sg_arena *arena = sg_arena_new();
@@ -596,7 +607,8 @@ static int run_bench(const runner_args *a) {
   /* Text encoders (a model folder with a conditioner only). */
   sg_conditioning_out conditioning = {0};
   sg_conditioner *conditioner = NULL;
-  if (status == SG_OK && a->model) status = sg_conditioner_load(a->model, &conditioner, &error);
+  if (status == SG_OK && a->model)
+    status = sg_conditioner_load(a->model, a->int8, &conditioner, &error);
   if (status == SG_OK && conditioner) {
     const char *prompt = a->prompt ? a->prompt : bench_prompt;
     encoder_count = sg_conditioner_encoder_count(conditioner);

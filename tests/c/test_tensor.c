@@ -173,7 +173,30 @@ static void test_errors(sg_test *t) {
   sg_free(NULL);
 }
 
+/* Per-row int8: the row's largest magnitude maps to ±127, every value comes back within half a
+ * step, and an all-zero row gets scale 1 and codes 0. */
+static void test_int8_rows(sg_test *t) {
+  enum { ROWS = 3, COLS = 5 };
+  const float w[ROWS][COLS] = {{0.5f, -1.27f, 0.01f, 1.0f, -0.3f},
+                               {0.0f, 0.0f, 0.0f, 0.0f, 0.0f},
+                               {2.54f, 0.01f, 0.03f, -0.05f, 1.27f}};
+  int8_t q[ROWS * COLS];
+  float scales[ROWS], back[ROWS * COLS];
+  sg_quantize_rows_int8(&w[0][0], ROWS, COLS, q, scales);
+  sg_dequantize_rows_int8(q, scales, ROWS, COLS, back);
+  CHECK_NEAR(t, scales[0], 1.27f / 127.0f, 1e-9);
+  CHECK_INT(t, q[1], -127);
+  CHECK_NEAR(t, scales[1], 1.0, 0);
+  for (int k = 0; k < COLS; k++) CHECK_INT(t, q[COLS + k], 0);
+  CHECK_INT(t, q[2 * COLS], 127);
+  CHECK_INT(t, q[2 * COLS + 4], 64); /* 1.27 / 0.02 = 63.5 (a tie up to float rounding) */
+  for (int r = 0; r < ROWS; r++)
+    for (int k = 0; k < COLS; k++)
+      CHECK(t, fabsf(back[r * COLS + k] - w[r][k]) <= scales[r] / 2 * 1.0001f);
+}
+
 void register_tensor_tests(sg_test_list *list) {
+  sg_test_add(list, "tensor/int8_rows", test_int8_rows);
   sg_test_add(list, "tensor/dtype_and_shape", test_dtype_and_shape);
   sg_test_add(list, "tensor/half_conversion", test_half_conversion);
   sg_test_add(list, "tensor/arena_stack", test_arena_stack);

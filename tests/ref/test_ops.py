@@ -102,16 +102,30 @@ def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", b
     return name, meta, inputs, ACTIVATIONS[act](y)
 
 
+def quantize_rows_int8(w):
+    """The engine's int8 weights (sg_quantize_rows_int8), in f32 as it computes them: scale =
+    max|row| / 127, codes = round half to even of w / scale in [-127, 127]; returns codes ×
+    scale."""
+    w = w.numpy().astype(np.float32)
+    largest = np.abs(w).max(axis=1, keepdims=True)
+    scale = np.where(largest > 0, largest / np.float32(127), np.float32(1)).astype(np.float32)
+    codes = np.clip(np.rint(w / scale), -127, 127).astype(np.float32)
+    return torch.from_numpy(codes * scale)
+
+
 def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
-                constant_weights=1):
+                constant_weights=1, w_int8=False):
     x, wt = rand(m, k), rand(n, k) / math.sqrt(k)
     inputs = {"x": x, "w": wt}
     b = None
     if bias:
         b = rand(n)
         inputs["b"] = b
-    y = F.linear(d(x), d(wt), d(b) if bias else None)
+    # int8: the engine quantizes w itself; the reference uses the same quantized values
+    y = F.linear(d(x), d(quantize_rows_int8(wt) if w_int8 else wt), d(b) if bias else None)
     meta = {"op": "linear", "act": act}
+    if w_int8:
+        meta["w_int8"] = 1
     y = product_extras(meta, inputs, y, residual, constant_weights, repeat)
     return name, meta, inputs, ACTIVATIONS[act](y)
 
@@ -268,6 +282,9 @@ def all_cases():
         linear_case("linear nobias", 64, 128, 96, bias=False, repeat=2),
         linear_case("linear one row silu", 1, 256, 320, "silu"),
         linear_case("linear quick_gelu", 10, 64, 48, "quick_gelu"),
+        linear_case("linear int8 weights", 79, 256, 320, "gelu_tanh", w_int8=True),
+        linear_case("linear int8 weights repeat", 3, 96, 160, repeat=2, w_int8=True),
+        linear_case("linear int8 weights residual", 33, 64, 48, residual="other", w_int8=True),
         # Packed (blocked) weights: made at the first run and reused; or reordered at every run.
         conv2d_case("conv2d 1x1 packed repeat", 64, 96, 12, 10, 1, 1, 0, 1, repeat=3),
         conv2d_case("conv2d 3x3 packed repeat", 48, 64, 9, 11, 3, 1, 1, 1, "silu", repeat=2),

@@ -79,6 +79,39 @@ def test_against_recipe(tmp):
     return model
 
 
+def quantized_rows(w):
+    """sg_quantize_rows_int8's values in f32: codes (round half even of w / scale, scale =
+    max|row| / 127) times scale."""
+    w = w.detach().numpy().astype(np.float32)
+    largest = np.abs(w).max(axis=1, keepdims=True)
+    scale = np.where(largest > 0, largest / np.float32(127), np.float32(1)).astype(np.float32)
+    return torch.from_numpy(np.clip(np.rint(w / scale), -127, 127).astype(np.float32) * scale)
+
+
+def test_int8(tmp, model):
+    """--int8: the engine against the recipe with every UNet matrix (the linear layers) replaced
+    by its int8 values; and how far int8 moves the image from f32."""
+    seed, steps, w, h = int(np.random.randint(1 << 31)), 4, 64, 64
+    got, _ = engine_image(model, os.path.join(tmp, "int8.png"), seed, steps, w, h, 1.0, "--int8")
+    f32, _ = engine_image(model, os.path.join(tmp, "f32.png"), seed, steps, w, h, 1.0)
+    unet, decoder, sched = export.load_model_folder(model)
+    with torch.no_grad():
+        for name, param in unet.named_parameters():
+            if param.dim() == 2:
+                param.copy_(quantized_rows(param))
+    context, pooled, mask = export.load_conditioning(
+        os.path.join(model, "conditioning", "default.safetensors"))
+    image, _ = sampler.generate(unet, decoder, context, pooled, mask, seed, steps, h, w, sched, 1.0)
+    want = sampler.to_uint8(image)
+    ok = got is not None and f32 is not None and got.shape == want.shape
+    value = psnr(got, want) if ok else 0.0
+    check("--int8 matches the recipe with int8-quantized UNet matrices", ok and value >= 40.0,
+          f"psnr={value:.1f}dB seed={seed}")
+    moved = psnr(got, f32) if ok else 0.0
+    check("--int8 changes the image, a little", ok and 20.0 <= moved < float("inf"),
+          f"psnr int8 vs f32 = {moved:.1f}dB")
+
+
 def test_png_and_determinism(tmp, model):
     a, b = os.path.join(tmp, "a.png"), os.path.join(tmp, "b.png")
     engine_image(model, a, 5, 4, 64, 64, 1.0, "--threads", "2", "--prompt", "a red circle")
@@ -225,6 +258,7 @@ def main():
     try:
         model = test_against_recipe(tmp)
         test_png_and_determinism(tmp, model)
+        test_int8(tmp, model)
         test_errors(tmp, model)
         test_info_and_bench()
     finally:

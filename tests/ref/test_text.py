@@ -526,6 +526,22 @@ def reference_conditioning(folder, models, conditioner, present, prompt, engine_
             "pooled": pooled.numpy()}, problems
 
 
+def quantize_linears(model):
+    """A copy of a text encoder whose encoder-layer linear weights hold the engine's int8 values
+    (sg_quantize_rows_int8: codes = round half even of w / (max|row| / 127), times the scale)."""
+    model = copy.deepcopy(model)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() == 2 and (".layers." in name or name.startswith("layers.")):
+                w = param.numpy().astype(np.float32)
+                largest = np.abs(w).max(axis=1, keepdims=True)
+                scale = np.where(largest > 0, largest / np.float32(127),
+                                 np.float32(1)).astype(np.float32)
+                codes = np.clip(np.rint(w / scale), -127, 127).astype(np.float32)
+                param.copy_(torch.from_numpy(codes * scale))
+    return model
+
+
 def check_conditioner(workdir):
     folder = os.path.join(workdir, "small-model")
     models, conditioner = make_small_model(folder)
@@ -547,6 +563,22 @@ def check_conditioner(workdir):
         neg = {k[len("negative_"):]: v for k, v in outputs.items() if k.startswith("negative_")}
         reference, _ = reference_conditioning(folder, models, conditioner, everything, "", neg)
         report(f"conditioner empty prompt [{backend}]", neg, reference)
+    # int8 linear weights (snapgen --int8): the reference gets the same quantized matrices
+    quantized = {name: quantize_linears(model) for name, model in models.items()}
+    result = run_engine("text-conditioner", {}, {"model_dir": folder, "prompt": prompt,
+                                                 "negative": "", "int8": "1"}, workdir,
+                        "conditioner")
+    if result:
+        reference, _ = reference_conditioning(folder, quantized, conditioner, everything, prompt,
+                                              result[0])
+        report("conditioner all encoders, int8 linear weights", result[0], reference)
+        plain, _ = reference_conditioning(folder, models, conditioner, everything, prompt,
+                                          result[0])
+        moved = rel_l2(result[0]["context"], plain["context"])
+        record("int8 linear weights change the context a little", 1e-4 < moved < 5e-2,
+               f"relL2 vs f32 weights {moved:.2e}")
+    else:
+        record("conditioner all encoders, int8 linear weights", False, "(engine error)")
     # The empty prompt twice: the second copy comes from the cache and must be identical.
     result = run_engine("text-conditioner", {}, {"model_dir": folder, "prompt": "",
                                                  "negative": ""}, workdir, "conditioner")

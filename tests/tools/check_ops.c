@@ -30,7 +30,8 @@
  * rows (a new primitive, made after the release), which then give y's first M-1 rows;
  * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
  * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample) run the op on x / y (and the residual) stored
- * channels-last: the case's tensors stay plain, converted here before and after the op. */
+ * channels-last: the case's tensors stay plain, converted here before and after the op;
+ * "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -207,6 +208,8 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   const sg_tensor *residual = NULL;
   float *x_owned = NULL, *y_owned = NULL, *r_owned = NULL; /* channels-last copies (y's: y.data) */
   void *w_mapping = NULL; /* weights_memory = handoff */
+  int8_t *w_codes = NULL;  /* w_int8 */
+  float *w_scales = NULL;
   size_t w_bytes = 0;
   const sg_tensor *x = NULL, *w = NULL, *b = NULL, *a = NULL, *gamma = NULL, *beta = NULL;
   if (!strcmp(op, "conv2d")) {
@@ -255,6 +258,19 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     storage[1].constant_id = constant_id;
     w_bytes = sg_tensor_nbytes(w);
     TRY(weights_memory(c, &storage[1], &w_mapping, error));
+    if (meta_int(c, "w_int8", 0)) {
+      const int64_t rows = w->dims[0], cols = w->dims[1];
+      w_codes = malloc((size_t)(rows * cols));
+      w_scales = malloc((size_t)rows * sizeof(float));
+      if (!w_codes || !w_scales) {
+        status = sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for int8 weights");
+        goto done;
+      }
+      sg_quantize_rows_int8(w->data, rows, cols, w_codes, w_scales);
+      sg_tensor quantized = sg_tensor_view(w_codes, SG_I8, 2, w->dims);
+      quantized.scales = w_scales;
+      storage[1] = quantized;
+    }
     TRY(input(c, "b", 1, &storage[2], &b, error));
     int64_t dims[2] = {x->dims[0], w->dims[0]};
     TRY(make_output(2, dims, &y, error));
@@ -388,6 +404,8 @@ done:
   free(x_owned);
   free(r_owned);
   if (w_mapping) munmap(w_mapping, sg_weight_mapping_bytes(w_bytes));
+  free(w_codes);
+  free(w_scales);
   sg_backend_free(be);
   return status;
 }

@@ -316,7 +316,8 @@ static sg_status run_conditioner(check_state *s, const char *case_path, const ch
   if (!model_dir || !prompt)
     TRY(sg_fail(error, SG_ERR_FORMAT, "%s: metadata 'model_dir' or 'prompt' is missing",
                 case_path));
-  TRY(sg_conditioner_load(model_dir, &s->conditioner, error));
+  const int int8 = strcmp(case_meta(s->file, "int8", "0"), "1") == 0;
+  TRY(sg_conditioner_load(model_dir, int8, &s->conditioner, error));
   if (!s->conditioner)
     TRY(sg_fail(error, SG_ERR_FORMAT, "%s: the model has no conditioner", model_dir));
   if (strcmp(case_meta(s->file, "report", "0"), "1") == 0)

@@ -274,7 +274,8 @@ def write_sheet(path, rows, labels):
         f.write("\n".join(labels) + "\n")
 
 
-def engine_images(engine, model, folder, jobs, workers, steps=None, guidance=None):
+def engine_images(engine, model, folder, jobs, workers, steps=None, guidance=None,
+                  extra_args=()):
     """Generates every job's PNG with the C runner (`snapgen generate`, one thread per process,
     `workers` processes at once) into folder; existing PNGs are kept (resumable). Returns the
     manifest entries and the seconds spent."""
@@ -303,6 +304,7 @@ def engine_images(engine, model, folder, jobs, workers, steps=None, guidance=Non
             cmd += ["--steps", str(steps)]
         if guidance is not None:
             cmd += ["--guidance", str(guidance)]
+        cmd += list(extra_args)
         running.append((subprocess.Popen(cmd, stderr=subprocess.PIPE, env=env), m))
     with open(os.path.join(folder, "manifest.jsonl"), "w") as f:
         for m in manifest:
@@ -316,6 +318,8 @@ def main():
     parser.add_argument("--images", help="folder of PNGs named by --manifest (e.g. C engine)")
     parser.add_argument("--engine", help="C runner (build/engine/snapgen): generate the PNGs of "
                         "--model into --images first")
+    parser.add_argument("--engine-int8", action="store_true",
+                        help="run the C engine with --int8 (int8 linear weights)")
     parser.add_argument("--manifest", help="JSONL of {name, prompt, seed, category}")
     parser.add_argument("--write-manifest", help="write the prompt/seed list as JSONL and stop")
     parser.add_argument("--prompts", type=int, default=504)
@@ -345,7 +349,8 @@ def main():
         if not (args.model and args.images):
             parser.error("--engine needs --model and --images")
         manifest, engine_seconds = engine_images(args.engine, args.model, args.images, jobs,
-                                                 args.workers, args.steps, args.guidance)
+                                                 args.workers, args.steps, args.guidance,
+                                                 ["--int8"] if args.engine_int8 else [])
         print(f"engine: {len(manifest)} images in {args.images} ({engine_seconds:.0f} s)")
     if args.images:
         if not args.engine:
