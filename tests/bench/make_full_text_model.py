@@ -6,7 +6,7 @@ conditioner (context 1024, pooled 768 + 1280) to a copy of a random UNet + decod
 `snapgen bench --model OUT` times the whole pipeline's components in one run (a benchmark aid,
 not a test). About 9 GB on disk. Run inside the build environment:
 
-    python3 tests/bench/make_full_text_model.py --from build-perf/random-full --out /tmp/full
+    python3 tests/bench/make_full_text_model.py --from build-bench/random-full --out /tmp/full
     build/engine/snapgen bench --model /tmp/full --size 1024 --repeat 1
 
 The tokenizers are small (learned on test_text's corpus), so a prompt's token count differs from
