@@ -59,6 +59,10 @@ def parse_args(argv=None):
     p.add_argument("--max-seconds", type=float, help="stop this invocation after this long")
     p.add_argument("--ckpt-seconds", type=float, help="checkpoint interval (default 300 on "
                    "cuda, 600 on cpu)")
+    p.add_argument("--probe-seconds", type=float,
+                   help="score the teacher's EMA weights on 48 held-out prompts with ShapeEval "
+                        "every this many seconds of training (default 1800 on cpu, 60 on cuda; "
+                        "0: never); logged to log.txt and probes.jsonl")
     p.add_argument("--smoke", action="store_true", help="tiny models, 256² images (tests)")
     p.add_argument("--preset", choices=["full", "cpu", "smoke"], default="full",
                    help="size table: full (GPU), cpu (the 2-core machine), smoke (tests)")
@@ -144,6 +148,8 @@ def main(argv=None):
     ckpt_seconds = args.ckpt_seconds or (300 if device.type == "cuda" else 600)
     run = Run(os.path.abspath(args.workdir), device, budgets, deadline, ckpt_seconds, sizes,
               args)
+    run.probe_seconds = (args.probe_seconds if args.probe_seconds is not None
+                         else 60.0 if device.type == "cuda" else 1800.0)
     out = os.path.abspath(args.out)
     wanted = STAGES if args.stages == "all" else args.stages.split(",")
     redo = set(filter(None, args.redo.split(",")))

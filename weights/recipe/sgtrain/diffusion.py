@@ -190,6 +190,62 @@ def sample_inputs(data, batch):
 
 
 
+class TeacherProbe:
+    """Scores the teacher's EMA weights on PROBE_PROMPTS held-out prompts (one seed each, the
+    evaluation's steps and guidance, full-size images, ShapeEval) every run.probe_seconds of
+    training, so a long run logs its learning curve (log.txt and probes.jsonl). Its time is not
+    counted as training time."""
+
+    PROBE_PROMPTS = 48
+
+    def __init__(self, run, text_cfg, tokenizer):
+        self.run, self.text_cfg, self.tokenizer = run, text_cfg, tokenizer
+        self.every = getattr(run, "probe_seconds", 0) or 0
+        self.last = time.time()
+        self.generator = None
+
+    def due(self):
+        return self.every > 0 and time.time() - self.last >= self.every
+
+    @torch.no_grad()
+    def __call__(self, ema, step):
+        from sgrecipe import sampler
+        from shapeworld import evaluate as shapeeval, make_prompt_set
+        from .data import load_autoencoder
+        from .report import _evaluate_module
+        started = time.time()
+        run, args = self.run, self.run.args
+        if self.generator is None:
+            model = make_teacher(run, self.text_cfg).eval()
+            decoder = load_autoencoder(run).decoder
+            steps = sampler.timesteps({"shift": 1.0}, args.eval_steps)
+            self.generator = _evaluate_module().Generator(
+                "teacher probe", self.tokenizer, model["text_encoder"], model["conditioner"],
+                model["unet"], decoder, steps, args.eval_guidance, run.device, True)
+            self.generator.image_size = run.sizes["image_size"]
+            self.model = model
+        ema.copy_to(self.model)
+        prompts = make_prompt_set(self.PROBE_PROMPTS, 0)
+        images = []
+        batch = max(1, min(run.sizes["eval_batch"], 16))
+        for i in range(0, len(prompts), batch):
+            chunk = prompts[i:i + batch]
+            images.extend(self.generator.images_uint8([p for _, p, _ in chunk],
+                                                      list(range(i, i + len(chunk)))))
+        passed = sum(bool(shapeeval(p, image)[0]) for (_, p, _), image in zip(prompts, images))
+        seconds = time.time() - started
+        run.log(f"teacher: probe at step {step}: ShapeEval {passed}/{len(prompts)} "
+                f"({passed / len(prompts):.3f}) on held-out prompts ({args.eval_steps} steps, "
+                f"CFG {args.eval_guidance:g}; {seconds:.0f} s, not counted as training)")
+        with open(run.path("probes.jsonl"), "a") as f:
+            f.write(json.dumps({"stage": "teacher", "step": step, "passed": passed,
+                                "prompts": len(prompts), "steps": args.eval_steps,
+                                "guidance": args.eval_guidance, "seconds": round(seconds, 1),
+                                "time": time.strftime("%Y-%m-%d %H:%M:%S")}) + "\n")
+        self.last = time.time()
+        return seconds
+
+
 def stage_teacher(run):
     """Flow matching with logit-normal t (shift 1: the 32×32 latent is the token count at which
     SD3's resolution rule gives α = 1), 10% caption dropout to "", AdamW, bf16 autocast, EMA.
@@ -238,6 +294,7 @@ def stage_teacher(run):
     system.train()
     forward = graphed(run, TeacherForward(system, run.autocast), sample_inputs(data, batch),
                       "teacher")
+    probe = TeacherProbe(run, text_cfg, tokenizer)
 
     def train_step():
         x0, ids = data.draw(batch)
@@ -280,6 +337,8 @@ def stage_teacher(run):
             save()
             if run.out_of_time():
                 raise Interrupted()
+        if probe.due():
+            clock.base -= probe(ema, step)
     run.sync()
     save()  # so --redo teacher with a larger budget continues from here
     save_checkpoint(run.path("ckpt", "teacher_final.pt"), {"ema": ema.state_dict(), "step": step})
