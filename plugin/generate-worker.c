@@ -58,6 +58,7 @@ static gpointer worker_main(gpointer data) {
   on_engine_progress(job, SG_STAGE_LOADING, 0, 0);
   sg_context_options_init(&options);
   options.threads = request->threads;
+  options.int8_weights = request->int8_weights;
   status = sg_context_new(request->model_dir, &options, &context, &job->error);
   job->failed_loading = status != SG_OK;
 

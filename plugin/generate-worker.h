@@ -17,6 +17,7 @@ GQuark snapgen_error_quark(void);
 typedef struct {
   const gchar *model_dir;
   gint threads; /* 0: all cores */
+  gboolean int8_weights; /* sg_context_options.int8_weights: less memory, slightly other image */
   const gchar *prompt;
   const gchar *negative_prompt;
   guint64 seed;

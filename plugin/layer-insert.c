@@ -67,6 +67,8 @@ gchar *snapgen_settings_json(const SnapgenRequest *request, const SnapgenResult 
   json_builder_add_int_value(builder, request->height);
   json_builder_set_member_name(builder, "model");
   json_builder_add_string_value(builder, request->model_dir);
+  json_builder_set_member_name(builder, "int8_weights"); /* it changes the image a little */
+  json_builder_add_boolean_value(builder, request->int8_weights);
   json_builder_end_object(builder);
 
   root = json_builder_get_root(builder);

@@ -210,7 +210,7 @@ static void add_advanced_expander(GimpProcedureDialog *dialog, DialogState *stat
   gimp_label_spin_set_increments(GIMP_LABEL_SPIN(spin), 64, 256);
 
   gimp_procedure_dialog_fill_box(dialog, "advanced-box", "steps", "guidance", "width", "height",
-                                 "threads", NULL);
+                                 "threads", "int8-weights", NULL);
   gimp_procedure_dialog_get_label(dialog, "advanced-title", _("Ad_vanced"), FALSE, TRUE);
   state->advanced_expander = gimp_procedure_dialog_fill_expander(
       dialog, "advanced-expander", "advanced-title", FALSE, "advanced-box");

@@ -59,7 +59,7 @@ def call(model, *extra):
     return f"({PROCEDURE} {' '.join(f'#:{name} {value}' for name, value in args.items())})"
 
 
-def batch_script(model, corrupt_model, out_new, out_big):
+def batch_script(model, corrupt_model, out_new, out_big, out_int8):
     return SCHEME_PRELUDE + STATE_PRELUDE + f"""
 (begin
   (sg-say "registered" (gimp-pdb-procedure-exists "{PROCEDURE}"))
@@ -77,6 +77,12 @@ def batch_script(model, corrupt_model, out_new, out_big):
     (sg-say "new.seed" (caddr r))
     (sg-say "new.parasite" (caddr (car (gimp-item-get-parasite layer "snapgen-settings"))))
     (gimp-file-save RUN-NONINTERACTIVE image {scheme_string(out_new)} -1)
+    (gimp-image-delete image))
+
+  ; Low memory: int8 linear weights (its pixels are compared with the runner's --int8 below).
+  (let* ((r {call(model, "#:int8-weights TRUE")}) (image (car r)))
+    (sg-say "int8.layers" (sg-layer-count image))
+    (gimp-file-save RUN-NONINTERACTIVE image {scheme_string(out_int8)} -1)
     (gimp-image-delete image))
 
   ; A larger canvas with two layers, the lower one selected: the new layer goes right above it,
@@ -263,7 +269,8 @@ def main():
                 os.truncate(path, os.path.getsize(path) // 2)
 
         out_new, out_big = profile.path("new.png"), profile.path("big.png")
-        code, output = profile.run_gimp(batch_script(model, corrupt, out_new, out_big))
+        out_int8 = profile.path("int8.png")
+        code, output = profile.run_gimp(batch_script(model, corrupt, out_new, out_big, out_int8))
         values = gimptest.sgtest_values(output)
         if not check("batch run", code == 0, f"exit code {code}"):
             print(output[-6000:], flush=True)
@@ -296,7 +303,8 @@ def main():
               settings.get("prompt") == PROMPT and settings.get("seed") == SEED
               and settings.get("steps") == STEPS and settings.get("width") == WIDTH
               and settings.get("height") == HEIGHT and settings.get("model") == model
-              and "guidance" in settings, values.get("new.parasite", "")[:200])
+              and "guidance" in settings and settings.get("int8_weights") is False,
+              values.get("new.parasite", "")[:200])
 
         # The larger and smaller canvases.
         check("existing image: result in the same image",
@@ -369,6 +377,21 @@ def main():
                 outside = big.copy()
                 outside[y0:y0 + HEIGHT, x0:x0 + WIDTH] = 0
                 check("nothing drawn outside the layer", int(outside[..., 3].max()) == 0)
+
+        # --int8 through the plug-in: the runner's --int8 pixels, and not the f32 ones.
+        reference8 = profile.path("runner-int8.png")
+        result = subprocess.run([runner, "generate", "--model", model, "--prompt", PROMPT,
+                                 "--seed", str(SEED), "--steps", str(STEPS), "--width", str(WIDTH),
+                                 "--height", str(HEIGHT), "--threads", "2", "--int8", "--output",
+                                 reference8, "--quiet"], capture_output=True, text=True)
+        check("low memory (int8): one layer", values.get("int8.layers") == "1",
+              values.get("int8.layers", ""))
+        if check("headless runner --int8", result.returncode == 0, result.stderr.strip()[-300:]) \
+                and check("exported PNG (int8)", os.path.isfile(out_int8)):
+            int8 = load_rgba(out_int8)
+            compare("int8 pixels equal the runner's --int8", int8, load_rgba(reference8))
+            check("int8 pixels differ from the f32 ones",
+                  os.path.isfile(reference) and int(np.abs(int8 - load_rgba(reference)).max()) > 0)
 
         test_sigterm(profile, model)
 
