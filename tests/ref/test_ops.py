@@ -17,6 +17,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "weights",
+                                "recipe"))
+from sgrecipe import quantize  # noqa: E402  (the engine's int8 weights)
+
 try:
     from sgrecipe.safetensors_io import load_file, save_file
 except ImportError:  # the recipe package is not on PYTHONPATH: a tiny local F32 reader/writer
@@ -102,17 +106,6 @@ def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", b
     return name, meta, inputs, ACTIVATIONS[act](y)
 
 
-def quantize_rows_int8(w):
-    """The engine's int8 weights (sg_quantize_rows_int8), in f32 as it computes them: scale =
-    max|row| / 127, codes = round half to even of w / scale in [-127, 127]; returns codes ×
-    scale."""
-    w = w.numpy().astype(np.float32)
-    largest = np.abs(w).max(axis=1, keepdims=True)
-    scale = np.where(largest > 0, largest / np.float32(127), np.float32(1)).astype(np.float32)
-    codes = np.clip(np.rint(w / scale), -127, 127).astype(np.float32)
-    return torch.from_numpy(codes * scale)
-
-
 def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
                 constant_weights=1, w_int8=False):
     x, wt = rand(m, k), rand(n, k) / math.sqrt(k)
@@ -122,7 +115,7 @@ def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
         b = rand(n)
         inputs["b"] = b
     # int8: the engine quantizes w itself; the reference uses the same quantized values
-    y = F.linear(d(x), d(quantize_rows_int8(wt) if w_int8 else wt), d(b) if bias else None)
+    y = F.linear(d(x), d(quantize.int8_rows(wt) if w_int8 else wt), d(b) if bias else None)
     meta = {"op": "linear", "act": act}
     if w_int8:
         meta["w_int8"] = 1

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from sgrecipe import export, sampler
+from sgrecipe import export, quantize, sampler
 from sgrecipe.safetensors_io import load_file, save_file
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
@@ -79,15 +79,6 @@ def test_against_recipe(tmp):
     return model
 
 
-def quantized_rows(w):
-    """sg_quantize_rows_int8's values in f32: codes (round half even of w / scale, scale =
-    max|row| / 127) times scale."""
-    w = w.detach().numpy().astype(np.float32)
-    largest = np.abs(w).max(axis=1, keepdims=True)
-    scale = np.where(largest > 0, largest / np.float32(127), np.float32(1)).astype(np.float32)
-    return torch.from_numpy(np.clip(np.rint(w / scale), -127, 127).astype(np.float32) * scale)
-
-
 def test_int8(tmp, model):
     """--int8: the engine against the recipe with every UNet matrix (the linear layers) replaced
     by its int8 values; and how far int8 moves the image from f32."""
@@ -95,10 +86,7 @@ def test_int8(tmp, model):
     got, _ = engine_image(model, os.path.join(tmp, "int8.png"), seed, steps, w, h, 1.0, "--int8")
     f32, _ = engine_image(model, os.path.join(tmp, "f32.png"), seed, steps, w, h, 1.0)
     unet, decoder, sched = export.load_model_folder(model)
-    with torch.no_grad():
-        for name, param in unet.named_parameters():
-            if param.dim() == 2:
-                param.copy_(quantized_rows(param))
+    quantize.int8_linears(unet)
     context, pooled, mask = export.load_conditioning(
         os.path.join(model, "conditioning", "default.safetensors"))
     image, _ = sampler.generate(unet, decoder, context, pooled, mask, seed, steps, h, w, sched, 1.0)

@@ -38,6 +38,7 @@ from sgrecipe import clip as clip_module
 from sgrecipe import clip_tokenizer
 from sgrecipe import conditioner as conditioner_module
 from sgrecipe import gemma2 as gemma_module
+from sgrecipe import quantize
 from sgrecipe import safetensors_io as stio
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -528,18 +529,9 @@ def reference_conditioning(folder, models, conditioner, present, prompt, engine_
 
 def quantize_linears(model):
     """A copy of a text encoder whose encoder-layer linear weights hold the engine's int8 values
-    (sg_quantize_rows_int8: codes = round half even of w / (max|row| / 127), times the scale)."""
-    model = copy.deepcopy(model)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if param.dim() == 2 and (".layers." in name or name.startswith("layers.")):
-                w = param.numpy().astype(np.float32)
-                largest = np.abs(w).max(axis=1, keepdims=True)
-                scale = np.where(largest > 0, largest / np.float32(127),
-                                 np.float32(1)).astype(np.float32)
-                codes = np.clip(np.rint(w / scale), -127, 127).astype(np.float32)
-                param.copy_(torch.from_numpy(codes * scale))
-    return model
+    (the embeddings and the projection stay f32, as in the engine)."""
+    return quantize.int8_linears(copy.deepcopy(model),
+                                 lambda name: ".layers." in name or name.startswith("layers."))
 
 
 def check_conditioner(workdir):
