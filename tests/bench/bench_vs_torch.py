@@ -182,8 +182,10 @@ def main():
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeat", type=int, default=3, help="timed runs per component")
     parser.add_argument("--context-tokens", type=int, default=154)
-    parser.add_argument("--precisions", default="f32,bf16",
-                        help="PyTorch precisions to time (f32, bf16)")
+    parser.add_argument("--precisions",
+                        help="PyTorch precisions to time (f32, bf16; default both, or f32 alone "
+                             "on a CPU without bf16 instructions, where PyTorch emulates bf16 "
+                             "for many minutes)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     make_folder(args)
@@ -192,6 +194,10 @@ def main():
     bf16_hardware = [f for f in ("avx512_bf16", "amx_bf16", "avx_ne_convert") if f in cpu_flags]
     print(f"cpu bf16 instructions: {', '.join(bf16_hardware) or 'none'}; torch {torch.__version__}, "
           f"{args.threads} threads, {args.size}x{args.size}")
+    if args.precisions is None:
+        args.precisions = "f32,bf16" if bf16_hardware else "f32"
+        if not bf16_hardware:
+            print("PyTorch bf16 not timed (no bf16 instructions; --precisions f32,bf16 forces it)")
     engine, positions = time_engine(args)  # first: PyTorch runs the text encoders as long
     results = {}
     for name in args.precisions.split(","):
