@@ -61,7 +61,7 @@ def parse_args(argv=None):
                    "cuda, 600 on cpu)")
     p.add_argument("--probe-seconds", type=float,
                    help="score the teacher's EMA weights on 48 held-out prompts with ShapeEval "
-                        "every this many seconds of training (default 1800 on cpu, 60 on cuda; "
+                        "every this many seconds of training (default 1800 on cpu, 120 on cuda; "
                         "0: never); logged to log.txt and probes.jsonl")
     p.add_argument("--smoke", action="store_true", help="tiny models, 256² images (tests)")
     p.add_argument("--preset", choices=["full", "cpu", "smoke"], default="full",
@@ -149,7 +149,7 @@ def main(argv=None):
     run = Run(os.path.abspath(args.workdir), device, budgets, deadline, ckpt_seconds, sizes,
               args)
     run.probe_seconds = (args.probe_seconds if args.probe_seconds is not None
-                         else 60.0 if device.type == "cuda" else 1800.0)
+                         else 120.0 if device.type == "cuda" else 1800.0)
     out = os.path.abspath(args.out)
     wanted = STAGES if args.stages == "all" else args.stages.split(",")
     redo = set(filter(None, args.redo.split(",")))
