@@ -26,6 +26,7 @@ import torch
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "weights", "recipe"))
 from sgrecipe import clip, export, gemma2  # noqa: E402
+from sgrecipe.safetensors_io import load_file  # noqa: E402
 
 
 def make_folder(args):
@@ -81,11 +82,11 @@ TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
 
 def load_text_encoder(folder, dtype):
-    """(kind, module in dtype) of a text encoder folder, its weights read tensor by tensor from
-    the safetensors file (bf16 or f32) straight into the dtype, so f32 Gemma-2-2b needs no
-    second copy."""
+    """(kind, module in dtype) of a text encoder folder. The file is read with its bf16 kept as
+    bits (sgrecipe.safetensors_io) and each tensor goes to dtype and is dropped from the file's
+    dict at once, so f32 Gemma-2-2b is never held in f32 twice."""
     config = export.read_json(os.path.join(folder, "config.json"))
-    tensors = SafetensorsFile(os.path.join(folder, "model.safetensors"))
+    stored = load_file(os.path.join(folder, "model.safetensors"), keep_dtype=True)
     if config.get("model_type") == "gemma2" or "Gemma2" in str(config.get("architectures")):
         kind = "gemma2"
         with torch.device("meta"):
@@ -94,38 +95,18 @@ def load_text_encoder(folder, dtype):
         kind = "clip"
         with torch.device("meta"):
             model = clip.make_model(config)
-    # file name -> module name (Gemma2ForCausalLM files put "model." in front)
-    names = {(k[len("model."):] if kind == "gemma2" and k.startswith("model.") else k): k
-             for k in tensors.header}
-    model.load_state_dict({k: tensors.get(name, dtype) for k, name in names.items()},
-                          assign=True)
-    return kind, model.eval()
-
-
-class SafetensorsFile:
-    """Tensors of a safetensors file (F32 or BF16), memory-mapped, each converted on request."""
-
-    def __init__(self, path):
-        import struct
-        with open(path, "rb") as f:
-            size = struct.unpack("<Q", f.read(8))[0]
-            self.header = {k: v for k, v in json.loads(f.read(size)).items()
-                           if k != "__metadata__"}
-        self.start = 8 + size
-        self.raw = np.memmap(path, dtype=np.uint8, mode="r")
-
-    def get(self, name, dtype):
-        info = self.header[name]
-        begin, end = (self.start + o for o in info["data_offsets"])
-        data = self.raw[begin:end]
-        if info["dtype"] == "BF16":
-            bits = torch.from_numpy(np.array(data.view(np.uint16)).view(np.int16))
-            tensor = bits.view(torch.bfloat16)
-        elif info["dtype"] == "F32":
-            tensor = torch.from_numpy(np.array(data.view(np.float32)))
+    state = {}
+    for name in list(stored):
+        array = stored.pop(name)
+        if array.dtype == np.uint16:  # BF16 bits
+            tensor = torch.from_numpy(array.view(np.int16)).view(torch.bfloat16)
         else:
-            raise ValueError(f"{name}: dtype {info['dtype']} not handled")
-        return tensor.reshape(info["shape"]).to(dtype)
+            tensor = torch.from_numpy(np.ascontiguousarray(array))
+        # Gemma2ForCausalLM files put "model." in front of the module's names
+        key = name[len("model."):] if kind == "gemma2" and name.startswith("model.") else name
+        state[key] = tensor.to(dtype)
+    model.load_state_dict(state, assign=True)
+    return kind, model.eval()
 
 
 @torch.inference_mode()
