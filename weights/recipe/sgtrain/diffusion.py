@@ -13,7 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import nets
-from .common import EMA, Clock, Interrupted, adamw, count_parameters, graphed, load_checkpoint, \
+from .common import EMA, Clock, Interrupted, StepProfiler, adamw, count_parameters, graphed, \
+    load_checkpoint, \
     lr_factor, save_checkpoint, set_lr
 from .data import load_latents
 from .text import Conditioner, clip_config, encoder_outputs, load_tokenizer, make_text_encoder, \
@@ -295,6 +296,7 @@ def stage_teacher(run):
     forward = graphed(run, TeacherForward(system, run.autocast), sample_inputs(data, batch),
                       "teacher")
     probe = TeacherProbe(run, text_cfg, tokenizer)
+    profiler = StepProfiler(run, "teacher")
 
     def train_step():
         x0, ids = data.draw(batch)
@@ -327,6 +329,7 @@ def stage_teacher(run):
             continue
         step += 1
         ema.update(system, step)
+        profiler.after_step()
         losses.append(loss.detach())
         if step % 100 == 0:
             rate = (step - s0) / (time.time() - t0)
@@ -379,14 +382,25 @@ def stage_students(run):
     opts = {v: adamw(students[v].parameters(), args.lr, run) for v in VARIANTS}
     emas = {v: EMA(students[v], args.ema) for v in VARIANTS}
     ckpt_path = run.path("ckpt", "students.pt")
-    step, elapsed = 0, 0.0
+    step, elapsed, warm_from = 0, 0.0, 0
     state = load_checkpoint(ckpt_path, dev)
-    if state:
+    if state and "opt" not in state:
+        # EMA weights alone (students_ema.pt brought back from an unfinished GPU run, copied to
+        # students.pt): they go on with fresh AdamW moments, a new warm-up and a new budget
+        run.log(f"students: warm start from EMA weights at step {state['step']} (no optimizer "
+                "state)")
+        for v in VARIANTS:
+            students[v].load_state_dict(state["ema"][v])
+            emas[v].load_state_dict(state["ema"][v])
+        step = warm_from = state["step"]
+        data.reseed(args.seed * 7919 + 2 + step)
+    elif state:
         for v in VARIANTS:
             students[v].load_state_dict(state["model"][v])
             opts[v].load_state_dict(state["opt"][v])
             emas[v].load_state_dict(state["ema"][v])
         step, elapsed = state["step"], run.resumed_elapsed("students", state)
+        warm_from = state.get("warm_from", 0)
         data.reseed(args.seed * 7919 + 2 + step)
     clock = Clock(run, run.budgets["students"], elapsed)
     unet = students["tas"]["unet"]
@@ -402,7 +416,7 @@ def stage_students(run):
         save_checkpoint(path, {"model": {v: students[v].state_dict() for v in VARIANTS},
                                "opt": {v: opts[v].state_dict() for v in VARIANTS},
                                "ema": {v: emas[v].state_dict() for v in VARIANTS},
-                               "step": step, "elapsed": clock.elapsed})
+                               "step": step, "elapsed": clock.elapsed, "warm_from": warm_from})
 
     for v in VARIANTS:
         students[v].train()
@@ -412,6 +426,7 @@ def stage_students(run):
     forwards = {v: graphed(run, StudentForward(students[v], v != "none", run.autocast),
                            sample[:2] + tuple(x.clone() for x in sample_text), f"student {v}")
                 for v in VARIANTS}
+    profiler = StepProfiler(run, "students")
     while not clock.finished():
         x0, ids = data.draw(batch)
         t = nets.logit_normal(batch, dev, data.gen)
@@ -423,7 +438,7 @@ def stage_students(run):
             v_teacher, t_feats = teacher["unet"](xt, t * 1000.0, teacher["conditioner"](hidden),
                                                  None, pooled, return_features=True)
             f_teacher = t_feats["kd"]
-        factor = lr_factor(step, clock.fraction, args.warmup)
+        factor = lr_factor(step - warm_from, clock.fraction, args.warmup)
         for v in VARIANTS:
             student = students[v]
             out = forwards[v](xt, t * 1000.0, hidden, pooled)
@@ -441,6 +456,7 @@ def stage_students(run):
                                         kd.mean().detach() if kd is not None
                                         else torch.zeros((), device=dev)]))
         step += 1
+        profiler.after_step()
         if step % 100 == 0:
             rate = (step - s0) / (time.time() - t0)
             parts = []
