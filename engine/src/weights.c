@@ -190,9 +190,47 @@ static int64_t shape_numel(int ndim, const int64_t *dims) {
 /* Owned values get a mapping of their own (page-aligned, zero-filled), which a backend may
  * release page by page (tensor.h, SG_WEIGHT_HANDOFF) and which goes back to the system when freed. */
 static float *alloc_floats(int64_t count) {
-  void *memory = mmap(NULL, sg_weight_mapping_bytes((size_t)count * sizeof(float)),
-                      PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  return memory == MAP_FAILED ? NULL : memory;
+  const size_t bytes = sg_weight_mapping_bytes((size_t)count * sizeof(float));
+  void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+  /* 2 MiB pages where the system allows them: widening 10 GB of text-encoder weights otherwise
+   * spends seconds in page faults. Only a hint; failure changes nothing. */
+  if (bytes >= (2u << 20)) madvise(memory, bytes, MADV_HUGEPAGE);
+#endif
+  return memory;
+}
+
+/* Widens f16/bf16 values to f32 and says whether all are finite, in one pass on all cores (the
+ * full-size text encoders widen 3.2 billion values at load). The bf16 loop is written out so that
+ * it vectorizes: a bf16 is the top half of an f32, and it is Inf/NaN when its exponent is all ones. */
+static int widen_to_f32(const uint8_t *bytes, sg_dtype dtype, int64_t numel, float *out) {
+  int64_t nonfinite = 0;
+  if (dtype == SG_BF16) {
+    uint32_t *bits = (uint32_t *)out;
+#pragma omp parallel for reduction(+ : nonfinite) schedule(static) if (numel >= (1 << 20))
+    for (int64_t i = 0; i < numel; i++) {
+      uint16_t half;
+      memcpy(&half, bytes + 2 * i, 2);
+      bits[i] = (uint32_t)half << 16;
+      nonfinite += (half & 0x7f80u) == 0x7f80u;
+    }
+  } else {
+#pragma omp parallel for reduction(+ : nonfinite) schedule(static) if (numel >= (1 << 20))
+    for (int64_t i = 0; i < numel; i++) {
+      float v;
+      if (dtype == SG_F32) {
+        memcpy(&v, bytes + 4 * i, 4);
+      } else {
+        uint16_t half;
+        memcpy(&half, bytes + 2 * i, 2);
+        v = sg_f16_to_f32(half);
+      }
+      out[i] = v;
+      nonfinite += !isfinite(v);
+    }
+  }
+  return nonfinite == 0;
 }
 
 /* Gives back the resident pages wholly inside a tensor in a read-only file mapping: the kernel
@@ -243,25 +281,20 @@ static sg_status load_from_file(sg_weights *weights, const located_tensor *locat
       return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory converting tensor '%s'",
                      sg_safetensors_path(located->file), name);
     }
-    const uint8_t *bytes = source;
-    for (int64_t i = 0; i < numel; i++) {
-      if (entry->dtype == SG_F32) {
-        memcpy(&data[i], bytes + 4 * i, 4);
-      } else {
-        uint16_t half;
-        memcpy(&half, bytes + 2 * i, 2);
-        data[i] = entry->dtype == SG_F16 ? sg_f16_to_f32(half) : sg_bf16_to_f32(half);
-      }
+    int finite = widen_to_f32(source, entry->dtype, numel, data);
+    drop_file_pages(source, entry->nbytes); /* the file's copy is read once, for the widening */
+    if (!finite) {
+      free_owned(data, (size_t)numel * sizeof(float));
+      return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values",
+                     sg_safetensors_path(located->file), name);
     }
     out->data = data;
     out->owned = 1;
     weights->owned_bytes += (size_t)numel * sizeof(float);
-    drop_file_pages(source, entry->nbytes); /* the file's copy is read once, for the widening */
   }
   out->nbytes = (size_t)numel * sizeof(float);
-  for (int64_t i = 0; i < numel; i++) {
+  for (int64_t i = 0; !out->owned && i < numel; i++) {
     if (!isfinite(out->data[i])) {
-      if (out->owned) free_owned(out->data, out->nbytes);
       return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values",
                      sg_safetensors_path(located->file), name);
     }

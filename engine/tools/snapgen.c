@@ -305,7 +305,9 @@ static int run_generate(const runner_args *a) {
 
   sg_error error = {0};
   sg_context *ctx = NULL;
+  gint64 load_start = g_get_monotonic_time();
   sg_status status = sg_context_new(a->model, &options, &ctx, &error);
+  double load_seconds = (g_get_monotonic_time() - load_start) / 1e6;
   if (status != SG_OK) {
     fprintf(stderr, "snapgen: %s\n", error.message);
     return exit_code_for(status);
@@ -346,8 +348,8 @@ static int run_generate(const runner_args *a) {
     return exit_code_for(status);
   }
   if (!a->quiet)
-    fprintf(stderr, "snapgen: wrote %s (%.2f s, peak memory %.0f MiB)\n", a->output, seconds,
-            peak_rss_mib());
+    fprintf(stderr, "snapgen: wrote %s (model loaded in %.2f s, generated in %.2f s, peak memory "
+            "%.0f MiB)\n", a->output, load_seconds, seconds, peak_rss_mib());
   return EXIT_OK;
 }
 

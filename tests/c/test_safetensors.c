@@ -356,6 +356,43 @@ static void test_weights_bad_values(sg_test *t) {
   CHECK_INT(t, sg_weights_parameter_count(weights), 0);
   sg_weights_free(weights);
 
+  /* bf16 files are widened on all cores above 2^20 values: exact values, and one -Inf or NaN
+   * anywhere (here the last value of a large tensor) is found. */
+  const int64_t big = (1 << 20) + 3;
+  uint16_t *bf16 = g_new(uint16_t, big);
+  for (int64_t i = 0; i < big; i++) bf16[i] = (uint16_t)(0x3f80u + (uint32_t)(i % 977));
+  bf16[5] = 0xc000u; /* -2 */
+  bf16[6] = 0x0001u; /* the smallest subnormal */
+  int64_t dbig[1] = {big};
+  const char *bf_names[3] = {"good", "bad_inf", "bad_nan"};
+  uint16_t *all = g_new(uint16_t, 3 * big);
+  for (int k = 0; k < 3; k++) memcpy(all + k * big, bf16, (size_t)big * sizeof *bf16);
+  all[2 * big - 1] = 0xff80u; /* -Inf */
+  all[3 * big - 1] = 0x7fc1u; /* NaN */
+  sg_tensor bf_tensors[3];
+  for (int k = 0; k < 3; k++) bf_tensors[k] = sg_tensor_view(all + k * big, SG_BF16, 1, dbig);
+  char bf_folder[512];
+  sg_test_path(t, "bf16", bf_folder, sizeof bf_folder);
+  g_mkdir_with_parents(bf_folder, 0755);
+  char bf_path[600];
+  g_snprintf(bf_path, sizeof bf_path, "%s/w.safetensors", bf_folder);
+  write_tensor_file(bf_path, 3, bf_names, bf_tensors);
+  CHECK_INT(t, sg_weights_open_folder(bf_folder, &weights, &error), SG_OK);
+  if (weights) {
+    CHECK_INT(t, sg_weights_get(weights, "good", 1, dbig, &out, &error), SG_OK);
+    int exact = out.dtype == SG_F32;
+    const float *got = out.data;
+    for (int64_t i = 0; exact && i < big; i++) exact = got[i] == sg_bf16_to_f32(bf16[i]);
+    CHECK_MSG(t, exact, "bf16 widening changed a value");
+    CHECK_INT(t, sg_weights_get(weights, "bad_inf", 1, dbig, &out, &error), SG_ERR_FORMAT);
+    CHECK(t, strstr(error.message, "'bad_inf' contains NaN/Inf") != NULL);
+    CHECK_INT(t, sg_weights_get(weights, "bad_nan", 1, dbig, &out, &error), SG_ERR_FORMAT);
+    CHECK(t, strstr(error.message, "'bad_nan' contains NaN/Inf") != NULL);
+    sg_weights_free(weights);
+  }
+  g_free(all);
+  g_free(bf16);
+
   /* Folders: missing is an I/O error, one without safetensors files a format error. */
   char empty[512];
   sg_test_path(t, "empty", empty, sizeof empty);
