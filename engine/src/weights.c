@@ -203,7 +203,7 @@ static float *alloc_floats(int64_t count) {
 
 /* Widens f16/bf16 values to f32 and says whether all are finite, in one pass on all cores (the
  * full-size text encoders widen 3.2 billion values at load). The bf16 loop is written out so that
- * it vectorizes: a bf16 is the top half of an f32, and it is Inf/NaN when its exponent is all ones. */
+ * it vectorizes: a bf16 is the top half of an f32, Inf/NaN when its exponent is all ones. */
 static int widen_to_f32(const uint8_t *bytes, sg_dtype dtype, int64_t numel, float *out) {
   int64_t nonfinite = 0;
   if (dtype == SG_BF16) {

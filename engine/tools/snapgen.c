@@ -348,8 +348,10 @@ static int run_generate(const runner_args *a) {
     return exit_code_for(status);
   }
   if (!a->quiet)
-    fprintf(stderr, "snapgen: wrote %s (model loaded in %.2f s, generated in %.2f s, peak memory "
-            "%.0f MiB)\n", a->output, load_seconds, seconds, peak_rss_mib());
+    fprintf(stderr,
+            "snapgen: wrote %s (model loaded in %.2f s, generated in %.2f s, peak memory "
+            "%.0f MiB)\n",
+            a->output, load_seconds, seconds, peak_rss_mib());
   return EXIT_OK;
 }
 
