@@ -48,7 +48,8 @@ def parse_args(argv=None):
     p.add_argument("--workdir", required=True, help="checkpoints, data, logs (outside the repo)")
     p.add_argument("--out", required=True, help="model folder to write (e.g. weights/default)")
     p.add_argument("--threads", type=int, default=2, help="worker processes and torch threads")
-    p.add_argument("--stages", default="all", help="comma list of stages to run (default all)")
+    p.add_argument("--stages", default="all",
+                   help="comma list of stages to run (default all; none: only --teacher-folder)")
     p.add_argument("--redo", default="", help="comma list of finished stages to run again")
     p.add_argument("--restart-schedule", default="", metavar="STAGE,...",
                    help="resume these stages' weights and optimizer but restart their "
@@ -95,6 +96,9 @@ def parse_args(argv=None):
     p.add_argument("--profile-steps", type=int, default=0, metavar="N",
                    help="log a torch.profiler table of N teacher/student steps (after 20)")
     p.add_argument("--export-dtype", choices=["f32", "f16", "bf16"], default="f16")
+    p.add_argument("--teacher-folder", metavar="DIR",
+                   help="after the stages, write the trained teacher as a model folder the C "
+                        "engine runs (--eval-steps steps, CFG --eval-guidance)")
     p.add_argument("--eval-prompts", type=int, help="held-out prompts (default 504; smoke 12)")
     p.add_argument("--eval-seeds", type=int, help="seeds per prompt (default 2)")
     p.add_argument("--eval-steps", type=int, default=28, help="steps of teacher and students")
@@ -120,7 +124,7 @@ def main(argv=None):
     from sgtrain.common import Interrupted, Run
     from sgtrain.data import stage_ae, stage_data, stage_latents
     from sgtrain.diffusion import stage_adversarial, stage_students, stage_teacher
-    from sgtrain.report import publish, stage_eval, stage_export
+    from sgtrain.report import export_teacher, publish, stage_eval, stage_export
 
     torch.set_num_threads(max(1, args.threads))
     device = torch.device(args.device)
@@ -154,7 +158,8 @@ def main(argv=None):
     run.probe_seconds = (args.probe_seconds if args.probe_seconds is not None
                          else 120.0 if device.type == "cuda" else 1800.0)
     out = os.path.abspath(args.out)
-    wanted = STAGES if args.stages == "all" else args.stages.split(",")
+    wanted = (STAGES if args.stages == "all" else
+              [] if args.stages == "none" else args.stages.split(","))
     redo = set(filter(None, args.redo.split(",")))
     for name in list(wanted) + list(redo):
         if name not in STAGES:
@@ -200,6 +205,8 @@ def main(argv=None):
     pool.close()
     pool.join()
     publish(run, out)
+    if args.teacher_folder:
+        export_teacher(run, os.path.abspath(args.teacher_folder))
     run.log(f"all requested stages done in {time.time() - started:.0f} s")
     return 0
 

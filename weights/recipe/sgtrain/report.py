@@ -63,6 +63,56 @@ def publish(run, out):
             shutil.copyfile(run.path(name), os.path.join(os.path.dirname(out), name))
 
 
+def write_engine_folder(run, out, unet, conditioner, text_encoder, decoder, scheduler, text_cfg,
+                        dtype):
+    """A model folder the C engine runs: unet/, decoder/, scheduler/, text_encoder/ (HF
+    CLIPTextModelWithProjection), tokenizer/ (CLIPTokenizer files), conditioner/."""
+    if os.path.exists(out):
+        shutil.rmtree(out)
+    extra = {"text_encoder": ["transformers", "CLIPTextModelWithProjection"],
+             "tokenizer": ["transformers", "CLIPTokenizer"],
+             "conditioner": ["snapgen", "SnapGenConditioner"]}
+    export.write_model_folder(out, unet, unet.config, decoder, decoder.config, scheduler, extra,
+                              dtype)
+    enc_dir = os.path.join(out, "text_encoder")
+    os.makedirs(enc_dir)
+    _write_json(os.path.join(enc_dir, "config.json"), text_cfg)
+    save_file(os.path.join(enc_dir, "model.safetensors"),
+              {k: v.float() for k, v in text_encoder.state_dict().items()
+               if v.is_floating_point()}, {"format": "pt"})
+    shutil.copytree(run.path("text", "tokenizer"), os.path.join(out, "tokenizer"))
+    cond_dir = os.path.join(out, "conditioner")
+    os.makedirs(cond_dir)
+    from .text import conditioner_config
+    _write_json(os.path.join(cond_dir, "config.json"),
+                conditioner_config(unet.config["context_dim"], text_cfg["projection_dim"]))
+    save_file(os.path.join(cond_dir, "diffusion_pytorch_model.safetensors"),
+              {k: v.float() for k, v in conditioner.state_dict().items()}, {"format": "pt"})
+
+
+def export_teacher(run, out):
+    """--teacher-folder: the teacher (EMA weights, float32) as a model folder that samples as the
+    evaluation does (28 steps, CFG 4 by default: --eval-steps, --eval-guidance), so that the C
+    engine can run and score it (evaluate.py --engine) before any student exists."""
+    args = run.args
+    tokenizer, text_cfg = text_side(run)
+    teacher = load_teacher(run, text_cfg)
+    decoder = load_autoencoder(run).decoder
+    scheduler = {"shift": 1.0, "default_steps": args.eval_steps,
+                 "default_guidance": args.eval_guidance}
+    write_engine_folder(run, out, teacher["unet"], teacher["conditioner"],
+                        teacher["text_encoder"], decoder, scheduler, text_cfg, "f32")
+    state = torch.load(run.path("ckpt", "teacher_final.pt"), map_location="cpu",
+                       weights_only=True)
+    with open(os.path.join(out, "TEACHER.md"), "w") as f:
+        f.write(f"# Teacher at step {state['step']}\n\nThe default model recipe's flow-matching "
+                f"teacher (EMA weights, float32), written by train_default.py "
+                f"--teacher-folder: {args.eval_steps} steps, CFG {args.eval_guidance:g} by "
+                f"default. Not the shipped model.\n")
+    run.log(f"teacher folder: {out} (step {state['step']}, {args.eval_steps} steps, CFG "
+            f"{args.eval_guidance:g})")
+
+
 def stage_export(run, out):
     """Writes the 4-step model folder: unet/, decoder/, scheduler/, text_encoder/ (HF
     CLIPTextModelWithProjection), tokenizer/ (CLIPTokenizer files), conditioner/, MODEL_CARD.md;
@@ -73,29 +123,8 @@ def stage_export(run, out):
     teacher = load_teacher(run, text_cfg)
     gen_model = load_distilled(run, text_cfg)
     decoder = load_autoencoder(run).decoder
-    if os.path.exists(out):
-        shutil.rmtree(out)
-    extra = {"text_encoder": ["transformers", "CLIPTextModelWithProjection"],
-             "tokenizer": ["transformers", "CLIPTokenizer"],
-             "conditioner": ["snapgen", "SnapGenConditioner"]}
-    export.write_model_folder(out, gen_model["unet"], gen_model["unet"].config, decoder,
-                              decoder.config, SCHEDULER, extra, args.export_dtype)
-    enc_dir = os.path.join(out, "text_encoder")
-    os.makedirs(enc_dir)
-    _write_json(os.path.join(enc_dir, "config.json"), text_cfg)
-    save_file(os.path.join(enc_dir, "model.safetensors"),
-              {k: v.float() for k, v in teacher["text_encoder"].state_dict().items()
-               if v.is_floating_point()}, {"format": "pt"})
-    shutil.copytree(run.path("text", "tokenizer"), os.path.join(out, "tokenizer"))
-    cond_dir = os.path.join(out, "conditioner")
-    os.makedirs(cond_dir)
-    context_dim = run.sizes["student"]["context_dim"]
-    from .text import conditioner_config
-    _write_json(os.path.join(cond_dir, "config.json"),
-                conditioner_config(context_dim, text_cfg["projection_dim"]))
-    save_file(os.path.join(cond_dir, "diffusion_pytorch_model.safetensors"),
-              {k: v.float() for k, v in gen_model["conditioner"].state_dict().items()},
-              {"format": "pt"})
+    write_engine_folder(run, out, gen_model["unet"], gen_model["conditioner"],
+                        teacher["text_encoder"], decoder, SCHEDULER, text_cfg, args.export_dtype)
 
     # reload and compare one image's latent with the in-memory model (f16 storage rounds weights)
     ev = _evaluate_module()
