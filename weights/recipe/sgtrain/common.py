@@ -239,10 +239,20 @@ class StepProfiler:
                 self.run.sync()
                 seconds = (time.time() - self.started) / self.steps
                 self.profiler.__exit__(None, None, None)
-                key = "self_cuda_time_total" if self.run.cuda else "self_cpu_time_total"
-                table = self.profiler.key_averages().table(sort_by=key, row_limit=25,
-                                                           max_name_column_width=60)
+                averages = self.profiler.key_averages()
                 self.profiler = None
+                # newer PyTorch names the device columns "device", older ones "cuda"
+                keys = (["self_device_time_total", "self_cuda_time_total"] if self.run.cuda
+                        else ["self_cpu_time_total"])
+                for key in keys:
+                    try:
+                        table = averages.table(sort_by=key, row_limit=25,
+                                               max_name_column_width=60)
+                        break
+                    except Exception:  # noqa: BLE001 (an unknown sort key in this version)
+                        table = None
+                if table is None:
+                    raise RuntimeError(f"no sort key of {keys} is known to this PyTorch")
                 self.run.log(f"{self.name}: profile of {self.steps} steps ({seconds * 1e3:.1f} "
                              f"ms per step while profiled), by {key}:\n{table}")
         except Exception as exc:  # a profiler failure must not end the training
