@@ -178,7 +178,7 @@ class EMA:
 def graphed(run, module, sample_args, name):
     """`module` with its forward and backward captured as CUDA graphs (make_graphed_callables):
     a training step then replays two graphs instead of launching thousands of small kernels from
-    Python, which held the H200 runs at about 5 steps/s whatever the batch. sample_args become
+    Python (written when launches were thought to hold the H200 at 5 steps/s). sample_args become
     the graph's fixed inputs (same shapes, dtypes and requires_grad at every call). The graphed
     output is checked against the eager module's; off CUDA, without --cuda-graphs, or on any
     failure the eager module is returned (and the reason logged). Off by default: on the H200
