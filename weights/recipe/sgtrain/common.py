@@ -220,7 +220,7 @@ class StepProfiler:
     def __init__(self, run, name):
         self.run, self.name = run, name
         self.steps = getattr(run.args, "profile_steps", 0) or 0
-        self.seen, self.profiler = 0, None
+        self.seen, self.profiler, self.started = 0, None, 0.0
 
     def after_step(self):
         if self.steps <= 0:

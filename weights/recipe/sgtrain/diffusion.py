@@ -14,8 +14,7 @@ import torch.nn.functional as F
 
 from . import nets
 from .common import EMA, Clock, Interrupted, StepProfiler, adamw, count_parameters, graphed, \
-    load_checkpoint, \
-    lr_factor, save_checkpoint, set_lr
+    load_checkpoint, lr_factor, save_checkpoint, set_lr
 from .data import load_latents
 from .text import Conditioner, clip_config, encoder_outputs, load_tokenizer, make_text_encoder, \
     tokenize_all, write_tokenizer
@@ -87,12 +86,15 @@ def make_student(run, text_cfg):
 
 
 def load_teacher(run, text_cfg):
-    """The teacher's EMA weights (text encoder, conditioner, UNet), frozen."""
+    """The teacher's EMA weights (text encoder, conditioner, UNet), frozen; .step is the
+    training step they are from."""
     teacher = make_teacher(run, text_cfg)
     state = torch.load(run.path("ckpt", "teacher_final.pt"), map_location=run.device,
                        weights_only=True)
     teacher.load_state_dict(state["ema"])
-    return nets.frozen_copy(teacher)
+    teacher = nets.frozen_copy(teacher)
+    teacher.step = state["step"]
+    return teacher
 
 
 def load_student(run, text_cfg, variant, final_name="students_final.pt"):

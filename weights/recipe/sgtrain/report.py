@@ -102,14 +102,12 @@ def export_teacher(run, out):
                  "default_guidance": args.eval_guidance}
     write_engine_folder(run, out, teacher["unet"], teacher["conditioner"],
                         teacher["text_encoder"], decoder, scheduler, text_cfg, "f32")
-    state = torch.load(run.path("ckpt", "teacher_final.pt"), map_location="cpu",
-                       weights_only=True)
     with open(os.path.join(out, "TEACHER.md"), "w") as f:
-        f.write(f"# Teacher at step {state['step']}\n\nThe default model recipe's flow-matching "
+        f.write(f"# Teacher at step {teacher.step}\n\nThe default model recipe's flow-matching "
                 f"teacher (EMA weights, float32), written by train_default.py "
                 f"--teacher-folder: {args.eval_steps} steps, CFG {args.eval_guidance:g} by "
                 f"default. Not the shipped model.\n")
-    run.log(f"teacher folder: {out} (step {state['step']}, {args.eval_steps} steps, CFG "
+    run.log(f"teacher folder: {out} (step {teacher.step}, {args.eval_steps} steps, CFG "
             f"{args.eval_guidance:g})")
 
 
