@@ -33,6 +33,20 @@ static void test_time_shift(sg_test *t) {
   CHECK_NEAR(t, sg_time_shift(3.0, 0.25), 0.5, 1e-15);  /* 0.75 / 1.5 */
   CHECK_NEAR(t, sg_time_shift(1.0, 0.3), 0.3, 1e-15);   /* no shift */
   CHECK_NEAR(t, sg_time_shift(0.5, 0.5), 1.0 / 3.0, 1e-15);
+  /* Every allowed shift (1e-3..1e3) gives exactly 1 at t = 1 and a schedule in (0, 1] that
+   * strictly decreases (the fuzzer found 1 + 2^-52 at t = 1 for shift 0.2). */
+  const double shifts[] = {1e-3, 0.2, 0.7, 1.0, 3.0, 1e3};
+  for (size_t k = 0; k < sizeof shifts / sizeof shifts[0]; k++) {
+    CHECK(t, sg_time_shift(shifts[k], 1.0) == 1.0);
+    for (int steps = 1; steps <= SG_MAX_STEPS; steps *= 10) {
+      for (int i = 0; i < steps; i++) {
+        double now = sg_time_shift(shifts[k], 1.0 - (double)i / steps);
+        double next = sg_time_shift(shifts[k], 1.0 - (double)(i + 1) / steps);
+        CHECK_MSG(t, now > next && now > 0.0 && now <= 1.0, "shift %g, %d steps, i %d: %.17g",
+                  shifts[k], steps, i, now);
+      }
+    }
+  }
 }
 
 static void test_explicit_list(sg_test *t) {

@@ -93,6 +93,9 @@ def config_corpus():
          "latent_clamp": -1, "x": [1, 2.5, None]}))
     write("config", "near-floats.json", '{"ffn_mult": 2.9999999999, "expansion": 1e308, '
           '"in_channels": 16.0, "shift": 1e-400, "default_steps": 1e19, "x": 9.3e18}')
+    # Found by the fuzzer: with shift 0.2 the old time-shift formula gave 1 + 2^-52 at t = 1.
+    write("config", "found-shift-below-one.json", json.dumps(
+        {"timesteps": [1.0, 0.75, 0.5], "shift": 0.2, "default_steps": 5, "default_guidance": 1.0}))
 
 
 def prompt_input(width, height, steps, guidance, seed, prompt, conditioning, flags):

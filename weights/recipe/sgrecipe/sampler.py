@@ -11,8 +11,9 @@ DEFAULT_SCHEDULER = {"timesteps": [1.0, 0.75, 0.5, 0.25], "shift": 3.0, "default
 
 
 def time_shift(shift, t):
-    """t' = α t / (1 + (α − 1) t)."""
-    return shift * t / (1.0 + (shift - 1.0) * t)
+    """t' = α t / (1 + (α − 1) t), computed as α t / (α t + (1 − t)) as the engine does: exactly 1
+    at t = 1 for every α."""
+    return shift * t / (shift * t + (1.0 - t))
 
 
 def timesteps(config, steps=None):
