@@ -397,6 +397,8 @@ static int run_info(const runner_args *a) {
   if (status == SG_OK) {
     printf("unet parameters: %lld\n", (long long)sg_unet_parameter_count(&unet));
     printf("decoder parameters: %lld\n", (long long)sg_decoder_parameter_count(&decoder));
+    /* As sg_context_pixel_stride: the decoder's scale times the UNet's downsampling. */
+    printf("pixel stride: %d\n", sg_decoder_scale(&decoder) << (unet.num_stages - 1));
   } else {
     fprintf(stderr, "snapgen: %s\n", error.message);
   }

@@ -1,6 +1,7 @@
 # gimptest.py: shared helpers of the GIMP tests: a throwaway GIMP profile with the built plug-in
 # and its catalogues installed, Script-Fu batch runs under a timeout, a test model, PASS/FAIL lines.
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -194,6 +195,18 @@ STATE_PRELUDE = """
   (sg-say (string-append key ".selected") (sg-selected-ids image))
   (sg-say (string-append key ".dirty") (gimp-image-is-dirty image)))
 """
+
+
+def image_side(model, smallest):
+    """The smallest image side ≥ smallest that the model accepts: a multiple of the pixel stride
+    that `snapgen info` reports (64 for the tiny test model, 256 for the trained ones)."""
+    result = subprocess.run([require_env("SNAPGEN"), "info", "--model", model],
+                            capture_output=True, text=True)
+    found = re.search(r"^pixel stride: (\d+)$", result.stdout, re.M)
+    if result.returncode != 0 or not found:
+        raise RuntimeError(f"snapgen info --model {model} failed: {result.stdout}{result.stderr}")
+    stride = int(found.group(1))
+    return -(-smallest // stride) * stride
 
 
 def test_model(workdir):

@@ -28,13 +28,25 @@ from gimptest import (PROCEDURE, SCHEME_PRELUDE, STATE_PRELUDE, check,  # noqa: 
                       scheme_string)
 
 PROMPT = "A small red apple on a blue wooden table,\n photographed from above in soft light"
-SEED, STEPS, WIDTH, HEIGHT = 1234, 2, 64, 64
+SEED, STEPS = 1234, 2
+# Sizes for the tiny test model; use_model_sizes changes them for a model with a larger stride.
+WIDTH, HEIGHT = 64, 64
 BIG_W, BIG_H = 96, 80      # canvas larger than the layer: centred at (16, 8)
 SMALL_W, SMALL_H = 48, 40  # canvas smaller than the layer: centred at (-8, -12), not scaled
 MISSING_MODEL = "/nonexistent/snapgen-model"
 TERM_SIDE, TERM_STEPS = 128, 200  # a generation of a minute or more, stopped by SIGTERM
 TERM_DELAY = 1.5                  # seconds after the engine thread starts: usually denoising
 TERM_STOP_SECONDS = 60            # SIGTERM to the plug-in's end (a step, and room for a busy CPU)
+
+
+def use_model_sizes(model):
+    """The sizes above for the model (SNAPGEN_TEST_MODEL may be a trained one, whose sides are
+    multiples of 256): the layer the smallest side ≥ 64 it accepts, the canvases around it."""
+    global WIDTH, HEIGHT, BIG_W, BIG_H, SMALL_W, SMALL_H, TERM_SIDE
+    WIDTH = HEIGHT = gimptest.image_side(model, 64)
+    BIG_W, BIG_H = WIDTH + 32, HEIGHT + 16
+    SMALL_W, SMALL_H = WIDTH - 16, HEIGHT - 24
+    TERM_SIDE = gimptest.image_side(model, 2 * WIDTH)
 
 
 def layer_name(prompt):
@@ -258,6 +270,7 @@ def main():
         if not check("test model", model is not None and os.path.isfile(
                 os.path.join(model, "model_index.json")), str(model)):
             return
+        use_model_sizes(model)
 
         # A copy of the model with the UNet weights cut in half: "corrupt weights".
         corrupt = profile.path("corrupt-model")

@@ -90,6 +90,7 @@ def test_dialog(profile, model):
 def test_cancel(profile, model):
     # Repeat-last runs (no dialog) get the progress window too; the test hook presses its Cancel
     # button when denoising reaches CANCEL_AT_STEP.
+    side = gimptest.image_side(model, 256)
     script = SCHEME_PRELUDE + STATE_PRELUDE + f"""
 (let* ((image (car (gimp-image-new 128 128 RGB)))
        (bg (car (gimp-layer-new image "background" 128 128 RGB-IMAGE 100 LAYER-MODE-NORMAL))))
@@ -98,7 +99,7 @@ def test_cancel(profile, model):
   (sg-say "cancel.before.ids" (sg-layer-ids image))
   (sg-say "cancel.result" (catch "error"
     ({PROCEDURE} #:run-mode RUN-WITH-LAST-VALS #:image image #:prompt "x" #:seed 3
-     #:steps {CANCEL_STEPS} #:width 256 #:height 256 #:model-folder {scheme_string(model)})))
+     #:steps {CANCEL_STEPS} #:width {side} #:height {side} #:model-folder {scheme_string(model)})))
   (sg-say-state "cancel" image)
   (gimp-image-delete image))
 """
@@ -140,6 +141,7 @@ def test_undo(profile, model):
     window. The script waits (polling the layers) for each key; the test touches a file once it
     has sent one, after which the script gives GIMP UNDO_WAIT seconds to act on it."""
     files = {name: profile.path(name) for name in ("generated", "undo-sent", "undone", "redo-sent")}
+    side = gimptest.image_side(model, 64)
     script = SCHEME_PRELUDE + STATE_PRELUDE + f"""
 (define (sg-touch path) (close-output-port (open-output-file path)))
 (define (sg-wait-until ready? seconds)
@@ -155,7 +157,7 @@ def test_undo(profile, model):
   (sg-say-state "undo.before" image)
   (sg-say "undo.result" (catch "error"
     ({PROCEDURE} #:run-mode RUN-NONINTERACTIVE #:image image #:prompt "x" #:seed 3 #:steps 2
-     #:width 64 #:height 64 #:model-folder {scheme_string(model)})))
+     #:width {side} #:height {side} #:model-folder {scheme_string(model)})))
   (gimp-displays-flush)
   (sg-say-state "undo.generated" image)
   (sg-touch {scheme_string(files["generated"])})
