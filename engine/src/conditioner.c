@@ -230,8 +230,13 @@ static sg_status load_slot(sg_conditioner *c, JsonObject *index, const char *ind
   /* One backend runs the encoder: f32 copies widened from bf16 files that it packs may then be
    * released (Gemma-2-2b once peaked at 18 GiB, plain and packed copies both resident). */
   if (status == SG_OK && slot->present) sg_weights_hand_off_to_backend(slot->weights);
+  /* Linear weights: int8 when asked for; else bf16 files stay in their pages (the encoders run
+   * once per prompt, so widening them per product costs about what widening at load did, without
+   * the 10 GB of f32 copies of the full-size encoders). */
   if (status == SG_OK && slot->present && c->int8_linears)
     sg_weights_store_linears_int8(slot->weights);
+  else if (status == SG_OK && slot->present)
+    sg_weights_keep_bf16_linears(slot->weights);
 
   if (status == SG_OK && slot->present && slot->kind == ENCODER_CLIP) {
     sg_clip_text_config config;

@@ -45,6 +45,7 @@ void sg_backend_free(sg_backend *backend) {
   if (!backend) return;
   sg_dnnl_free(backend->dnnl);
   free(backend->widened);
+  free(backend->block_out);
   free(backend);
 }
 
@@ -286,39 +287,11 @@ sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
   return sg_linear_residual(be, x, w, b, act, NULL, y, error);
 }
 
-/* An SG_I8 weight matrix as f32 in the backend's scratch (*wide views it). The product then
- * runs as for f32 weights: widening costs one pass over the matrix, small beside the product. */
-static sg_status widen_int8_weights(sg_backend *be, const sg_tensor *w, sg_tensor *wide,
-                                    sg_error *error) {
-  if (w->ndim != 2 || !w->data || !w->scales || w->dims[0] <= 0 || w->dims[1] <= 0)
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "linear: an int8 weight needs 2 dims, data and row scales");
-  const int64_t count = w->dims[0] * w->dims[1];
-  if (count > be->widened_capacity) {
-    float *grown = malloc((size_t)count * sizeof(float));
-    if (!grown)
-      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "linear: out of memory widening an int8 "
-                     "weight [%lld, %lld]", (long long)w->dims[0], (long long)w->dims[1]);
-    free(be->widened);
-    be->widened = grown;
-    be->widened_capacity = count;
-  }
-  use_threads(be);
-  sg_dequantize_rows_int8(w->data, w->scales, w->dims[0], w->dims[1], be->widened);
-  *wide = sg_tensor_view(be->widened, SG_F32, 2, w->dims); /* constant_id 0: nothing cached */
-  return SG_OK;
-}
-
-sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
-                             const sg_tensor *b, sg_activation act, const sg_tensor *residual,
-                             sg_tensor *y, sg_error *error) {
+/* The checks and the product of a linear layer with f32 weights. */
+static sg_status linear_f32(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                            const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                            sg_tensor *y, sg_error *error) {
   const char *op = "linear";
-  CHECK(check_backend(op, be, error));
-  sg_tensor wide;
-  if (w && w->dtype == SG_I8) {
-    CHECK(widen_int8_weights(be, w, &wide, error));
-    w = &wide;
-  }
   CHECK(check_tensor(op, "input x", x, 2, 2, error));
   CHECK(check_tensor(op, "weight", w, 2, 2, error));
   CHECK(check_activation(op, act, error));
@@ -337,6 +310,121 @@ sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_linear(x, w, b, act, residual, y);
   return sg_dnnl_linear(be->dnnl, x, w, b, act, residual, y, error);
+}
+
+/* ---- linear layers with compressed weights: SG_I8 codes, SG_BF16 values in the file ----
+ * The matrix is widened to f32 a block of rows at a time, and each block's product runs as for
+ * f32 weights while the block is still in cache: the weights are read from memory in their small
+ * form only (a whole widened Gemma-2 matrix, 85 MB, would go out to memory and back). */
+
+/* Bytes of f32 rows widened at a time (SNAPGEN_WIDEN_BLOCK_KB overrides, for measurements). */
+#define WIDEN_BLOCK_BYTES ((int64_t)4 << 20)
+
+static int64_t widen_block_bytes(void) {
+  const char *kb = getenv("SNAPGEN_WIDEN_BLOCK_KB");
+  return kb && atoll(kb) > 0 ? atoll(kb) * 1024 : WIDEN_BLOCK_BYTES;
+}
+
+/* A scratch buffer of at least count floats, grown as needed; NULL when out of memory. */
+static float *scratch_floats(float **buffer, int64_t *capacity, int64_t count) {
+  if (count > *capacity) {
+    float *grown = malloc((size_t)count * sizeof(float));
+    if (!grown) return NULL;
+    free(*buffer);
+    *buffer = grown;
+    *capacity = count;
+  }
+  return *buffer;
+}
+
+/* Rows [first, first + count) of a compressed matrix w as f32 into out. */
+static void widen_rows(const sg_tensor *w, int64_t first, int64_t count, float *out) {
+  const int64_t cols = w->dims[1];
+  if (w->dtype == SG_I8) {
+    sg_dequantize_rows_int8((const int8_t *)w->data + first * cols, w->scales + first, count, cols,
+                            out);
+    return;
+  }
+  const uint16_t *values = (const uint16_t *)w->data + first * cols;
+  uint32_t *bits = (uint32_t *)out; /* a bf16 is the top half of an f32 */
+  const int64_t n = count * cols;
+#pragma omp parallel for schedule(static) if (n >= (1 << 16))
+  for (int64_t i = 0; i < n; i++) bits[i] = (uint32_t)values[i] << 16;
+}
+
+static sg_status linear_compressed(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                                   const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                                   sg_tensor *y, sg_error *error) {
+  const char *op = "linear";
+  if (w->ndim != 2 || !w->data || w->dims[0] <= 0 || w->dims[1] <= 0 ||
+      (w->dtype == SG_I8 && !w->scales))
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: a %s weight needs 2 dims and data%s", op,
+                   sg_dtype_name(w->dtype), w->dtype == SG_I8 ? " and row scales" : "");
+  const int64_t rows = w->dims[0], cols = w->dims[1];
+  int64_t block = widen_block_bytes() / (cols * (int64_t)sizeof(float));
+  if (block < 1) block = 1;
+  if (block > rows) block = rows;
+  float *wide = scratch_floats(&be->widened, &be->widened_capacity, block * cols);
+  if (!wide)
+    return sg_fail(error, SG_ERR_OUT_OF_MEMORY,
+                   "%s: out of memory widening %lld rows of a %s weight", op, (long long)block,
+                   sg_dtype_name(w->dtype));
+  use_threads(be);
+  if (block == rows) { /* the whole matrix at once */
+    widen_rows(w, 0, rows, wide);
+    sg_tensor whole = sg_tensor_view(wide, SG_F32, 2, w->dims); /* constant_id 0: never cached */
+    return linear_f32(be, x, &whole, b, act, residual, y, error);
+  }
+  /* Check the whole product once with an f32 header of w's shape, then run it block by block
+   * into a scratch [M, block] and move each block into its columns of y (adding the residual);
+   * the activation comes last, over all of y. */
+  sg_tensor shape = sg_tensor_view(wide, SG_F32, 2, w->dims);
+  CHECK(check_tensor(op, "input x", x, 2, 2, error));
+  if (cols != x->dims[1]) {
+    char xs[96], ws[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: weight %s does not match input %s (%lld features)", op,
+                   sg_shape_string(&shape, ws, sizeof ws), sg_shape_string(x, xs, sizeof xs),
+                   (long long)x->dims[1]);
+  }
+  CHECK(check_activation(op, act, error));
+  CHECK(check_vector(op, "bias", b, rows, 1, error));
+  const int64_t m = x->dims[0], out_dims[2] = {m, rows};
+  CHECK(check_output(op, y, 2, out_dims, error));
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  CHECK(check_residual(op, residual, y, x, error));
+  float *part = scratch_floats(&be->block_out, &be->block_out_capacity, m * block);
+  if (!part)
+    return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory for a [%lld, %lld] block", op,
+                   (long long)m, (long long)block);
+  float *out = y->data;
+  const float *add = residual ? residual->data : NULL;
+  for (int64_t first = 0; first < rows; first += block) {
+    const int64_t count = rows - first < block ? rows - first : block;
+    widen_rows(w, first, count, wide);
+    sg_tensor w_block = sg_tensor_2d(wide, count, cols);
+    sg_tensor b_block = b ? sg_tensor_1d((float *)b->data + first, count) : (sg_tensor){0};
+    sg_tensor y_block = sg_tensor_2d(part, m, count);
+    CHECK(linear_f32(be, x, &w_block, b ? &b_block : NULL, SG_ACT_NONE, NULL, &y_block, error));
+#pragma omp parallel for schedule(static) if (m * count >= (1 << 14))
+    for (int64_t r = 0; r < m; r++) {
+      for (int64_t c = 0; c < count; c++) {
+        const int64_t at = r * rows + first + c;
+        out[at] = part[r * count + c] + (add ? add[at] : 0.0f);
+      }
+    }
+  }
+  if (act != SG_ACT_NONE) return sg_eltwise(be, act, y, y, error);
+  return SG_OK;
+}
+
+sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                             const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                             sg_tensor *y, sg_error *error) {
+  CHECK(check_backend("linear", be, error));
+  if (w && (w->dtype == SG_I8 || w->dtype == SG_BF16))
+    return linear_compressed(be, x, w, b, act, residual, y, error);
+  return linear_f32(be, x, w, b, act, residual, y, error);
 }
 
 sg_status sg_eltwise(sg_backend *be, sg_activation act, const sg_tensor *x, sg_tensor *y,

@@ -45,7 +45,9 @@ sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
                     int stride, int padding, int groups, sg_activation act, sg_tensor *y,
                     sg_error *error);
 
-/* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. (PyTorch nn.Linear.) */
+/* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. (PyTorch nn.Linear.) w may be f32, or
+ * SG_I8 / SG_BF16 (tensor.h): then it is widened to f32 a few MiB of rows at a time, each block's
+ * product computed while the block is in cache. */
 sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     sg_activation act, sg_tensor *y, sg_error *error);
 

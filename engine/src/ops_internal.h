@@ -13,8 +13,10 @@ struct sg_backend {
   sg_backend_kind kind;
   int threads;   /* OpenMP threads used by both backends (> 0) */
   sg_dnnl *dnnl; /* NULL for the reference backend */
-  float *widened; /* an int8 weight matrix widened to f32 for one linear (sg_linear) */
+  float *widened; /* rows of an int8 or bf16 weight matrix widened to f32 (sg_linear) */
   int64_t widened_capacity;
+  float *block_out; /* a linear layer's output for one block of widened rows */
+  int64_t block_out_capacity;
 };
 
 /* Element strides (channel, row, column) of an image [C,H,W], plain or channels-last. */

@@ -9,7 +9,9 @@
 
 #define SG_MAX_DIMS 4
 
-/* SG_I8: a weight matrix [N,K] of int8 codes with one f32 scale per row (sg_tensor.scales). */
+/* SG_I8: a weight matrix [N,K] of int8 codes with one f32 scale per row (sg_tensor.scales).
+ * The ops take f32, except sg_linear's weight, which may also be SG_I8 or SG_BF16 (widened to
+ * f32 a block of rows at a time). */
 typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2, SG_I8 = 3 } sg_dtype;
 
 /* Activations are row-major over dims: images are [C, H, W] (batch 1, NCHW), token sequences are

@@ -24,7 +24,8 @@ typedef struct {
  * sg_weight_mapping_bytes of its size, so a backend may release its pages; or in a file mapping)
  * and shape. */
 typedef struct {
-  float *data; /* int8 codes when scales is set (sg_weights_get_linear in int8 mode) */
+  float *data; /* dtype's values: f32, int8 codes (with scales) or the file's bf16 values */
+  sg_dtype dtype;
   int owned;
   size_t nbytes;
   int ndim;
@@ -46,7 +47,11 @@ struct sg_weights {
   uint64_t constant_id; /* stamped on every tensor handed out (tensor.h): random, never 0 */
   int handoff;          /* sg_weights_hand_off_to_backend was called */
   int int8_linears;     /* sg_weights_store_linears_int8 was called */
+  int bf16_linears;     /* sg_weights_keep_bf16_linears was called */
 };
+
+/* The form sg_weights_get_linear hands a matrix out in (fetched_tensor.dtype). */
+typedef enum { FORM_F32 = 0, FORM_INT8, FORM_FILE_BF16 } stored_form;
 
 static void free_owned(float *data, size_t nbytes) {
   munmap(data, sg_weight_mapping_bytes(nbytes));
@@ -143,6 +148,10 @@ sg_weights *sg_weights_new_random(uint64_t seed) {
 void sg_weights_hand_off_to_backend(sg_weights *weights) { weights->handoff = 1; }
 
 void sg_weights_store_linears_int8(sg_weights *weights) { weights->int8_linears = 1; }
+
+void sg_weights_keep_bf16_linears(sg_weights *weights) {
+  weights->bf16_linears = 1;
+}
 
 void sg_weights_free(sg_weights *weights) {
   if (!weights) return;
@@ -343,14 +352,42 @@ static sg_status quantize_fetched(sg_weights *weights, const char *where, const 
   tensor->owned = 1;
   tensor->nbytes = (size_t)(rows * cols);
   tensor->scales = scales;
+  tensor->dtype = SG_I8;
   weights->owned_bytes += tensor->nbytes + (size_t)rows * sizeof(float);
   return SG_OK;
 }
 
-/* The fetched tensor `name` (made on first use, quantized when `quantize`), or *out NULL when a
- * file has no such tensor. */
+/* Whether every bf16 value is finite (exponent not all ones), in one pass on all cores. */
+static int bf16_all_finite(const uint8_t *bytes, int64_t numel) {
+  int64_t nonfinite = 0;
+#pragma omp parallel for reduction(+ : nonfinite) schedule(static) if (numel >= (1 << 20))
+  for (int64_t i = 0; i < numel; i++) {
+    uint16_t half;
+    memcpy(&half, bytes + 2 * i, 2);
+    nonfinite += (half & 0x7f80u) == 0x7f80u;
+  }
+  return nonfinite == 0;
+}
+
+/* A bf16 file tensor left in the file mapping (FORM_FILE_BF16), once checked for NaN/Inf. */
+static sg_status keep_file_bf16(const located_tensor *located, const char *name,
+                                fetched_tensor *out, sg_error *error) {
+  const sg_st_entry *entry = located->entry;
+  if (!bf16_all_finite(entry->data, (int64_t)(entry->nbytes / 2)))
+    return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values",
+                   sg_safetensors_path(located->file), name);
+  out->data = (float *)entry->data; /* read-only mapping: callers never write weights */
+  out->dtype = SG_BF16;
+  out->owned = 0;
+  out->nbytes = entry->nbytes;
+  return SG_OK;
+}
+
+/* The fetched tensor `name` (made on first use, in the given form), or *out NULL when a file has
+ * no such tensor. FORM_FILE_BF16 falls back to f32 for random weights and for a tensor that is
+ * not stored as bf16 (or not 2-byte aligned). */
 static sg_status fetch(sg_weights *weights, const char *name, int ndim, const int64_t *dims,
-                       int quantize, fetched_tensor **out, sg_error *error) {
+                       stored_form form, fetched_tensor **out, sg_error *error) {
   *out = NULL;
   if (ndim < 0 || ndim > SG_MAX_DIMS) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: tensor '%s' asked with %d dimensions",
@@ -374,9 +411,14 @@ static sg_status fetch(sg_weights *weights, const char *name, int ndim, const in
   fetched_tensor *fetched = g_hash_table_lookup(weights->fetched, name);
   if (fetched) {
     SG_TRY(check_shape(where, name, fetched->ndim, fetched->dims, ndim, dims, error));
-    if ((fetched->scales != NULL) != (quantize != 0)) {
+    /* FORM_FILE_BF16 may have fallen back to f32; otherwise a form gives one dtype. */
+    const int same_form = form == FORM_F32    ? fetched->dtype == SG_F32
+                          : form == FORM_INT8 ? fetched->dtype == SG_I8
+                                              : fetched->dtype != SG_I8;
+    if (!same_form) {
       return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                     "%s: tensor '%s' asked for both as f32 and as an int8 matrix", where, name);
+                     "%s: tensor '%s' asked for in another form than before (held as %s)", where,
+                     name, sg_dtype_name(fetched->dtype));
     }
     *out = fetched;
     return SG_OK;
@@ -392,9 +434,14 @@ static sg_status fetch(sg_weights *weights, const char *name, int ndim, const in
     made.ndim = entry->ndim;
     memcpy(made.dims, entry->dims, sizeof made.dims);
     status = check_shape(where, name, entry->ndim, entry->dims, ndim, dims, error);
-    if (status == SG_OK) status = load_from_file(weights, located, name, &made, error);
+    const int keep_bf16 =
+        form == FORM_FILE_BF16 && entry->dtype == SG_BF16 && (uintptr_t)entry->data % 2 == 0;
+    if (status == SG_OK && keep_bf16)
+      status = keep_file_bf16(located, name, &made, error);
+    else if (status == SG_OK)
+      status = load_from_file(weights, located, name, &made, error);
   }
-  if (status == SG_OK && quantize) {
+  if (status == SG_OK && form == FORM_INT8) {
     status = quantize_fetched(weights, where, name, &made, error);
     if (status != SG_OK && made.owned) free_owned(made.data, made.nbytes);
   }
@@ -412,7 +459,7 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
                                   sg_error *error) {
   *found = 0;
   fetched_tensor *fetched;
-  SG_TRY(fetch(weights, name, ndim, dims, 0, &fetched, error));
+  SG_TRY(fetch(weights, name, ndim, dims, FORM_F32, &fetched, error));
   if (!fetched) return SG_OK;
   *out = sg_tensor_view(fetched->data, SG_F32, ndim, dims);
   out->constant_id = weights->constant_id;
@@ -425,12 +472,16 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
 sg_status sg_weights_get_linear(sg_weights *weights, const char *name, int64_t out_features,
                                 int64_t in_features, sg_tensor *out, sg_error *error) {
   int64_t dims[2] = {out_features, in_features};
-  if (!weights->int8_linears) return sg_weights_get(weights, name, 2, dims, out, error);
+  const stored_form form = weights->int8_linears   ? FORM_INT8
+                           : weights->bf16_linears ? FORM_FILE_BF16
+                                                   : FORM_F32;
+  if (form == FORM_F32) return sg_weights_get(weights, name, 2, dims, out, error);
   fetched_tensor *fetched;
-  SG_TRY(fetch(weights, name, 2, dims, 1, &fetched, error));
+  SG_TRY(fetch(weights, name, 2, dims, form, &fetched, error));
   if (!fetched) return sg_fail(error, SG_ERR_FORMAT, "%s: missing tensor '%s'", weights->source,
                                name);
-  *out = sg_tensor_view(fetched->data, SG_I8, 2, dims);
+  if (fetched->dtype == SG_F32) return sg_weights_get(weights, name, 2, dims, out, error);
+  *out = sg_tensor_view(fetched->data, fetched->dtype, 2, dims);
   out->scales = fetched->scales;
   out->constant_id = weights->constant_id;
   out->memory = SG_WEIGHT_KEEP; /* widened at each use, never packed */

@@ -34,8 +34,13 @@ sg_status sg_weights_get_optional(sg_weights *weights, const char *name, int ndi
  * (tensor.h SG_I8): a quarter of their f32 memory; the ops widen them at each use. Call before
  * fetching. */
 void sg_weights_store_linears_int8(sg_weights *weights);
+/* Leave the matrices fetched with sg_weights_get_linear that a file stores as bf16 in the file's
+ * pages (an SG_BF16 tensor, checked for NaN/Inf once) instead of widening them to f32: no copy
+ * at all, and the ops widen them block by block at each use. Matrices stored otherwise come as
+ * f32; int8 storage, when also asked for, wins. Call before fetching. */
+void sg_weights_keep_bf16_linears(sg_weights *weights);
 /* A linear layer's weight [out_features, in_features]: as sg_weights_get, or an SG_I8 tensor
- * after sg_weights_store_linears_int8. */
+ * after sg_weights_store_linears_int8, or an SG_BF16 one after sg_weights_keep_bf16_linears. */
 sg_status sg_weights_get_linear(sg_weights *weights, const char *name, int64_t out_features,
                                 int64_t in_features, sg_tensor *out, sg_error *error);
 /* A table read by rows (a token embedding) with exactly the shape [rows, cols], left in its stored

@@ -645,6 +645,58 @@ static void test_weights_table(sg_test *t) {
   sg_weights_free(weights);
 }
 
+/* sg_weights_keep_bf16_linears: bf16 matrices come as SG_BF16 views of the file's bytes (no
+ * copy), checked for NaN/Inf with the tensor named; f32 matrices still come as f32; a matrix
+ * held as bf16 cannot then be asked for as f32; int8 storage wins when both are asked for. */
+static void test_weights_bf16_linears(sg_test *t) {
+  char folder[512], path[512];
+  sg_test_path(t, "", folder, sizeof folder);
+  float values[6] = {1.5f, -2.0f, 0.25f, 3.0f, -0.5f, 8.0f};
+  uint16_t bits[6], bad[6];
+  for (int i = 0; i < 6; i++) bits[i] = bad[i] = sg_f32_to_bf16(values[i]);
+  bad[4] = 0xff80u; /* -Inf */
+  int64_t dims[2] = {3, 2};
+  const char *names[3] = {"fc.weight", "bad.weight", "f32.weight"};
+  sg_tensor tensors[3] = {sg_tensor_view(bits, SG_BF16, 2, dims),
+                          sg_tensor_view(bad, SG_BF16, 2, dims), sg_tensor_2d(values, 3, 2)};
+  write_tensor_file(sg_test_path(t, "l.safetensors", path, sizeof path), 3, names, tensors);
+  sg_error error = {0};
+  sg_weights *weights = NULL;
+  CHECK_INT(t, sg_weights_open_folder(folder, &weights, &error), SG_OK);
+  if (!weights) return;
+  sg_weights_keep_bf16_linears(weights);
+  sg_tensor out;
+  CHECK_INT(t, sg_weights_get_linear(weights, "fc.weight", 3, 2, &out, &error), SG_OK);
+  CHECK(t, out.dtype == SG_BF16 && out.ndim == 2 && out.dims[0] == 3 && out.dims[1] == 2);
+  CHECK(t, memcmp(out.data, bits, sizeof bits) == 0 && out.constant_id != 0);
+  CHECK_INT(t, sg_weights_owned_bytes(weights), 0); /* the file's bytes, not a copy */
+  const void *first = out.data;
+  CHECK_INT(t, sg_weights_get_linear(weights, "fc.weight", 3, 2, &out, &error), SG_OK);
+  CHECK(t, out.data == first && out.dtype == SG_BF16);
+  int64_t d2[2] = {3, 2};
+  CHECK_INT(t, sg_weights_get(weights, "fc.weight", 2, d2, &out, &error), SG_ERR_INVALID_ARGUMENT);
+  CHECK_MSG(t, strstr(error.message, "'fc.weight' asked for in another form") != NULL, "%s",
+            error.message);
+  CHECK_INT(t, sg_weights_get_linear(weights, "bad.weight", 3, 2, &out, &error), SG_ERR_FORMAT);
+  char expected[1024];
+  g_snprintf(expected, sizeof expected, "%s: tensor 'bad.weight' contains NaN/Inf values", path);
+  CHECK_MSG(t, strcmp(error.message, expected) == 0, "%s", error.message);
+  CHECK_INT(t, sg_weights_get_linear(weights, "f32.weight", 3, 2, &out, &error), SG_OK);
+  CHECK(t, out.dtype == SG_F32 && ((float *)out.data)[3] == 3.0f);
+  CHECK_INT(t, sg_weights_get_linear(weights, "fc.weight", 2, 3, &out, &error), SG_ERR_FORMAT);
+  CHECK(t, strstr(error.message, "has shape [3, 2], expected [2, 3]") != NULL);
+  CHECK_INT(t, sg_weights_parameter_count(weights), 12);
+  sg_weights_free(weights);
+
+  CHECK_INT(t, sg_weights_open_folder(folder, &weights, &error), SG_OK);
+  if (!weights) return;
+  sg_weights_keep_bf16_linears(weights);
+  sg_weights_store_linears_int8(weights);
+  CHECK_INT(t, sg_weights_get_linear(weights, "fc.weight", 3, 2, &out, &error), SG_OK);
+  CHECK(t, out.dtype == SG_I8 && out.scales != NULL);
+  sg_weights_free(weights);
+}
+
 void register_safetensors_tests(sg_test_list *list) {
   sg_test_add(list, "safetensors/round_trip", test_round_trip);
   sg_test_add(list, "safetensors/write_errors", test_write_errors);
@@ -652,6 +704,7 @@ void register_safetensors_tests(sg_test_list *list) {
   sg_test_add(list, "weights/folder", test_weights_folder);
   sg_test_add(list, "weights/bad_values", test_weights_bad_values);
   sg_test_add(list, "weights/table", test_weights_table);
+  sg_test_add(list, "weights/bf16_linears", test_weights_bf16_linears);
   sg_test_add(list, "weights/random", test_weights_random);
   sg_test_add(list, "png/round_trip", test_png_round_trip);
   sg_test_add(list, "png/errors", test_png_errors);

@@ -107,18 +107,24 @@ def conv2d_case(name, cin, cout, h, w, k, stride, padding, groups, act="none", b
 
 
 def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
-                constant_weights=1, w_int8=False):
+                constant_weights=1, w_int8=False, w_bf16=False, widen_block_kb=0):
     x, wt = rand(m, k), rand(n, k) / math.sqrt(k)
     inputs = {"x": x, "w": wt}
     b = None
     if bias:
         b = rand(n)
         inputs["b"] = b
-    # int8: the engine quantizes w itself; the reference uses the same quantized values
-    y = F.linear(d(x), d(quantize.int8_rows(wt) if w_int8 else wt), d(b) if bias else None)
+    # int8 / bf16: the engine quantizes or rounds w itself; the reference uses the same values
+    # (torch rounds to bf16 to nearest even, as sg_f32_to_bf16 does)
+    stored = quantize.int8_rows(wt) if w_int8 else wt.bfloat16().float() if w_bf16 else wt
+    y = F.linear(d(x), d(stored), d(b) if bias else None)
     meta = {"op": "linear", "act": act}
     if w_int8:
         meta["w_int8"] = 1
+    if w_bf16:
+        meta["w_bf16"] = 1
+    if widen_block_kb:
+        meta["widen_block_kb"] = widen_block_kb
     y = product_extras(meta, inputs, y, residual, constant_weights, repeat)
     return name, meta, inputs, ACTIVATIONS[act](y)
 
@@ -278,6 +284,19 @@ def all_cases():
         linear_case("linear int8 weights", 79, 256, 320, "gelu_tanh", w_int8=True),
         linear_case("linear int8 weights repeat", 3, 96, 160, repeat=2, w_int8=True),
         linear_case("linear int8 weights residual", 33, 64, 48, residual="other", w_int8=True),
+        # int8 / bf16 weights widened a block of rows at a time (the last block shorter): 64 KiB
+        # of 256 f32 columns is 64 rows, 16 KiB of 64 columns also 64 rows
+        linear_case("linear int8 weights blocks", 79, 256, 320, "gelu_tanh", w_int8=True,
+                    widen_block_kb=64),
+        linear_case("linear int8 weights blocks residual", 33, 64, 150, "gelu_erf",
+                    residual="other", w_int8=True, widen_block_kb=16),
+        linear_case("linear bf16 weights", 3, 96, 160, "silu", w_bf16=True, repeat=2),
+        linear_case("linear bf16 weights blocks", 79, 256, 320, "gelu_tanh", w_bf16=True,
+                    widen_block_kb=64),
+        linear_case("linear bf16 weights blocks residual in y", 33, 64, 150, "silu",
+                    residual="in_y", w_bf16=True, widen_block_kb=16),
+        linear_case("linear bf16 weights blocks no bias", 5, 64, 150, bias=False, w_bf16=True,
+                    widen_block_kb=16, repeat=2),
         # Packed (blocked) weights: made at the first run and reused; or reordered at every run.
         conv2d_case("conv2d 1x1 packed repeat", 64, 96, 12, 10, 1, 1, 0, 1, repeat=3),
         conv2d_case("conv2d 3x3 packed repeat", 48, 64, 9, 11, 3, 1, 1, 1, "silu", repeat=2),

@@ -31,7 +31,9 @@
  * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
  * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample) run the op on x / y (and the residual) stored
  * channels-last: the case's tensors stay plain, converted here before and after the op;
- * "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor). */
+ * "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor);
+ * "w_bf16" = 1 (linear) passes w rounded to bf16 (an SG_BF16 tensor); "widen_block_kb" = n
+ * (linear) widens such weights n KiB of f32 rows at a time (SNAPGEN_WIDEN_BLOCK_KB). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -208,7 +210,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   const sg_tensor *residual = NULL;
   float *x_owned = NULL, *y_owned = NULL, *r_owned = NULL; /* channels-last copies (y's: y.data) */
   void *w_mapping = NULL; /* weights_memory = handoff */
-  int8_t *w_codes = NULL;  /* w_int8 */
+  void *w_codes = NULL;   /* w_int8 codes, or w_bf16 values */
   float *w_scales = NULL;
   size_t w_bytes = 0;
   const sg_tensor *x = NULL, *w = NULL, *b = NULL, *a = NULL, *gamma = NULL, *beta = NULL;
@@ -270,7 +272,22 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
       sg_tensor quantized = sg_tensor_view(w_codes, SG_I8, 2, w->dims);
       quantized.scales = w_scales;
       storage[1] = quantized;
+    } else if (meta_int(c, "w_bf16", 0)) {
+      const int64_t count = w->dims[0] * w->dims[1];
+      uint16_t *values = malloc((size_t)count * sizeof *values);
+      if (!values) {
+        status = sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for bf16 weights");
+        goto done;
+      }
+      for (int64_t i = 0; i < count; i++) values[i] = sg_f32_to_bf16(((const float *)w->data)[i]);
+      w_codes = values;
+      storage[1] = sg_tensor_view(values, SG_BF16, 2, w->dims);
+      storage[1].constant_id = constant_id;
     }
+    char block_kb[32] = "";
+    if (meta_int(c, "widen_block_kb", 0) > 0)
+      snprintf(block_kb, sizeof block_kb, "%d", meta_int(c, "widen_block_kb", 0));
+    if (block_kb[0]) setenv("SNAPGEN_WIDEN_BLOCK_KB", block_kb, 1);
     TRY(input(c, "b", 1, &storage[2], &b, error));
     int64_t dims[2] = {x->dims[0], w->dims[0]};
     TRY(make_output(2, dims, &y, error));
@@ -399,6 +416,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   sg_tensor outputs[2] = {y, y2};
   status = sg_safetensors_write(out_path, y2.data ? 2 : 1, names, outputs, metadata, error);
 done:
+  unsetenv("SNAPGEN_WIDEN_BLOCK_KB"); /* widen_block_kb */
   free(y.data);
   free(y2.data);
   free(x_owned);

@@ -161,6 +161,8 @@ static sg_status open_model(check_state *s, const char *case_path, sg_json **jso
     /* One backend per run (as in the pipeline): widened copies may go once packed, which keeps
      * the full-size Gemma check well inside the machine's memory. */
     if (status == SG_OK) sg_weights_hand_off_to_backend(s->weights);
+    /* bf16 matrices stay in the file and are widened per product, as the conditioner has it. */
+    if (status == SG_OK) sg_weights_keep_bf16_linears(s->weights);
     return status;
   }
   const char *text = sg_safetensors_metadata(s->file, "config");
