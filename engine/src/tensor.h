@@ -69,6 +69,11 @@ float sg_f16_to_f32(uint16_t v);
 /* Symmetric int8 per row of a [rows, cols] matrix: scales[r] = max|w[r][:]| / 127 (1 for an
  * all-zero row) and q = round-to-nearest-even(w / scales[r]), so |w - q·scale| <= scale / 2. */
 void sg_quantize_rows_int8(const float *w, int64_t rows, int64_t cols, int8_t *q, float *scales);
+/* The same from bf16 values, exactly as if they were widened first, without an f32 copy of the
+ * matrix. Returns how many values are NaN/Inf (then q and scales mean nothing), or -1 when a
+ * thread's row buffer could not be allocated. */
+int64_t sg_quantize_bf16_rows_int8(const uint16_t *w, int64_t rows, int64_t cols, int8_t *q,
+                                   float *scales);
 /* out[r][k] = q[r][k] * scales[r] (OpenMP over rows). */
 void sg_dequantize_rows_int8(const int8_t *q, const float *scales, int64_t rows, int64_t cols,
                              float *out);

@@ -329,9 +329,12 @@ static sg_status check_shape(const char *where, const char *name, int have_ndim,
 }
 
 /* Replaces a fetched tensor's f32 values by int8 codes and row scales (sg_quantize_rows_int8);
- * the f32 values go (an owned copy is unmapped, file pages are dropped). */
+ * the f32 values go (an owned copy is unmapped, file pages are dropped). With bf16_file set, the
+ * tensor has no values yet: they are quantized straight from that file entry's bf16 values
+ * (checked for NaN/Inf on the way), with no f32 copy of the whole matrix. */
 static sg_status quantize_fetched(sg_weights *weights, const char *where, const char *name,
-                                  fetched_tensor *tensor, sg_error *error) {
+                                  const sg_st_entry *bf16_file, fetched_tensor *tensor,
+                                  sg_error *error) {
   const int64_t rows = tensor->dims[0], cols = tensor->dims[1];
   int8_t *codes = (int8_t *)alloc_floats((rows * cols + 3) / 4);
   float *scales = g_try_new(float, rows > 0 ? rows : 1);
@@ -341,12 +344,26 @@ static sg_status quantize_fetched(sg_weights *weights, const char *where, const 
     return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory quantizing tensor '%s'",
                    where, name);
   }
-  sg_quantize_rows_int8(tensor->data, rows, cols, codes, scales);
-  if (tensor->owned) {
-    free_owned(tensor->data, tensor->nbytes);
-    weights->owned_bytes -= tensor->nbytes;
+  if (bf16_file) {
+    const int64_t nonfinite =
+        sg_quantize_bf16_rows_int8(bf16_file->data, rows, cols, codes, scales);
+    drop_file_pages(bf16_file->data, bf16_file->nbytes); /* read once, for the quantization */
+    if (nonfinite != 0) {
+      free_owned((float *)codes, (size_t)(rows * cols));
+      g_free(scales);
+      if (nonfinite < 0)
+        return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory quantizing tensor '%s'",
+                       where, name);
+      return sg_fail(error, SG_ERR_FORMAT, "%s: tensor '%s' contains NaN/Inf values", where, name);
+    }
   } else {
-    drop_file_pages(tensor->data, tensor->nbytes);
+    sg_quantize_rows_int8(tensor->data, rows, cols, codes, scales);
+    if (tensor->owned) {
+      free_owned(tensor->data, tensor->nbytes);
+      weights->owned_bytes -= tensor->nbytes;
+    } else {
+      drop_file_pages(tensor->data, tensor->nbytes);
+    }
   }
   tensor->data = (float *)codes;
   tensor->owned = 1;
@@ -424,6 +441,7 @@ static sg_status fetch(sg_weights *weights, const char *name, int ndim, const in
     return SG_OK;
   }
   fetched_tensor made = {0};
+  const sg_st_entry *bf16_file = NULL;
   sg_status status;
   if (weights->random) {
     made.ndim = ndim;
@@ -434,15 +452,16 @@ static sg_status fetch(sg_weights *weights, const char *name, int ndim, const in
     made.ndim = entry->ndim;
     memcpy(made.dims, entry->dims, sizeof made.dims);
     status = check_shape(where, name, entry->ndim, entry->dims, ndim, dims, error);
-    const int keep_bf16 =
-        form == FORM_FILE_BF16 && entry->dtype == SG_BF16 && (uintptr_t)entry->data % 2 == 0;
-    if (status == SG_OK && keep_bf16)
+    const int bf16 = entry->dtype == SG_BF16 && (uintptr_t)entry->data % 2 == 0;
+    if (status == SG_OK && bf16 && form == FORM_FILE_BF16)
       status = keep_file_bf16(located, name, &made, error);
+    else if (status == SG_OK && bf16 && form == FORM_INT8)
+      bf16_file = entry; /* quantized straight from the file below */
     else if (status == SG_OK)
       status = load_from_file(weights, located, name, &made, error);
   }
   if (status == SG_OK && form == FORM_INT8) {
-    status = quantize_fetched(weights, where, name, &made, error);
+    status = quantize_fetched(weights, where, name, bf16_file, &made, error);
     if (status != SG_OK && made.owned) free_owned(made.data, made.nbytes);
   }
   if (status != SG_OK) return status;

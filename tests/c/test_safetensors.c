@@ -647,7 +647,8 @@ static void test_weights_table(sg_test *t) {
 
 /* sg_weights_keep_bf16_linears: bf16 matrices come as SG_BF16 views of the file's bytes (no
  * copy), checked for NaN/Inf with the tensor named; f32 matrices still come as f32; a matrix
- * held as bf16 cannot then be asked for as f32; int8 storage wins when both are asked for. */
+ * held as bf16 cannot then be asked for as f32; int8 storage wins when both are asked for, and
+ * quantizes bf16 values without widening the matrix first, to the same codes. */
 static void test_weights_bf16_linears(sg_test *t) {
   char folder[512], path[512];
   sg_test_path(t, "", folder, sizeof folder);
@@ -694,7 +695,40 @@ static void test_weights_bf16_linears(sg_test *t) {
   sg_weights_store_linears_int8(weights);
   CHECK_INT(t, sg_weights_get_linear(weights, "fc.weight", 3, 2, &out, &error), SG_OK);
   CHECK(t, out.dtype == SG_I8 && out.scales != NULL);
+  /* quantized straight from the bf16 values: the same codes and scales as from f32 values */
+  float widened[6], scales[3];
+  int8_t codes[6];
+  for (int i = 0; i < 6; i++) widened[i] = sg_bf16_to_f32(bits[i]);
+  sg_quantize_rows_int8(widened, 3, 2, codes, scales);
+  CHECK(t, memcmp(out.data, codes, sizeof codes) == 0 &&
+               memcmp(out.scales, scales, sizeof scales) == 0);
+  CHECK_INT(t, sg_weights_get_linear(weights, "bad.weight", 3, 2, &out, &error), SG_ERR_FORMAT);
+  CHECK_MSG(t, strcmp(error.message, expected) == 0, "%s", error.message);
   sg_weights_free(weights);
+
+  /* A larger matrix (rows spread over the threads), random bf16 values. */
+  enum { ROWS = 301, COLS = 67 };
+  uint16_t *many = g_new(uint16_t, ROWS * COLS);
+  float *many_f32 = g_new(float, ROWS *COLS), many_scales[ROWS];
+  int8_t *many_codes = g_new(int8_t, ROWS * COLS), *direct = g_new(int8_t, ROWS * COLS);
+  float direct_scales[ROWS];
+  uint32_t state = 12345;
+  for (int i = 0; i < ROWS * COLS; i++) {
+    state = state * 1664525u + 1013904223u;
+    many[i] = sg_f32_to_bf16(((float)(state >> 8) / (float)(1 << 24) - 0.5f) * (1 + i % 7));
+    many_f32[i] = sg_bf16_to_f32(many[i]);
+  }
+  sg_quantize_rows_int8(many_f32, ROWS, COLS, many_codes, many_scales);
+  CHECK_INT(t, sg_quantize_bf16_rows_int8(many, ROWS, COLS, direct, direct_scales), 0);
+  CHECK(t, memcmp(direct, many_codes, ROWS * COLS) == 0 &&
+               memcmp(direct_scales, many_scales, sizeof many_scales) == 0);
+  many[ROWS * COLS - 1] = 0x7fc0u; /* NaN */
+  many[5] = 0x7f80u;               /* +Inf */
+  CHECK_INT(t, sg_quantize_bf16_rows_int8(many, ROWS, COLS, direct, direct_scales), 2);
+  g_free(many);
+  g_free(many_f32);
+  g_free(many_codes);
+  g_free(direct);
 }
 
 void register_safetensors_tests(sg_test_list *list) {
