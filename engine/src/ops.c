@@ -287,10 +287,10 @@ sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, cons
   return sg_linear_residual(be, x, w, b, act, NULL, y, error);
 }
 
-/* The checks and the product of a linear layer with f32 weights. */
-static sg_status linear_f32(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
-                            const sg_tensor *b, sg_activation act, const sg_tensor *residual,
-                            sg_tensor *y, sg_error *error) {
+/* The checks of a linear layer; w is f32 (or an f32 header with a compressed weight's shape). */
+static sg_status check_linear(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                              sg_activation act, const sg_tensor *residual, const sg_tensor *y,
+                              sg_error *error) {
   const char *op = "linear";
   CHECK(check_tensor(op, "input x", x, 2, 2, error));
   CHECK(check_tensor(op, "weight", w, 2, 2, error));
@@ -306,7 +306,14 @@ static sg_status linear_f32(sg_backend *be, const sg_tensor *x, const sg_tensor 
   int64_t out_dims[2] = {x->dims[0], w->dims[0]};
   CHECK(check_output(op, y, 2, out_dims, error));
   CHECK(check_not_aliased(op, y, x, "input x", error));
-  CHECK(check_residual(op, residual, y, x, error));
+  return check_residual(op, residual, y, x, error);
+}
+
+/* The product of a linear layer with f32 weights. */
+static sg_status linear_f32(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                            const sg_tensor *b, sg_activation act, const sg_tensor *residual,
+                            sg_tensor *y, sg_error *error) {
+  CHECK(check_linear(x, w, b, act, residual, y, error));
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_linear(x, w, b, act, residual, y);
   return sg_dnnl_linear(be->dnnl, x, w, b, act, residual, y, error);
@@ -379,20 +386,8 @@ static sg_status linear_compressed(sg_backend *be, const sg_tensor *x, const sg_
    * into a scratch [M, block] and move each block into its columns of y (adding the residual);
    * the activation comes last, over all of y. */
   sg_tensor shape = sg_tensor_view(wide, SG_F32, 2, w->dims);
-  CHECK(check_tensor(op, "input x", x, 2, 2, error));
-  if (cols != x->dims[1]) {
-    char xs[96], ws[96];
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: weight %s does not match input %s (%lld features)", op,
-                   sg_shape_string(&shape, ws, sizeof ws), sg_shape_string(x, xs, sizeof xs),
-                   (long long)x->dims[1]);
-  }
-  CHECK(check_activation(op, act, error));
-  CHECK(check_vector(op, "bias", b, rows, 1, error));
-  const int64_t m = x->dims[0], out_dims[2] = {m, rows};
-  CHECK(check_output(op, y, 2, out_dims, error));
-  CHECK(check_not_aliased(op, y, x, "input x", error));
-  CHECK(check_residual(op, residual, y, x, error));
+  CHECK(check_linear(x, &shape, b, act, residual, y, error));
+  const int64_t m = x->dims[0];
   float *part = scratch_floats(&be->block_out, &be->block_out_capacity, m * block);
   if (!part)
     return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "%s: out of memory for a [%lld, %lld] block", op,

@@ -404,6 +404,13 @@ def error_cases():
          "does not match input channels 16"),
         ("error linear features", {"op": "linear"}, {"x": rand(4, 8), "w": rand(5, 9)},
          "does not match input"),
+        # compressed weights, whole and in blocks (8 KiB of 16 f32 columns: 128 rows)
+        ("error linear bf16 features", {"op": "linear", "w_bf16": 1},
+         {"x": rand(4, 8), "w": rand(5, 9)}, "weight [5, 9] does not match input [4, 8]"),
+        ("error linear int8 blocks features", {"op": "linear", "w_int8": 1, "widen_block_kb": 8},
+         {"x": rand(4, 15), "w": rand(300, 16)}, "weight [300, 16] does not match input [4, 15]"),
+        ("error linear bf16 blocks bias", {"op": "linear", "w_bf16": 1, "widen_block_kb": 8},
+         {"x": rand(4, 16), "w": rand(300, 16), "b": rand(299)}, "bias"),
         ("error attention heads", {"op": "attention", "heads": 3, "kv_heads": 2, "head_dim": 4},
          {"q": rand(5, 12), "k": rand(5, 8), "v": rand(5, 8)}, "kv_heads"),
         ("error binary broadcast", {"op": "binary"}, {"a": rand(4, 5), "b": rand(3)},
