@@ -54,6 +54,13 @@ class Run:
         if self.cuda:
             torch.cuda.synchronize()
 
+    def memory_note(self):
+        """", 12.3 GiB GPU peak" on a GPU (torch's peak allocation so far), "" on the CPU: logged
+        with the step rate, so a run shows how much room a larger batch would have."""
+        if not self.cuda:
+            return ""
+        return f", {torch.cuda.max_memory_allocated(self.device) / 2 ** 30:.1f} GiB GPU peak"
+
     def resumed_elapsed(self, name, state):
         """The stage time a checkpoint carries, or 0 with --restart-schedule NAME: the weights
         and optimizer go on, the time-based learning-rate schedule starts again (e.g. when a

@@ -336,7 +336,8 @@ def stage_teacher(run):
         if step % 100 == 0:
             rate = (step - s0) / (time.time() - t0)
             run.log(f"teacher: step {step} loss {torch.stack(losses).mean().item():.4f} "
-                    f"{rate:.2f} steps/s ({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+                    f"{rate:.2f} steps/s ({clock.elapsed:.0f}/{clock.budget:.0f} s"
+                    f"{run.memory_note()})")
             losses = []
         if clock.checkpoint_due():
             save()
@@ -467,7 +468,7 @@ def stage_students(run):
                 parts.append(f"{v} loss {loss:.4f} task {task:.4f} kd {kd:.4f}")
                 sums[v] = []
             run.log(f"students: step {step} {'; '.join(parts)} {rate:.2f} steps/s "
-                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s{run.memory_note()})")
         if clock.checkpoint_due():
             save()
             if run.out_of_time():
@@ -617,7 +618,7 @@ def stage_adversarial(run):
             d, ta, kd_m, a, ld = torch.stack(sums).mean(0).tolist()
             run.log(f"adversarial: step {step} distill {d:.4f} (task {ta:.4f} kd {kd_m:.4f}) "
                     f"adv_g {a:.3f} d {ld:.3f} λ {lam:.3f} {rate:.2f} steps/s "
-                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s)")
+                    f"({clock.elapsed:.0f}/{clock.budget:.0f} s{run.memory_note()})")
             sums = []
         if clock.checkpoint_due():
             save()
