@@ -322,7 +322,7 @@ int64_t sg_quantize_bf16_rows_int8(const uint16_t *w, int64_t rows, int64_t cols
       if (!row) continue;
       for (int64_t k = 0; k < cols; k++) {
         const uint16_t half = w[r * cols + k];
-        nonfinite += (half & 0x7f80u) == 0x7f80u;
+        nonfinite += sg_bf16_is_nonfinite(half);
         row[k] = sg_bf16_to_f32(half);
       }
       quantize_row_int8(row, cols, q + r * cols, &scales[r]);

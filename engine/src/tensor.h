@@ -64,6 +64,10 @@ const char *sg_shape_string(const sg_tensor *t, char *buf, size_t size);
 
 /* Converts half-precision storage to f32. */
 float sg_bf16_to_f32(uint16_t v);
+/* A bf16 is Inf or NaN when its exponent bits are all ones (an f32's top half). */
+static inline int sg_bf16_is_nonfinite(uint16_t v) {
+  return (v & 0x7f80u) == 0x7f80u;
+}
 uint16_t sg_f32_to_bf16(float v); /* round to nearest even */
 float sg_f16_to_f32(uint16_t v);
 /* Symmetric int8 per row of a [rows, cols] matrix: scales[r] = max|w[r][:]| / 127 (1 for an

@@ -222,7 +222,7 @@ static int widen_to_f32(const uint8_t *bytes, sg_dtype dtype, int64_t numel, flo
       uint16_t half;
       memcpy(&half, bytes + 2 * i, 2);
       bits[i] = (uint32_t)half << 16;
-      nonfinite += (half & 0x7f80u) == 0x7f80u;
+      nonfinite += sg_bf16_is_nonfinite(half);
     }
   } else {
 #pragma omp parallel for reduction(+ : nonfinite) schedule(static) if (numel >= (1 << 20))
@@ -381,7 +381,7 @@ static int bf16_all_finite(const uint8_t *bytes, int64_t numel) {
   for (int64_t i = 0; i < numel; i++) {
     uint16_t half;
     memcpy(&half, bytes + 2 * i, 2);
-    nonfinite += (half & 0x7f80u) == 0x7f80u;
+    nonfinite += sg_bf16_is_nonfinite(half);
   }
   return nonfinite == 0;
 }
