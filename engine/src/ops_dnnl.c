@@ -19,6 +19,9 @@
 #define MAX_ARGS 8
 #define MAX_MEMORIES 16
 #define MAX_USER 6
+#define MAX_BUFFERS 2
+/* Offsets of an op's buffers in the shared buffer are rounded up to this many bytes. */
+#define BUFFER_ALIGN 64
 /* Attention works on blocks of queries so the score matrix stays below this many floats. */
 #define ATTENTION_SCORE_BUDGET (4 << 20)
 
@@ -42,6 +45,8 @@ struct sg_dnnl {
   GHashTable *packed;    /* "data-pointer constant-id" -> packed_tensor */
   size_t packed_bytes;   /* bytes held by the packed weights */
   size_t released_bytes; /* plain weights released after packing (SG_WEIGHT_HANDOFF) */
+  void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
+  size_t op_buffer_bytes;
 };
 
 /* Model weights reordered once into the layout a primitive prefers, kept for every later run of
@@ -108,6 +113,12 @@ typedef struct {
   kernel_kind kernel;             /* not KERNEL_ONEDNN: the caller runs the fallback */
   sg_activation activation_after; /* group norm: activation on the engine's loop after the steps */
   weight_slot weights;
+  /* Blocked copies of an input or output live only while the op runs: they are placed in the
+   * backend's shared op_buffer at these offsets, not kept per op (they add up to gigabytes). */
+  int nbuffers;
+  dnnl_memory_t buffers[MAX_BUFFERS];
+  size_t buffer_offsets[MAX_BUFFERS];
+  size_t buffer_bytes; /* all of them, aligned */
 } sg_dnnl_op;
 
 static void op_free(gpointer data) {
@@ -178,6 +189,7 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   free(dnnl->scores);
   free(dnnl->empty);
   free(dnnl->blas_scratch.data);
+  free(dnnl->op_buffer);
   free(dnnl);
 }
 
@@ -360,6 +372,24 @@ static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor
   return dnnl_success;
 }
 
+/* Points the op's buffers into the shared op buffer, growing it when the op needs more. */
+static dnnl_status_t bind_buffers(sg_dnnl *dnnl, sg_dnnl_op *op) {
+  if (op->nbuffers == 0) return dnnl_success;
+  if (dnnl->op_buffer_bytes < op->buffer_bytes) {
+    void *grown = NULL;
+    if (posix_memalign(&grown, 4096, op->buffer_bytes) != 0) return dnnl_out_of_memory;
+    free(dnnl->op_buffer);
+    dnnl->op_buffer = grown;
+    dnnl->op_buffer_bytes = op->buffer_bytes;
+  }
+  dnnl_status_t status = dnnl_success;
+  for (int i = 0; i < op->nbuffers && status == dnnl_success; i++) {
+    status = dnnl_memory_set_data_handle(op->buffers[i],
+                                         (char *)dnnl->op_buffer + op->buffer_offsets[i]);
+  }
+  return status;
+}
+
 /* Runs a cached op on the caller's pointers (in the order the op was built with); weights is the
  * tensor behind the op's weights pointer, pointers[1] (NULL for ops without weights). */
 static sg_status op_run_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name,
@@ -369,6 +399,7 @@ static sg_status op_run_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const char *name,
   for (int i = 0; i < op->nuser && status == dnnl_success; i++) {
     status = dnnl_memory_set_data_handle(op->user[i], pointers[i]);
   }
+  if (status == dnnl_success) status = bind_buffers(dnnl, op);
   void *restored = NULL;
   if (status == dnnl_success && weights && !op->weights.md) {
     /* A primitive that reads the plain weights, which this backend may have released. */
@@ -477,9 +508,23 @@ static dnnl_memory_t user_memory(builder *b, const_dnnl_memory_desc_t md) {
   return memory;
 }
 
-/* Memory the op owns (a blocked copy of an input or output). */
+/* A blocked copy of an input or output: bound to its place in the shared op buffer at each run. */
 static dnnl_memory_t buffer_memory(builder *b, const_dnnl_memory_desc_t md) {
-  return add_memory(b, md, DNNL_MEMORY_ALLOCATE);
+  sg_dnnl_op *op = b->op;
+  if (b->status != dnnl_success) return NULL;
+  if (op->nbuffers == MAX_BUFFERS) {
+    b->status = dnnl_invalid_arguments;
+    b->failed = "buffer_memory (too many buffers)";
+    return NULL;
+  }
+  dnnl_memory_t memory = add_memory(b, md, DNNL_MEMORY_NONE);
+  if (!memory) return NULL;
+  const size_t bytes = dnnl_memory_desc_get_size(md);
+  op->buffers[op->nbuffers] = memory;
+  op->buffer_offsets[op->nbuffers] = op->buffer_bytes;
+  op->nbuffers++;
+  op->buffer_bytes += (bytes + BUFFER_ALIGN - 1) / BUFFER_ALIGN * BUFFER_ALIGN;
+  return memory;
 }
 
 static void keep_pd(builder *b, dnnl_primitive_desc_t pd) {
