@@ -67,6 +67,10 @@ const char *sg_backend_name(const sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN ? "onednn" : "reference";
 }
 
+int sg_backend_prefers_channels_last(sg_backend *backend) {
+  return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_channels_last(backend->dnnl);
+}
+
 float sg_activation_apply(sg_activation act, float x) {
   double v = x;
   switch (act) {
@@ -463,7 +467,7 @@ sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg
                         sg_error *error) {
   const char *op = "group_norm";
   CHECK(check_backend(op, be, error));
-  CHECK(check_tensor(op, "input x", x, 2, 3, error));
+  CHECK(check_tensor_layout(op, "input x", x, 2, 3, 1, error));
   CHECK(check_activation(op, act, error));
   int64_t channels = x->dims[0];
   if (groups < 1 || channels % groups) {
@@ -475,7 +479,11 @@ sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg
   if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
   CHECK(check_vector(op, "gamma", gamma, channels, 1, error));
   CHECK(check_vector(op, "beta", beta, channels, 1, error));
-  CHECK(check_output(op, y, x->ndim, x->dims, error));
+  CHECK(check_output_layout(op, y, x->ndim, x->dims, 1, error));
+  if (y->format != x->format) {
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: output y must have the layout of input x (plain or channels-last)", op);
+  }
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) {
     return sg_ref_group_norm(x, groups, gamma, beta, eps, act, y);

@@ -18,6 +18,9 @@ sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error);
 void sg_backend_free(sg_backend *backend);
 sg_backend_kind sg_backend_kind_of(const sg_backend *backend);
 const char *sg_backend_name(const sg_backend *backend);
+/* Whether images are best kept channels-last (SG_FORMAT_NHWC) between this backend's ops: true
+ * where its convolutions work in that layout, so that they need no reorder. */
+int sg_backend_prefers_channels_last(sg_backend *backend);
 /* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
  * its primitives prefer, made at their first use, and then may give back the memory of the plain
  * values as their sg_weight_memory allows. Bytes held by those copies (0 for the

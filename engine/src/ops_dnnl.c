@@ -45,6 +45,7 @@ struct sg_dnnl {
   GHashTable *packed;    /* "data-pointer constant-id" -> packed_tensor */
   size_t packed_bytes;   /* bytes held by the packed weights */
   size_t released_bytes; /* plain weights released after packing (SG_WEIGHT_HANDOFF) */
+  int conv_speed;        /* 0: not probed yet; 1: oneDNN has a fast convolution; -1: it has not */
   void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
   size_t op_buffer_bytes;
 };
@@ -872,6 +873,35 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
                                int groups, sg_activation act, const sg_tensor *residual,
                                sg_tensor *y, sg_error *error);
 
+/* Whether convolutions run on oneDNN kernels that work channels-last (x86-64, SVE cores), rather
+ * than on the fallbacks, which take plain images: probed once on a small 1x1 convolution. */
+int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
+  if (dnnl->fallback == FALLBACK_ALWAYS) return 0;
+  if (dnnl->conv_speed == 0) {
+    const dnnl_dims_t image = {1, 16, 8, 8}, weights = {16, 16, 1, 1}, ones = {1, 1},
+                      zeros = {0, 0};
+    dnnl_memory_desc_t src = NULL, w = NULL;
+    dnnl_primitive_desc_t pd = NULL;
+    const char *impl = NULL;
+    dnnl_status_t status =
+        dnnl_memory_desc_create_with_tag(&src, 4, image, dnnl_f32, dnnl_format_tag_any);
+    if (status == dnnl_success)
+      status = dnnl_memory_desc_create_with_tag(&w, 4, weights, dnnl_f32, dnnl_format_tag_any);
+    if (status == dnnl_success) {
+      status = dnnl_convolution_forward_primitive_desc_create(
+          &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src, w, NULL, src,
+          ones, zeros, zeros, zeros, NULL);
+    }
+    if (status == dnnl_success)
+      status = dnnl_primitive_desc_query(pd, dnnl_query_impl_info_str, 0, &impl);
+    dnnl->conv_speed = status == dnnl_success && impl && !is_slow_impl(impl) ? 1 : -1;
+    if (pd) dnnl_primitive_desc_destroy(pd);
+    if (w) dnnl_memory_desc_destroy(w);
+    if (src) dnnl_memory_desc_destroy(src);
+  }
+  return dnnl->conv_speed > 0;
+}
+
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          int stride, int padding, int groups, sg_activation act,
                          const sg_tensor *residual, sg_tensor *y, sg_error *error) {
@@ -1173,9 +1203,27 @@ static int norm_pointers(void **pointers, const sg_tensor *x, const sg_tensor *g
   return count;
 }
 
+/* Group norm of a channels-last image: the engine's loop (sg_fast_group_norm_nhwc says why), then
+ * the activation on oneDNN's eltwise kernel, in place. */
+static sg_status group_norm_channels_last(sg_dnnl *dnnl, const sg_tensor *x, int groups,
+                                          const sg_tensor *gamma, const sg_tensor *beta, float eps,
+                                          sg_activation act, sg_tensor *y, sg_error *error) {
+  const int64_t channels = x->dims[0], pixels = sg_tensor_numel(x) / channels;
+  if (!sg_fast_group_norm_nhwc(x->data, pixels, channels, groups, gamma ? gamma->data : NULL,
+                               beta ? beta->data : NULL, eps, y->data)) {
+    return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "group_norm: out of memory for its sums");
+  }
+  if (act == SG_ACT_NONE) return SG_OK;
+  sg_tensor flat = sg_tensor_1d(y->data, sg_tensor_numel(y));
+  return sg_dnnl_eltwise(dnnl, act, &flat, &flat, error);
+}
+
 sg_status sg_dnnl_group_norm(sg_dnnl *dnnl, const sg_tensor *x, int groups, const sg_tensor *gamma,
                              const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y,
                              sg_error *error) {
+  if (x->format == SG_FORMAT_NHWC) {
+    return group_norm_channels_last(dnnl, x, groups, gamma, beta, eps, act, y, error);
+  }
   const int64_t channels = x->dims[0], spatial = sg_tensor_numel(x) / channels;
   char key[160];
   snprintf(key, sizeof key, "group_norm %lldx%lld g%d e%a a%d f%u", (long long)channels,

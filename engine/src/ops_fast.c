@@ -1,6 +1,9 @@
-/* ops_fast.c: the engine's own f32 loops, written for the compiler's vectorizer (NEON on arm64), for
- * the ops where oneDNN only has a reference kernel: activations, binary, softmax, depthwise conv. */
+/* ops_fast.c: the engine's own f32 loops, written for the compiler's vectorizer (NEON on arm64),
+ * for the ops where oneDNN only has a reference kernel or a slow one: activations, binary, softmax,
+ * depthwise conv, group norm on channels-last images. */
 #include <math.h>
+#include <omp.h>
+#include <stdlib.h>
 #include <string.h>
 
 #include "ops_internal.h"
@@ -161,4 +164,85 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
       sg_fast_activate(row, out_w, act);
     }
   }
+}
+
+/* Pixels summed in f32 before their sums are added to the f64 totals. */
+#define NORM_BLOCK 64
+
+/* Group norm of a channels-last image, x [pixels, channels] row-major (y may be x). oneDNN 3.7's
+ * kernel for this layout is about 3x slower than its planar one (measured: 15.9 vs 5.7 ms for
+ * 512 channels at 128x128), so it is written here: one pass for per-channel sums, taken around
+ * each channel's first value so that E[x²] - E[x]² does not cancel, one pass to normalize. Both
+ * loops run along the channels, which are contiguous, and vectorize. */
+int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
+                            const float *gamma, const float *beta, float eps, float *y) {
+  const int threads = omp_get_max_threads();
+  double *totals = calloc((size_t)threads * 2 * channels, sizeof(double));
+  float *blocks = malloc((size_t)threads * 2 * channels * sizeof(float));
+  float *scale = malloc((size_t)channels * 2 * sizeof(float));
+  if (!totals || !blocks || !scale) {
+    free(totals);
+    free(blocks);
+    free(scale);
+    return 0;
+  }
+  const float *origin = x; /* each channel's first value */
+#pragma omp parallel num_threads(threads)
+  {
+    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
+    const int64_t first = pixels * t / n, last = pixels * (t + 1) / n;
+    double *sum = totals + t * 2 * channels, *squares = sum + channels;
+    float *block_sum = blocks + t * 2 * channels, *block_squares = block_sum + channels;
+    for (int64_t start = first; start < last; start += NORM_BLOCK) {
+      const int64_t end = start + NORM_BLOCK < last ? start + NORM_BLOCK : last;
+      memset(block_sum, 0, (size_t)channels * 2 * sizeof(float));
+      for (int64_t p = start; p < end; p++) {
+        const float *row = x + p * channels;
+        for (int64_t c = 0; c < channels; c++) {
+          const float v = row[c] - origin[c];
+          block_sum[c] += v;
+          block_squares[c] += v * v;
+        }
+      }
+      for (int64_t c = 0; c < channels; c++) {
+        sum[c] += block_sum[c];
+        squares[c] += block_squares[c];
+      }
+    }
+  }
+  const int64_t group_channels = channels / groups;
+  const double count = (double)pixels * (double)group_channels;
+  for (int g = 0; g < groups; g++) {
+    double group_sum = 0.0, group_squares = 0.0;
+    for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++) {
+      double s = 0.0, q = 0.0;
+      for (int t = 0; t < threads; t++) {
+        s += totals[(int64_t)t * 2 * channels + c];
+        q += totals[(int64_t)t * 2 * channels + channels + c];
+      }
+      const double o = origin[c]; /* undo the shift: sum x = s + P o, sum x² = q + 2 o s + P o² */
+      group_sum += s + (double)pixels * o;
+      group_squares += q + 2.0 * o * s + (double)pixels * o * o;
+    }
+    const double mean = group_sum / count;
+    double variance = group_squares / count - mean * mean;
+    if (variance < 0.0) variance = 0.0;
+    const double inv_std = 1.0 / sqrt(variance + eps);
+    for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++) {
+      const double a = (gamma ? gamma[c] : 1.0) * inv_std;
+      scale[c] = (float)a;
+      scale[channels + c] = (float)((beta ? beta[c] : 0.0) - mean * a);
+    }
+  }
+  const float *shift = scale + channels;
+#pragma omp parallel for num_threads(threads)
+  for (int64_t p = 0; p < pixels; p++) {
+    const float *row = x + p * channels;
+    float *out = y + p * channels;
+    for (int64_t c = 0; c < channels; c++) out[c] = row[c] * scale[c] + shift[c];
+  }
+  free(totals);
+  free(blocks);
+  free(scale);
+  return 1;
 }

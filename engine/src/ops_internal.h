@@ -95,6 +95,9 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
                               int stride, int padding, sg_activation act, sg_tensor *y);
 /* Copies image from into to, which has its shape, converting between plain and channels-last. */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
+/* Group norm (no activation) of x [pixels, channels] into y (may be x); 0: out of memory. */
+int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
+                            const float *gamma, const float *beta, float eps, float *y);
 
 /* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined): the
  * oneDNN backend runs convolutions and matrix products here where oneDNN only has a reference
@@ -121,6 +124,7 @@ void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64
 
 /* oneDNN backend (ops_dnnl.c). */
 sg_dnnl *sg_dnnl_new(sg_error *error);
+int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl);
 void sg_dnnl_free(sg_dnnl *dnnl);
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl);
 size_t sg_dnnl_released_weight_bytes(const sg_dnnl *dnnl);

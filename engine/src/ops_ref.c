@@ -115,23 +115,30 @@ sg_status sg_ref_group_norm(const sg_tensor *x, int groups, const sg_tensor *gam
   const int64_t spatial = sg_tensor_numel(x) / channels;
   const int64_t group_channels = channels / groups;
   const int64_t group_size = group_channels * spatial;
+  /* Value i of channel c sits at c * channel_step + i * pixel_step (plain or channels-last). */
+  const int nhwc = x->format == SG_FORMAT_NHWC;
+  const int64_t channel_step = nhwc ? 1 : spatial, pixel_step = nhwc ? channels : 1;
   const float *xd = cdata(x), *gd = gamma ? cdata(gamma) : NULL, *bd = beta ? cdata(beta) : NULL;
   float *yd = fdata(y);
 #pragma omp parallel for
   for (int g = 0; g < groups; g++) {
-    const float *xg = xd + g * group_size;
-    float *yg = yd + g * group_size;
     double mean = 0.0, var = 0.0;
-    for (int64_t i = 0; i < group_size; i++) mean += xg[i];
+    for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++)
+      for (int64_t i = 0; i < spatial; i++) mean += xd[c * channel_step + i * pixel_step];
     mean /= (double)group_size;
-    for (int64_t i = 0; i < group_size; i++) var += (xg[i] - mean) * (xg[i] - mean);
+    for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++) {
+      for (int64_t i = 0; i < spatial; i++) {
+        const double d = xd[c * channel_step + i * pixel_step] - mean;
+        var += d * d;
+      }
+    }
     var /= (double)group_size;
     const double inv_std = 1.0 / sqrt(var + eps);
-    for (int64_t c = 0; c < group_channels; c++) {
-      const int64_t channel = g * group_channels + c;
-      const double scale = gd ? gd[channel] : 1.0, shift = bd ? bd[channel] : 0.0;
-      for (int64_t i = c * spatial; i < (c + 1) * spatial; i++) {
-        yg[i] = sg_activation_apply(act, (float)((xg[i] - mean) * inv_std * scale + shift));
+    for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++) {
+      const double scale = gd ? gd[c] : 1.0, shift = bd ? bd[c] : 0.0;
+      for (int64_t i = 0; i < spatial; i++) {
+        const int64_t at = c * channel_step + i * pixel_step;
+        yd[at] = sg_activation_apply(act, (float)((xd[at] - mean) * inv_std * scale + shift));
       }
     }
   }

@@ -715,12 +715,28 @@ static sg_status new3(sg_arena *arena, int64_t d0, int64_t d1, int64_t d2, sg_te
   return sg_arena_tensor(arena, 3, dims, t, error);
 }
 
+/* An image [C,H,W] in the given layout (plain or channels-last). */
+static sg_status new_image(sg_arena *arena, int64_t C, int64_t H, int64_t W, sg_format layout,
+                           sg_tensor *t, sg_error *error) {
+  sg_status status = new3(arena, C, H, W, t, error);
+  t->format = layout;
+  return status;
+}
+
+/* An image view over data in the given layout. */
+static sg_tensor image_view(float *data, int64_t C, int64_t H, int64_t W, sg_format layout) {
+  sg_tensor t = sg_tensor_3d(data, C, H, W);
+  t.format = layout;
+  return t;
+}
+
 /* A reshaped header over the same f32 data. */
 static sg_tensor as2(const sg_tensor *t, int64_t d0, int64_t d1) {
   return sg_tensor_2d((float *)t->data, d0, d1);
 }
 
-/* out = ResBlock(x, SiLU(temb)); temb_silu [1, E]. */
+/* out = ResBlock(x, SiLU(temb)); temb_silu [1, E]. x and out share a layout (plain or
+ * channels-last), which the temporaries take too. */
 static sg_status res_forward(const res_block *rb, const sg_unet_config *c, sg_backend *be,
                              sg_arena *arena, const sg_tensor *x, const sg_tensor *temb_silu,
                              sg_tensor *out, sg_error *error) {
@@ -736,9 +752,10 @@ static sg_status res_forward(const res_block *rb, const sg_unet_config *c, sg_ba
   bias = sg_tensor_1d((float *)proj.data, rb->inner);
   TRY(sg_binary(be, SG_BINARY_ADD, &bias, c->separable ? &rb->pw1_b : &rb->conv1_b, &bias,
                 error));
-  TRY(new3(arena, rb->in_channels, H, W, &a, error));
+  const sg_format layout = x->format;
+  TRY(new_image(arena, rb->in_channels, H, W, layout, &a, error));
   TRY(sg_group_norm(be, x, groups, &rb->norm1_w, &rb->norm1_b, eps, SG_ACT_SILU, &a, error));
-  TRY(new3(arena, rb->inner, H, W, &h, error));
+  TRY(new_image(arena, rb->inner, H, W, layout, &h, error));
   if (c->separable) {
     /* The depthwise outputs are stored channels-last, the layout both convolutions work in, so
      * the pair needs no reorder between them. */
@@ -754,7 +771,7 @@ static sg_status res_forward(const res_block *rb, const sg_unet_config *c, sg_ba
   const sg_tensor *residual = x;
   sg_tensor shortcut;
   if (rb->has_shortcut) {
-    TRY(new3(arena, rb->out_channels, H, W, &shortcut, error));
+    TRY(new_image(arena, rb->out_channels, H, W, layout, &shortcut, error));
     TRY(sg_conv2d(be, x, &rb->shortcut_w, &rb->shortcut_b, 1, 0, 1, SG_ACT_NONE, &shortcut,
                   error));
     residual = &shortcut;
@@ -866,8 +883,9 @@ done:
   return status;
 }
 
-/* out [C, H, W] = x + Transformer(x); out may be x. The cross-attentions take their keys and
- * values from kv, or (kv NULL) make them from context. */
+/* out [C, H, W] = x + Transformer(x); out may be x, and has x's layout. The cross-attentions take
+ * their keys and values from kv, or (kv NULL) make them from context. A channels-last image is
+ * already the tokens [H*W, C]; a plain one is transposed into them and back. */
 static sg_status transformer_forward(const transformer *tf, const sg_unet_config *c,
                                      sg_backend *be, sg_arena *arena, const sg_tensor *x,
                                      const sg_tensor *context, const sg_unet_context_kv *kv,
@@ -876,20 +894,33 @@ static sg_status transformer_forward(const transformer *tf, const sg_unet_config
   size_t mark = sg_arena_mark(arena);
   sg_status status = SG_OK;
   int64_t C = tf->channels, H = x->dims[1], W = x->dims[2], T = H * W;
+  const int channels_last = x->format == SG_FORMAT_NHWC;
   sg_tensor normed, tokens, h;
-  TRY(new3(arena, C, H, W, &normed, error));
-  TRY(new2(arena, T, C, &tokens, error));
+  TRY(new_image(arena, C, H, W, x->format, &normed, error));
   TRY(new2(arena, T, C, &h, error));
   TRY(sg_group_norm(be, x, c->norm_groups, &tf->norm_w, &tf->norm_b, (float)c->norm_eps,
                     SG_ACT_NONE, &normed, error));
-  sg_tensor image = as2(&normed, C, T);
-  TRY(sg_transpose(be, &image, &tokens, error));
+  if (channels_last) {
+    tokens = as2(&normed, T, C);
+  } else {
+    TRY(new2(arena, T, C, &tokens, error));
+    sg_tensor image = as2(&normed, C, T);
+    TRY(sg_transpose(be, &image, &tokens, error));
+  }
   TRY(sg_linear(be, &tokens, &tf->proj_in_w, &tf->proj_in_b, SG_ACT_NONE, &h, error));
   for (int k = 0; k < tf->depth; k++)
     TRY(block_forward(&tf->blocks[k], tf, c, be, arena, &h, context, kv, mask, error));
-  TRY(sg_linear(be, &h, &tf->proj_out_w, &tf->proj_out_b, SG_ACT_NONE, &tokens, error));
-  TRY(sg_transpose(be, &tokens, &image, error));
-  TRY(sg_binary(be, SG_BINARY_ADD, x, &normed, out, error));
+  if (channels_last) {
+    /* The projection adds the residual x as it writes out. */
+    sg_tensor x_tokens = as2(x, T, C), out_tokens = as2(out, T, C);
+    TRY(sg_linear_residual(be, &h, &tf->proj_out_w, &tf->proj_out_b, SG_ACT_NONE, &x_tokens,
+                           &out_tokens, error));
+  } else {
+    TRY(sg_linear(be, &h, &tf->proj_out_w, &tf->proj_out_b, SG_ACT_NONE, &tokens, error));
+    sg_tensor image = as2(&normed, C, T);
+    TRY(sg_transpose(be, &tokens, &image, error));
+    TRY(sg_binary(be, SG_BINARY_ADD, x, &normed, out, error));
+  }
 done:
   sg_arena_reset(arena, mark);
   return status;
@@ -1028,19 +1059,22 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
 
   sg_tensor temb_silu, skips[1 + 16 * SG_UNET_MAX_STAGES + SG_UNET_MAX_STAGES];
   int num_skips = 0;
+  /* Activations between the input and output convolutions, in the layout the backend's
+   * convolutions work in (then they need no reorders). */
+  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
   TRY(new2(arena, 1, c->time_embed_dim, &temb_silu, error));
   TRY(embed_forward(unet, be, arena, timestep, pooled, &temb_silu, error));
 
   /* Down path: every output is a skip. */
   sg_tensor *h = &skips[num_skips++];
-  TRY(new3(arena, C0, H, W, h, error));
+  TRY(new_image(arena, C0, H, W, layout, h, error));
   TRY(sg_conv2d(be, x, &unet->conv_in_w, &unet->conv_in_b, 1, 1, 1, SG_ACT_NONE, h, error));
   int64_t h_size = H, w_size = W;
   for (int i = 0; i < S; i++) {
     const stage *st = &unet->down[i];
     for (int j = 0; j < st->num_blocks; j++) {
       sg_tensor *next = &skips[num_skips++];
-      TRY(new3(arena, st->channels, h_size, w_size, next, error));
+      TRY(new_image(arena, st->channels, h_size, w_size, layout, next, error));
       TRY(res_forward(&st->res[j], c, be, arena, h, &temb_silu, next, error));
       if (st->attn)
         TRY(transformer_forward(&st->attn[j], c, be, arena, next, NULL, kv, context_mask, next,
@@ -1051,7 +1085,7 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
       sg_tensor *next = &skips[num_skips++];
       h_size /= 2;
       w_size /= 2;
-      TRY(new3(arena, st->channels, h_size, w_size, next, error));
+      TRY(new_image(arena, st->channels, h_size, w_size, layout, next, error));
       TRY(sg_conv2d(be, h, &st->resample_w, &st->resample_b, 2, 1, 1, SG_ACT_NONE, next, error));
       h = next;
     }
@@ -1077,14 +1111,14 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
   }
   sg_tensor current, next;
   int64_t Cl = c->block_channels[S - 1];
-  next = sg_tensor_3d(buffers[next_buffer], Cl, h_size, w_size);
+  next = image_view(buffers[next_buffer], Cl, h_size, w_size, layout);
   next_buffer ^= 1;
   TRY(res_forward(&unet->mid_res[0], c, be, arena, h, &temb_silu, &next, error));
   if (unet->has_mid_attn)
     TRY(transformer_forward(&unet->mid_attn, c, be, arena, &next, NULL, kv, context_mask, &next,
                             error));
   current = next;
-  next = sg_tensor_3d(buffers[next_buffer], Cl, h_size, w_size);
+  next = image_view(buffers[next_buffer], Cl, h_size, w_size, layout);
   next_buffer ^= 1;
   TRY(res_forward(&unet->mid_res[1], c, be, arena, &current, &temb_silu, &next, error));
   current = next;
@@ -1095,9 +1129,18 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
       const sg_tensor *skip = &skips[--num_skips];
       size_t block_mark = sg_arena_mark(arena);
       sg_tensor joined;
-      TRY(new3(arena, current.dims[0] + skip->dims[0], h_size, w_size, &joined, error));
-      TRY(sg_concat(be, &current, skip, &joined, error));
-      next = sg_tensor_3d(buffers[next_buffer], st->channels, h_size, w_size);
+      TRY(new_image(arena, current.dims[0] + skip->dims[0], h_size, w_size, layout, &joined,
+                    error));
+      if (layout == SG_FORMAT_NHWC) {
+        /* Channels-last, the channels of a pixel are a row: concatenate rows [H*W, C]. */
+        const int64_t T = h_size * w_size;
+        sg_tensor a = as2(&current, T, current.dims[0]), b = as2(skip, T, skip->dims[0]);
+        sg_tensor y = as2(&joined, T, joined.dims[0]);
+        TRY(sg_concat(be, &a, &b, &y, error));
+      } else {
+        TRY(sg_concat(be, &current, skip, &joined, error));
+      }
+      next = image_view(buffers[next_buffer], st->channels, h_size, w_size, layout);
       next_buffer ^= 1;
       TRY(res_forward(&st->res[j], c, be, arena, &joined, &temb_silu, &next, error));
       sg_arena_reset(arena, block_mark);
@@ -1111,9 +1154,9 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
       sg_tensor upsampled;
       h_size *= 2;
       w_size *= 2;
-      TRY(new3(arena, st->channels, h_size, w_size, &upsampled, error));
+      TRY(new_image(arena, st->channels, h_size, w_size, layout, &upsampled, error));
       TRY(sg_upsample_nearest2x(be, &current, &upsampled, error));
-      next = sg_tensor_3d(buffers[next_buffer], st->channels, h_size, w_size);
+      next = image_view(buffers[next_buffer], st->channels, h_size, w_size, layout);
       next_buffer ^= 1;
       TRY(sg_conv2d(be, &upsampled, &st->resample_w, &st->resample_b, 1, 1, 1, SG_ACT_NONE,
                     &next, error));
@@ -1123,7 +1166,7 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
   }
 
   sg_tensor normed;
-  TRY(new3(arena, C0, H, W, &normed, error));
+  TRY(new_image(arena, C0, H, W, layout, &normed, error));
   TRY(sg_group_norm(be, &current, c->norm_groups, &unet->norm_out_w, &unet->norm_out_b,
                     (float)c->norm_eps, SG_ACT_SILU, &normed, error));
   TRY(sg_conv2d(be, &normed, &unet->conv_out_w, &unet->conv_out_b, 1, 1, 1, SG_ACT_NONE, out,
@@ -1160,6 +1203,30 @@ static const transformer *find_transformer(const sg_unet *u, const char *name) {
   return NULL;
 }
 
+/* The module tests take plain images; the module runs in the layout the full forward uses.
+ * Copies plain into *image in that layout (or views it when that is plain). */
+static sg_status image_in_layout(sg_backend *be, sg_arena *arena, const sg_tensor *plain,
+                                 sg_format layout, sg_tensor *image, sg_error *error) {
+  const int64_t C = plain->dims[0], H = plain->dims[1], W = plain->dims[2];
+  if (layout == SG_FORMAT_PLAIN) {
+    *image = *plain;
+    return SG_OK;
+  }
+  sg_status status = new_image(arena, C, H, W, layout, image, error);
+  sg_tensor from = as2(plain, C, H * W), to = as2(image, H * W, C);
+  if (status == SG_OK) status = sg_transpose(be, &from, &to, error);
+  return status;
+}
+
+/* Writes a channels-last image into the plain one (nothing when they are the same tensor). */
+static sg_status image_to_plain(sg_backend *be, const sg_tensor *image, sg_tensor *plain,
+                                sg_error *error) {
+  if (image->data == plain->data) return SG_OK;
+  const int64_t C = image->dims[0], T = image->dims[1] * image->dims[2];
+  sg_tensor from = as2(image, T, C), to = as2(plain, C, T);
+  return sg_transpose(be, &from, &to, error);
+}
+
 sg_status sg_unet_forward_res_block(sg_unet *unet, sg_backend *be, sg_arena *arena,
                                     const char *name, const sg_tensor *x, const sg_tensor *temb,
                                     sg_tensor *out, sg_error *error) {
@@ -1175,8 +1242,14 @@ sg_status sg_unet_forward_res_block(sg_unet *unet, sg_backend *be, sg_arena *are
   sg_tensor temb_row = as2(temb, 1, unet->config.time_embed_dim), temb_silu;
   status = new2(arena, 1, unet->config.time_embed_dim, &temb_silu, error);
   if (status == SG_OK) status = sg_eltwise(be, SG_ACT_SILU, &temb_row, &temb_silu, error);
+  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+  sg_tensor x_image, out_image = *out;
+  if (status == SG_OK) status = image_in_layout(be, arena, x, layout, &x_image, error);
+  if (status == SG_OK && layout != SG_FORMAT_PLAIN)
+    status = new_image(arena, rb->out_channels, x->dims[1], x->dims[2], layout, &out_image, error);
   if (status == SG_OK)
-    status = res_forward(rb, &unet->config, be, arena, x, &temb_silu, out, error);
+    status = res_forward(rb, &unet->config, be, arena, &x_image, &temb_silu, &out_image, error);
+  if (status == SG_OK) status = image_to_plain(be, &out_image, out, error);
   sg_arena_reset(arena, mark);
 done:
   return status;
@@ -1192,8 +1265,17 @@ sg_status sg_unet_forward_transformer(sg_unet *unet, sg_backend *be, sg_arena *a
   TRY(check_shape(x, "x", 3, tf->channels, -1, -1, error));
   TRY(check_shape(out, "out", 3, tf->channels, x->dims[1], x->dims[2], error));
   TRY(check_shape(context, "the context", 2, -1, unet->config.context_dim, 0, error));
-  TRY(transformer_forward(tf, &unet->config, be, arena, x, context, NULL, context_mask, out,
-                          error));
+  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+  size_t mark = sg_arena_mark(arena);
+  sg_tensor x_image, out_image = *out;
+  status = image_in_layout(be, arena, x, layout, &x_image, error);
+  if (status == SG_OK && layout != SG_FORMAT_PLAIN)
+    status = new_image(arena, tf->channels, x->dims[1], x->dims[2], layout, &out_image, error);
+  if (status == SG_OK)
+    status = transformer_forward(tf, &unet->config, be, arena, &x_image, context, NULL,
+                                 context_mask, &out_image, error);
+  if (status == SG_OK) status = image_to_plain(be, &out_image, out, error);
+  sg_arena_reset(arena, mark);
 done:
   return status;
 }

@@ -166,8 +166,9 @@ def binary_case(name, a_shape, b_shape, op, torch_b_shape=None, inplace=0):
     return name, {"op": "binary", "binary": op, "inplace": inplace}, {"a": a, "b": b}, y
 
 
-def group_norm_case(name, shape, groups, act="none", affine=True, inplace=0, eps=1e-5):
-    x = rand(*shape) * 2 + 0.5
+def group_norm_case(name, shape, groups, act="none", affine=True, inplace=0, eps=1e-5,
+                    offset=0.5):
+    x = rand(*shape) * 2 + offset
     inputs = {"x": x}
     gamma = beta = None
     if affine:
@@ -356,6 +357,12 @@ def all_cases():
         binary_case("binary add [C,1,1]", (6, 3, 7), (6, 1, 1), "add"),
         binary_case("binary mul inplace", (5, 9), (5, 9), "mul", inplace=1),
         group_norm_case("group_norm silu", (32, 8, 8), 8, "silu"),
+        # Channels-last images (the UNet's layout on oneDNN): the engine's own loop there. An
+        # offset far from zero checks that the variance does not cancel.
+        nhwc(group_norm_case("group_norm nhwc silu", (64, 9, 11), 32, "silu"), 1, 0),
+        nhwc(group_norm_case("group_norm nhwc", (48, 16, 16), 4, offset=100.0), 1, 0),
+        nhwc(group_norm_case("group_norm nhwc inplace no affine", (24, 5, 6), 3, "silu",
+                             affine=False, inplace=1), 1, 0),
         group_norm_case("group_norm 32 groups", (64, 5, 7), 32),
         group_norm_case("group_norm [C,L]", (16, 20), 4, "silu"),
         group_norm_case("group_norm no affine inplace", (12, 6, 6), 3, "silu", affine=False,

@@ -29,9 +29,9 @@
  * file's mapping) SG_WEIGHT_FILE_PAGES. With handoff, linear runs a second time on the first M-1
  * rows (a new primitive, made after the release), which then give y's first M-1 rows;
  * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
- * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample) run the op on x / y (and the residual) stored
- * channels-last: the case's tensors stay plain, converted here before and after the op;
- * "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor);
+ * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample; x_nhwc also group_norm) run the op on x / y (and the
+ * residual) stored channels-last: the case's tensors stay plain, converted here before and after
+ * the op; "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor);
  * "w_bf16" = 1 (linear) passes w rounded to bf16 (an SG_BF16 tensor); "widen_block_kb" = n
  * (linear) widens such weights n KiB of f32 rows at a time (SNAPGEN_WIDEN_BLOCK_KB). */
 #include <stdio.h>
@@ -343,11 +343,14 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
       TRY(input(c, "gamma", 1, &storage[1], &gamma, error));
       TRY(input(c, "beta", 1, &storage[2], &beta, error));
     }
+    if (op[0] == 'g') TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
+    const sg_format x_format = x->format;
     if (inplace) {
       TRY(make_inplace(&x, &storage[3], &y, error));
     } else {
       TRY(make_output(x->ndim, x->dims, &y, error));
     }
+    y.format = storage[3].format = x_format; /* group norm: y in x's layout */
     for (int i = 0; i < repeat; i++) {
       if (op[0] == 'g') {
         TRY(sg_group_norm(be, x, meta_int(c, "groups", 32), gamma, beta, eps, act, &y, error));
@@ -357,6 +360,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
         TRY(sg_rms_norm(be, x, w, eps, meta_float(c, "weight_offset", 0.0f), &y, error));
       }
     }
+    plain_again(&y);
   } else if (!strcmp(op, "upsample")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
