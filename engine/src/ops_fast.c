@@ -2,7 +2,6 @@
  * for the ops where oneDNN only has a reference kernel or a slow one: activations, binary, softmax,
  * depthwise conv, group norm on channels-last images. */
 #include <math.h>
-#include <omp.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -166,8 +165,10 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
   }
 }
 
-/* Pixels summed in f32 before their sums are added to the f64 totals. */
+/* Pixels summed in f32 before their sums are added to the f64 totals, and the number of pixel
+ * ranges summed apart (in parallel): fixed, so that the result does not depend on the threads. */
 #define NORM_BLOCK 64
+#define NORM_CHUNKS 32
 
 /* Group norm of a channels-last image, x [pixels, channels] row-major (y may be x). oneDNN 3.7's
  * kernel for this layout is about 3x slower than its planar one (measured: 15.9 vs 5.7 ms for
@@ -176,9 +177,8 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
  * loops run along the channels, which are contiguous, and vectorize. */
 int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
                             const float *gamma, const float *beta, float eps, float *y) {
-  const int threads = omp_get_max_threads();
-  double *totals = calloc((size_t)threads * 2 * channels, sizeof(double));
-  float *blocks = malloc((size_t)threads * 2 * channels * sizeof(float));
+  double *totals = calloc((size_t)NORM_CHUNKS * 2 * channels, sizeof(double));
+  float *blocks = malloc((size_t)NORM_CHUNKS * 2 * channels * sizeof(float));
   float *scale = malloc((size_t)channels * 2 * sizeof(float));
   if (!totals || !blocks || !scale) {
     free(totals);
@@ -187,12 +187,11 @@ int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, in
     return 0;
   }
   const float *origin = x; /* each channel's first value */
-#pragma omp parallel num_threads(threads)
-  {
-    const int64_t t = omp_get_thread_num(), n = omp_get_num_threads();
-    const int64_t first = pixels * t / n, last = pixels * (t + 1) / n;
-    double *sum = totals + t * 2 * channels, *squares = sum + channels;
-    float *block_sum = blocks + t * 2 * channels, *block_squares = block_sum + channels;
+#pragma omp parallel for schedule(static)
+  for (int64_t k = 0; k < NORM_CHUNKS; k++) {
+    const int64_t first = pixels * k / NORM_CHUNKS, last = pixels * (k + 1) / NORM_CHUNKS;
+    double *sum = totals + k * 2 * channels, *squares = sum + channels;
+    float *block_sum = blocks + k * 2 * channels, *block_squares = block_sum + channels;
     for (int64_t start = first; start < last; start += NORM_BLOCK) {
       const int64_t end = start + NORM_BLOCK < last ? start + NORM_BLOCK : last;
       memset(block_sum, 0, (size_t)channels * 2 * sizeof(float));
@@ -216,9 +215,9 @@ int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, in
     double group_sum = 0.0, group_squares = 0.0;
     for (int64_t c = g * group_channels; c < (g + 1) * group_channels; c++) {
       double s = 0.0, q = 0.0;
-      for (int t = 0; t < threads; t++) {
-        s += totals[(int64_t)t * 2 * channels + c];
-        q += totals[(int64_t)t * 2 * channels + channels + c];
+      for (int64_t k = 0; k < NORM_CHUNKS; k++) {
+        s += totals[k * 2 * channels + c];
+        q += totals[k * 2 * channels + channels + c];
       }
       const double o = origin[c]; /* undo the shift: sum x = s + P o, sum x² = q + 2 o s + P o² */
       group_sum += s + (double)pixels * o;
@@ -235,7 +234,7 @@ int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, in
     }
   }
   const float *shift = scale + channels;
-#pragma omp parallel for num_threads(threads)
+#pragma omp parallel for schedule(static)
   for (int64_t p = 0; p < pixels; p++) {
     const float *row = x + p * channels;
     float *out = y + p * channels;

@@ -16,6 +16,11 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   (void)dnnl;
 }
 
+int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 0;
+}
+
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
   (void)dnnl;
   return 0;
