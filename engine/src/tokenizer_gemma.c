@@ -211,6 +211,12 @@ static sg_status template_special(sg_gemma_tokenizer *tokenizer, JsonObject *spe
                      name);
     }
     int32_t value = (int32_t)id;
+    if (!sg_gemma_tokenizer_token(tokenizer, value)) {
+      return sg_fail(error, SG_ERR_FORMAT,
+                     "%s: post_processor: special token \"%s\" has id %d, which is neither in the "
+                     "vocabulary nor an added token",
+                     tokenizer->path, name, (int)value);
+    }
     g_array_append_val(target, value);
   }
   return SG_OK;

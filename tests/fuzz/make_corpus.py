@@ -250,6 +250,10 @@ def tokenizer_corpus():
          "pad_token": "!", "model_max_length": 77}).encode())
     write("gemma", "file-tokenizer", b"\xf0" + gemma.encode())
     write("gemma", "file-tokenizer-bad", b"\xf0" + gemma.replace('"BPE"', '"Unigram"').encode())
+    # Found by the fuzzer (session 7): a template id that no token has must fail at load.
+    sparse = json.loads(gemma)
+    sparse["post_processor"]["special_tokens"]["<bos>"]["ids"] = [9999]
+    write("gemma", "found-template-id-not-in-vocab", b"\xf0" + json.dumps(sparse).encode())
 
 
 def prompt_text_corpus():
