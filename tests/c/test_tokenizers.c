@@ -555,6 +555,17 @@ static void test_gemma_unsupported(sg_test *t) {
   g_free(json);
   CHECK_INT(t, sg_gemma_tokenizer_load(dir, &tokenizer, &error), SG_ERR_FORMAT);
   CHECK_MSG(t, strstr(error.message, "lstrip") != NULL, "message: %s", error.message);
+  /* A template id that no token has (a fuzz finding): named at load, not emitted later. */
+  json = gemma_json("null", "null", gemma_merges, "");
+  char **halves = g_strsplit(json, "\"ids\": [2]", 2);
+  g_free(json);
+  json = g_strjoinv("\"ids\": [99999]", halves);
+  g_strfreev(halves);
+  write_file(t, dir, "tokenizer.json", json);
+  g_free(json);
+  CHECK_INT(t, sg_gemma_tokenizer_load(dir, &tokenizer, &error), SG_ERR_FORMAT);
+  CHECK_MSG(t, strstr(error.message, "<bos>") && strstr(error.message, "99999"), "message: %s",
+            error.message);
   write_file(t, dir, "tokenizer.json", "{\"model\": {\"type\": \"Unigram\"}}");
   CHECK_INT(t, sg_gemma_tokenizer_load(dir, &tokenizer, &error), SG_ERR_FORMAT);
   write_file(t, dir, "tokenizer.json", "{not json");
