@@ -75,7 +75,8 @@ typedef enum { SG_BINARY_ADD = 0, SG_BINARY_MUL } sg_binary_op;
 sg_status sg_binary(sg_backend *be, sg_binary_op op, const sg_tensor *a, const sg_tensor *b,
                     sg_tensor *y, sg_error *error);
 
-/* Group norm over x [C,H,W] (or [C,L]); gamma/beta [C]; then act (SILU fused, or NONE). */
+/* Group norm over x [C,H,W] (or [C,L]); gamma/beta [C]; then act (SILU fused, or NONE). An image
+ * may be stored channels-last; y then must be too. */
 sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg_tensor *gamma,
                         const sg_tensor *beta, float eps, sg_activation act, sg_tensor *y,
                         sg_error *error);
