@@ -46,6 +46,8 @@ struct sg_dnnl {
   size_t packed_bytes;   /* bytes held by the packed weights */
   size_t released_bytes; /* plain weights released after packing (SG_WEIGHT_HANDOFF) */
   int conv_speed;        /* 0: not probed yet; 1: oneDNN has a fast convolution; -1: it has not */
+  double *norm_scratch;  /* sums of the channels-last group norm, grown as needed */
+  int64_t norm_scratch_count;
   void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
   size_t op_buffer_bytes;
 };
@@ -191,6 +193,7 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   free(dnnl->empty);
   free(dnnl->blas_scratch.data);
   free(dnnl->op_buffer);
+  free(dnnl->norm_scratch);
   free(dnnl);
 }
 
@@ -1209,10 +1212,17 @@ static sg_status group_norm_channels_last(sg_dnnl *dnnl, const sg_tensor *x, int
                                           const sg_tensor *gamma, const sg_tensor *beta, float eps,
                                           sg_activation act, sg_tensor *y, sg_error *error) {
   const int64_t channels = x->dims[0], pixels = sg_tensor_numel(x) / channels;
-  if (!sg_fast_group_norm_nhwc(x->data, pixels, channels, groups, gamma ? gamma->data : NULL,
-                               beta ? beta->data : NULL, eps, y->data)) {
-    return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "group_norm: out of memory for its sums");
+  const int64_t scratch_count = sg_fast_group_norm_nhwc_scratch(channels);
+  if (dnnl->norm_scratch_count < scratch_count) {
+    double *grown = malloc((size_t)scratch_count * sizeof(double));
+    if (!grown)
+      return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "group_norm: out of memory for its sums");
+    free(dnnl->norm_scratch);
+    dnnl->norm_scratch = grown;
+    dnnl->norm_scratch_count = scratch_count;
   }
+  sg_fast_group_norm_nhwc(x->data, pixels, channels, groups, gamma ? gamma->data : NULL,
+                          beta ? beta->data : NULL, eps, y->data, dnnl->norm_scratch);
   if (act == SG_ACT_NONE) return SG_OK;
   sg_tensor flat = sg_tensor_1d(y->data, sg_tensor_numel(y));
   return sg_dnnl_eltwise(dnnl, act, &flat, &flat, error);

@@ -2,7 +2,6 @@
  * for the ops where oneDNN only has a reference kernel or a slow one: activations, binary, softmax,
  * depthwise conv, group norm on channels-last images. */
 #include <math.h>
-#include <stdlib.h>
 #include <string.h>
 
 #include "ops_internal.h"
@@ -175,17 +174,18 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
  * 512 channels at 128x128), so it is written here: one pass for per-channel sums, taken around
  * each channel's first value so that E[x²] - E[x]² does not cancel, one pass to normalize. Both
  * loops run along the channels, which are contiguous, and vectorize. */
-int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
-                            const float *gamma, const float *beta, float eps, float *y) {
-  double *totals = calloc((size_t)NORM_CHUNKS * 2 * channels, sizeof(double));
-  float *blocks = malloc((size_t)NORM_CHUNKS * 2 * channels * sizeof(float));
-  float *scale = malloc((size_t)channels * 2 * sizeof(float));
-  if (!totals || !blocks || !scale) {
-    free(totals);
-    free(blocks);
-    free(scale);
-    return 0;
-  }
+int64_t sg_fast_group_norm_nhwc_scratch(int64_t channels) {
+  /* f64 totals [chunks][2][C], f32 block sums [chunks][2][C], f32 scale and shift [2][C] */
+  return (int64_t)NORM_CHUNKS * 3 * channels + channels;
+}
+
+void sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
+                             const float *gamma, const float *beta, float eps, float *y,
+                             double *scratch) {
+  double *totals = scratch;
+  float *blocks = (float *)(scratch + (int64_t)NORM_CHUNKS * 2 * channels);
+  float *scale = (float *)(scratch + (int64_t)NORM_CHUNKS * 3 * channels);
+  memset(totals, 0, (size_t)NORM_CHUNKS * 2 * channels * sizeof(double));
   const float *origin = x; /* each channel's first value */
 #pragma omp parallel for schedule(static)
   for (int64_t k = 0; k < NORM_CHUNKS; k++) {
@@ -240,8 +240,4 @@ int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, in
     float *out = y + p * channels;
     for (int64_t c = 0; c < channels; c++) out[c] = row[c] * scale[c] + shift[c];
   }
-  free(totals);
-  free(blocks);
-  free(scale);
-  return 1;
 }

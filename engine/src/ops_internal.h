@@ -95,9 +95,13 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
                               int stride, int padding, sg_activation act, sg_tensor *y);
 /* Copies image from into to, which has its shape, converting between plain and channels-last. */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
-/* Group norm (no activation) of x [pixels, channels] into y (may be x); 0: out of memory. */
-int sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
-                            const float *gamma, const float *beta, float eps, float *y);
+/* Group norm (no activation) of x [pixels, channels] into y (may be x), using scratch of
+ * sg_fast_group_norm_nhwc_scratch(channels) doubles (the caller keeps it: no per-call allocation).
+ */
+int64_t sg_fast_group_norm_nhwc_scratch(int64_t channels);
+void sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, int groups,
+                             const float *gamma, const float *beta, float eps, float *y,
+                             double *scratch);
 
 /* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined): the
  * oneDNN backend runs convolutions and matrix products here where oneDNN only has a reference

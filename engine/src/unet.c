@@ -730,6 +730,12 @@ static sg_tensor image_view(float *data, int64_t C, int64_t H, int64_t W, sg_for
   return t;
 }
 
+/* The layout of the activations between the input and output convolutions: the one the backend's
+ * convolutions work in, so that they need no reorders. */
+static sg_format activation_layout(sg_backend *be) {
+  return sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+}
+
 /* A reshaped header over the same f32 data. */
 static sg_tensor as2(const sg_tensor *t, int64_t d0, int64_t d1) {
   return sg_tensor_2d((float *)t->data, d0, d1);
@@ -1059,9 +1065,7 @@ sg_status sg_unet_forward_kv(sg_unet *unet, sg_backend *be, sg_arena *arena, con
 
   sg_tensor temb_silu, skips[1 + 16 * SG_UNET_MAX_STAGES + SG_UNET_MAX_STAGES];
   int num_skips = 0;
-  /* Activations between the input and output convolutions, in the layout the backend's
-   * convolutions work in (then they need no reorders). */
-  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+  const sg_format layout = activation_layout(be);
   TRY(new2(arena, 1, c->time_embed_dim, &temb_silu, error));
   TRY(embed_forward(unet, be, arena, timestep, pooled, &temb_silu, error));
 
@@ -1242,7 +1246,7 @@ sg_status sg_unet_forward_res_block(sg_unet *unet, sg_backend *be, sg_arena *are
   sg_tensor temb_row = as2(temb, 1, unet->config.time_embed_dim), temb_silu;
   status = new2(arena, 1, unet->config.time_embed_dim, &temb_silu, error);
   if (status == SG_OK) status = sg_eltwise(be, SG_ACT_SILU, &temb_row, &temb_silu, error);
-  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+  const sg_format layout = activation_layout(be);
   sg_tensor x_image, out_image = *out;
   if (status == SG_OK) status = image_in_layout(be, arena, x, layout, &x_image, error);
   if (status == SG_OK && layout != SG_FORMAT_PLAIN)
@@ -1265,7 +1269,7 @@ sg_status sg_unet_forward_transformer(sg_unet *unet, sg_backend *be, sg_arena *a
   TRY(check_shape(x, "x", 3, tf->channels, -1, -1, error));
   TRY(check_shape(out, "out", 3, tf->channels, x->dims[1], x->dims[2], error));
   TRY(check_shape(context, "the context", 2, -1, unet->config.context_dim, 0, error));
-  const sg_format layout = sg_backend_prefers_channels_last(be) ? SG_FORMAT_NHWC : SG_FORMAT_PLAIN;
+  const sg_format layout = activation_layout(be);
   size_t mark = sg_arena_mark(arena);
   sg_tensor x_image, out_image = *out;
   status = image_in_layout(be, arena, x, layout, &x_image, error);
