@@ -71,6 +71,10 @@ int sg_backend_prefers_channels_last(sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_channels_last(backend->dnnl);
 }
 
+int sg_backend_prefers_blocked8(sg_backend *backend) {
+  return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_blocked8(backend->dnnl);
+}
+
 float sg_activation_apply(sg_activation act, float x) {
   double v = x;
   switch (act) {
@@ -104,23 +108,32 @@ static sg_status check_backend(const char *op, const sg_backend *be, sg_error *e
   return SG_OK;
 }
 
-/* A present f32 tensor with between min_ndim and max_ndim dims, in the plain layout (or, with
- * allow_nhwc, an image [C,H,W] stored channels-last). */
+/* Which image layouts an op takes besides the plain one (tensor.h). */
+enum { IMAGES_PLAIN = 0, IMAGES_NHWC = 1, IMAGES_ANY = 3 /* channels-last or blocked */ };
+
+/* A present f32 tensor with between min_ndim and max_ndim dims, in the plain layout (or an image
+ * [C,H,W] in one of the layouts `images` allows). */
 static sg_status check_tensor_layout(const char *op, const char *what, const sg_tensor *t,
-                                     int min_ndim, int max_ndim, int allow_nhwc,
-                                     sg_error *error) {
+                                     int min_ndim, int max_ndim, int images, sg_error *error) {
   if (!t) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is missing", op, what);
   if (!t->data) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s has no data", op, what);
   if (t->dtype != SG_F32) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is %s, the ops take f32", op, what,
                    sg_dtype_name(t->dtype));
   }
-  if (t->format == SG_FORMAT_NHWC && allow_nhwc && t->ndim == 3) {
+  if (t->format == SG_FORMAT_NHWC && (images & IMAGES_NHWC) && t->ndim == 3) {
     /* an image stored channels-last */
+  } else if (t->format == SG_FORMAT_BLOCKED8 && images == IMAGES_ANY && t->ndim == 3) {
+    if (t->dims[0] % 8 != 0) {
+      return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                     "%s: %s is stored in blocks of 8 channels but has %lld channels", op, what,
+                     (long long)t->dims[0]);
+    }
   } else if (t->format != SG_FORMAT_PLAIN) {
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: %s is stored channels-last (NHWC); the ops take the plain layout", op,
-                   what);
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: %s is stored %s; this op takes %s", op,
+                   what,
+                   t->format == SG_FORMAT_NHWC ? "channels-last (NHWC)" : "in blocks of 8 channels",
+                   images == IMAGES_NHWC ? "plain or channels-last images" : "the plain layout");
   }
   if (t->ndim < min_ndim || t->ndim > max_ndim) {
     char shape[96];
@@ -143,20 +156,19 @@ static sg_status check_tensor_layout(const char *op, const char *what, const sg_
 
 static sg_status check_tensor(const char *op, const char *what, const sg_tensor *t, int min_ndim,
                               int max_ndim, sg_error *error) {
-  return check_tensor_layout(op, what, t, min_ndim, max_ndim, 0, error);
+  return check_tensor_layout(op, what, t, min_ndim, max_ndim, IMAGES_PLAIN, error);
 }
 
-/* An image [C,H,W], plain or channels-last. */
+/* An image [C,H,W], plain, channels-last or blocked. */
 static sg_status check_image(const char *op, const char *what, const sg_tensor *t,
                              sg_error *error) {
-  return check_tensor_layout(op, what, t, 3, 3, 1, error);
+  return check_tensor_layout(op, what, t, 3, 3, IMAGES_ANY, error);
 }
 
-/* The output y must have exactly the given shape (with allow_nhwc, an image output may be
- * channels-last). */
+/* The output y must have exactly the given shape (an image output in a layout `images` allows). */
 static sg_status check_output_layout(const char *op, const sg_tensor *y, int ndim,
-                                     const int64_t *dims, int allow_nhwc, sg_error *error) {
-  sg_status status = check_tensor_layout(op, "output y", y, 1, SG_MAX_DIMS, allow_nhwc, error);
+                                     const int64_t *dims, int images, sg_error *error) {
+  sg_status status = check_tensor_layout(op, "output y", y, 1, SG_MAX_DIMS, images, error);
   if (status != SG_OK) return status;
   int same = y->ndim == ndim;
   for (int i = 0; same && i < ndim; i++) same = y->dims[i] == dims[i];
@@ -173,7 +185,7 @@ static sg_status check_output_layout(const char *op, const sg_tensor *y, int ndi
 
 static sg_status check_output(const char *op, const sg_tensor *y, int ndim, const int64_t *dims,
                               sg_error *error) {
-  return check_output_layout(op, y, ndim, dims, 0, error);
+  return check_output_layout(op, y, ndim, dims, IMAGES_PLAIN, error);
 }
 
 static sg_status check_not_aliased(const char *op, const sg_tensor *y, const sg_tensor *x,
@@ -217,11 +229,11 @@ static sg_status check_vector(const char *op, const char *what, const sg_tensor 
 static sg_status check_residual(const char *op, const sg_tensor *residual, const sg_tensor *y,
                                 const sg_tensor *x, sg_error *error) {
   if (!residual) return SG_OK;
-  CHECK(check_tensor_layout(op, "residual", residual, y->ndim, y->ndim, y->ndim == 3, error));
+  CHECK(check_tensor_layout(op, "residual", residual, y->ndim, y->ndim,
+                            y->ndim == 3 ? IMAGES_ANY : IMAGES_PLAIN, error));
   if (residual->format != y->format) {
     return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: residual and output y must have the same layout (plain or channels-last)",
-                   op);
+                   "%s: residual and output y must have the same layout", op);
   }
   if (!sg_tensor_same_shape(residual, y)) {
     char rs[96], ys[96];
@@ -276,7 +288,7 @@ sg_status sg_conv2d_residual(sg_backend *be, const sg_tensor *x, const sg_tensor
                    "%s: kernel of weight %s is larger than the padded input %s", op, ws, xs);
   }
   int64_t out_dims[3] = {out_channels, out_h, out_w};
-  CHECK(check_output_layout(op, y, 3, out_dims, 1, error));
+  CHECK(check_output_layout(op, y, 3, out_dims, IMAGES_ANY, error));
   CHECK(check_not_aliased(op, y, x, "input x", error));
   CHECK(check_residual(op, residual, y, x, error));
   use_threads(be);
@@ -467,7 +479,7 @@ sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg
                         sg_error *error) {
   const char *op = "group_norm";
   CHECK(check_backend(op, be, error));
-  CHECK(check_tensor_layout(op, "input x", x, 2, 3, 1, error));
+  CHECK(check_tensor_layout(op, "input x", x, 2, 3, IMAGES_NHWC, error));
   CHECK(check_activation(op, act, error));
   int64_t channels = x->dims[0];
   if (groups < 1 || channels % groups) {
@@ -479,10 +491,10 @@ sg_status sg_group_norm(sg_backend *be, const sg_tensor *x, int groups, const sg
   if (!(eps >= 0.0f)) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: eps %g < 0", op, eps);
   CHECK(check_vector(op, "gamma", gamma, channels, 1, error));
   CHECK(check_vector(op, "beta", beta, channels, 1, error));
-  CHECK(check_output_layout(op, y, x->ndim, x->dims, 1, error));
+  CHECK(check_output_layout(op, y, x->ndim, x->dims, IMAGES_NHWC, error));
   if (y->format != x->format) {
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: output y must have the layout of input x (plain or channels-last)", op);
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: output y must have the layout of input x",
+                   op);
   }
   use_threads(be);
   if (be->kind == SG_BACKEND_REFERENCE) {
@@ -535,10 +547,10 @@ sg_status sg_upsample_nearest2x(sg_backend *be, const sg_tensor *x, sg_tensor *y
   CHECK(check_backend(op, be, error));
   CHECK(check_image(op, "input x", x, error));
   int64_t out_dims[3] = {x->dims[0], 2 * x->dims[1], 2 * x->dims[2]};
-  CHECK(check_output_layout(op, y, 3, out_dims, 1, error));
+  CHECK(check_output_layout(op, y, 3, out_dims, IMAGES_ANY, error));
   if (y->format != x->format) {
-    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
-                   "%s: output y must have the layout of input x (plain or channels-last)", op);
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: output y must have the layout of input x",
+                   op);
   }
   CHECK(check_not_aliased(op, y, x, "input x", error));
   use_threads(be);

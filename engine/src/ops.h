@@ -6,10 +6,11 @@
 #include "tensor.h"
 
 /* All activations are f32, contiguous, in the layouts tensor.h describes. Weights are f32 tensors
- * in PyTorch's layouts. Images [C,H,W] may be stored channels-last (format SG_FORMAT_NHWC) for
- * conv2d (x, y and residual each either way; residual as y) and upsampling (y as x): the layout
- * oneDNN's CPU convolutions work in, so chains of convolutions need no reorders between them.
- * The other ops take the plain layout. Output tensors are allocated by the caller with the right shape.
+ * in PyTorch's layouts. Images [C,H,W] may be stored channels-last (SG_FORMAT_NHWC) or in blocks
+ * of 8 channels (SG_FORMAT_BLOCKED8) for conv2d (x, y and residual each in any of them; residual
+ * as y) and upsampling (y as x): the layouts oneDNN's CPU convolutions work in, so chains of
+ * convolutions need no reorders between them. Group norm also takes channels-last images. The
+ * other ops take the plain layout. Output tensors are allocated by the caller with the right shape.
  * Every function returns SG_OK or fills error. In-place (y == x) is allowed for eltwise,
  * binary (y == a), group/layer/rms norm; not for conv, linear, attention. */
 typedef struct sg_backend sg_backend;
@@ -21,6 +22,10 @@ const char *sg_backend_name(const sg_backend *backend);
 /* Whether images are best kept channels-last (SG_FORMAT_NHWC) between this backend's ops: true
  * where its convolutions work in that layout, so that they need no reorder. */
 int sg_backend_prefers_channels_last(sg_backend *backend);
+/* Whether chains of convolutions alone (no norms between them, as in the decoder) run faster with
+ * their images in blocks of 8 channels (SG_FORMAT_BLOCKED8): true on the oneDNN backend where its
+ * best instructions are AVX2 (its kernels for that layout beat its channels-last ones there). */
+int sg_backend_prefers_blocked8(sg_backend *backend);
 /* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
  * its primitives prefer, made at their first use, and then may give back the memory of the plain
  * values as their sg_weight_memory allows. Bytes held by those copies (0 for the

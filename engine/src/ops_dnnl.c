@@ -778,12 +778,22 @@ static void *ptr(const sg_tensor *t) { return t->data; }
 
 /* ---- convolution ---- */
 
-/* Strides of an image [C,H,W] seen as oneDNN's [1,C,H,W]: NULL (dense) when plain. */
-static const int64_t *image_md_strides(const sg_tensor *t, int64_t *strides) {
-  if (t->format != SG_FORMAT_NHWC) return NULL;
+/* An image [C,H,W] as oneDNN's [1,C,H,W] (dims) in its layout: plain or channels-last by
+ * strides, blocked as nChw8c. */
+static const_dnnl_memory_desc_t image_md(builder *b, const int64_t *dims, const sg_tensor *t) {
+  if (t->format == SG_FORMAT_BLOCKED8) {
+    dnnl_dims_t d = {dims[0], dims[1], dims[2], dims[3]};
+    dnnl_memory_desc_t md = NULL;
+    TRY(b, dnnl_memory_desc_create_with_tag(&md, 4, d, dnnl_f32, dnnl_nChw8c));
+    keep_md(b, md);
+    return md;
+  }
+  if (t->format == SG_FORMAT_PLAIN) return md_plain(b, 4, dims, NULL);
+  int64_t strides[4];
   strides[0] = sg_tensor_numel(t);
-  sg_image_strides(t, &strides[1], &strides[2], &strides[3]);
-  return strides;
+  strides[1] = sg_image_channel_offset(t, 1);
+  sg_image_strides(t, &strides[2], &strides[3]);
+  return md_plain(b, 4, dims, strides);
 }
 
 static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, const sg_tensor *w,
@@ -802,14 +812,17 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   const int64_t *w_dims = groups == 1 ? grouped_dims + 1 : grouped_dims;
 
   /* The user's layouts (NCHW or NHWC, PyTorch's OIHW / GOIHW) and those the kernel prefers. */
-  int64_t src_strides[4], dst_strides[4];
-  const_dnnl_memory_desc_t src_user = md_plain(&b, 4, src_dims, image_md_strides(x, src_strides));
+  const_dnnl_memory_desc_t src_user = image_md(&b, src_dims, x);
   const_dnnl_memory_desc_t w_user = md_plain(&b, w_ndims, w_dims, NULL);
-  const_dnnl_memory_desc_t dst_user = md_plain(&b, 4, dst_dims, image_md_strides(y, dst_strides));
+  const_dnnl_memory_desc_t dst_user = image_md(&b, dst_dims, y);
   const_dnnl_memory_desc_t bias_md = has_bias ? md_plain(&b, 1, bias_dims, NULL) : NULL;
-  const_dnnl_memory_desc_t src_any = md_any(&b, 4, src_dims);
+  /* A blocked image is taken as it is: "any" would pick channels-last on the CPUs where the
+   * blocked kernels are the faster ones (sg_dnnl_prefers_blocked8). */
+  const_dnnl_memory_desc_t src_any =
+      x->format == SG_FORMAT_BLOCKED8 ? src_user : md_any(&b, 4, src_dims);
   const_dnnl_memory_desc_t w_any = md_any(&b, w_ndims, w_dims);
-  const_dnnl_memory_desc_t dst_any = md_any(&b, 4, dst_dims);
+  const_dnnl_memory_desc_t dst_any =
+      y->format == SG_FORMAT_BLOCKED8 ? dst_user : md_any(&b, 4, dst_dims);
   dnnl_primitive_attr_t attr = residual_attr(&b, residual, act);
   const dnnl_dims_t strides = {stride, stride}, dilates = {0, 0}, pad = {padding, padding};
   dnnl_primitive_desc_t pd = NULL;
@@ -903,6 +916,13 @@ int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
     if (src) dnnl_memory_desc_destroy(src);
   }
   return dnnl->conv_speed > 0;
+}
+
+int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
+  if (!sg_dnnl_prefers_channels_last(dnnl)) return 0; /* no fast convolutions at all */
+  const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+  return isa == dnnl_cpu_isa_avx2 || isa == dnnl_cpu_isa_avx2_vnni ||
+         isa == dnnl_cpu_isa_avx2_vnni_2;
 }
 
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
@@ -1397,9 +1417,8 @@ sg_status sg_dnnl_upsample_nearest2x(sg_dnnl *dnnl, const sg_tensor *x, sg_tenso
     build_start(&b, dnnl);
     const int64_t src_dims[4] = {1, x->dims[0], x->dims[1], x->dims[2]};
     const int64_t dst_dims[4] = {1, y->dims[0], y->dims[1], y->dims[2]};
-    int64_t src_strides[4], dst_strides[4];
-    const_dnnl_memory_desc_t src_md = md_plain(&b, 4, src_dims, image_md_strides(x, src_strides));
-    const_dnnl_memory_desc_t dst_md = md_plain(&b, 4, dst_dims, image_md_strides(y, dst_strides));
+    const_dnnl_memory_desc_t src_md = image_md(&b, src_dims, x);
+    const_dnnl_memory_desc_t dst_md = image_md(&b, dst_dims, y);
     dnnl_primitive_desc_t pd = NULL;
     TRY(&b, dnnl_resampling_forward_primitive_desc_create(&pd, dnnl->engine,
                                                           dnnl_forward_inference,

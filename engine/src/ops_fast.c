@@ -111,23 +111,25 @@ void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols) {
   }
 }
 
-/* Per channel and tap, a multiply-add over the output row's valid span, which is contiguous in x
- * for stride 1. */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to) {
   const int64_t channels = from->dims[0], height = from->dims[1], width = from->dims[2];
-  int64_t fc, fy, fx, tc, ty, tx;
-  sg_image_strides(from, &fc, &fy, &fx);
-  sg_image_strides(to, &tc, &ty, &tx);
+  int64_t fy, fx, ty, tx;
+  sg_image_strides(from, &fy, &fx);
+  sg_image_strides(to, &ty, &tx);
   const float *src = from->data;
   float *dst = to->data;
 #pragma omp parallel for
   for (int64_t y = 0; y < height; y++) {
-    for (int64_t x = 0; x < width; x++) {
-      for (int64_t c = 0; c < channels; c++) dst[c * tc + y * ty + x * tx] = src[c * fc + y * fy + x * fx];
+    for (int64_t c = 0; c < channels; c++) {
+      const float *s = src + sg_image_channel_offset(from, c) + y * fy;
+      float *d = dst + sg_image_channel_offset(to, c) + y * ty;
+      for (int64_t x = 0; x < width; x++) d[x * tx] = s[x * fx];
     }
   }
 }
 
+/* Per channel and tap, a multiply-add over the output row's valid span, which is contiguous in x
+ * for stride 1. */
 void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                               int stride, int padding, sg_activation act, sg_tensor *y) {
   const int64_t channels = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];

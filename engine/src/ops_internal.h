@@ -19,14 +19,20 @@ struct sg_backend {
   int64_t block_out_capacity;
 };
 
-/* Element strides (channel, row, column) of an image [C,H,W], plain or channels-last. */
-static inline void sg_image_strides(const sg_tensor *t, int64_t *channel, int64_t *row,
-                                    int64_t *column) {
+/* Where the values of an image [C,H,W] are: channel c starts at sg_image_channel_offset(t, c),
+ * and from there rows and columns are *row and *column elements apart (plain, channels-last or
+ * in blocks of 8 channels). */
+static inline void sg_image_strides(const sg_tensor *t, int64_t *row, int64_t *column) {
   const int64_t c = t->dims[0], w = t->dims[2];
-  const int nhwc = t->format == SG_FORMAT_NHWC;
-  *channel = nhwc ? 1 : t->dims[1] * w;
-  *row = nhwc ? w * c : w;
-  *column = nhwc ? c : 1;
+  *row = t->format == SG_FORMAT_NHWC ? w * c : t->format == SG_FORMAT_BLOCKED8 ? w * 8 : w;
+  *column = t->format == SG_FORMAT_NHWC ? c : t->format == SG_FORMAT_BLOCKED8 ? 8 : 1;
+}
+
+static inline int64_t sg_image_channel_offset(const sg_tensor *t, int64_t c) {
+  const int64_t plane = t->dims[1] * t->dims[2];
+  if (t->format == SG_FORMAT_NHWC) return c;
+  if (t->format == SG_FORMAT_BLOCKED8) return (c / 8) * plane * 8 + c % 8;
+  return c * plane;
 }
 
 /* Output height or width of a convolution (kernel k, square stride/padding). */
@@ -93,7 +99,7 @@ void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols); /* y
 /* groups == channels of x == channels of y */
 void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                               int stride, int padding, sg_activation act, sg_tensor *y);
-/* Copies image from into to, which has its shape, converting between plain and channels-last. */
+/* Copies image from into to, which has its shape, converting between its layouts (tensor.h). */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
 /* Group norm (no activation) of x [pixels, channels] into y (may be x), using scratch of
  * sg_fast_group_norm_nhwc_scratch(channels) doubles (the caller keeps it: no per-call allocation).
@@ -129,6 +135,7 @@ void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64
 /* oneDNN backend (ops_dnnl.c). */
 sg_dnnl *sg_dnnl_new(sg_error *error);
 int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl);
+int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl);
 void sg_dnnl_free(sg_dnnl *dnnl);
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl);
 size_t sg_dnnl_released_weight_bytes(const sg_dnnl *dnnl);

@@ -27,9 +27,9 @@ sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor 
   const float *xd = cdata(x), *wd = cdata(w), *bd = b ? cdata(b) : NULL;
   const float *rd = residual ? cdata(residual) : NULL;
   float *yd = fdata(y);
-  int64_t xs_c, xs_y, xs_x, ys_c, ys_y, ys_x; /* plain or channels-last */
-  sg_image_strides(x, &xs_c, &xs_y, &xs_x);
-  sg_image_strides(y, &ys_c, &ys_y, &ys_x);
+  int64_t xs_y, xs_x, ys_y, ys_x; /* plain, channels-last or blocked */
+  sg_image_strides(x, &xs_y, &xs_x);
+  sg_image_strides(y, &ys_y, &ys_x);
 #pragma omp parallel for
   for (int64_t co = 0; co < out_c; co++) {
     const int64_t first_ci = (co / group_out) * group_in;
@@ -38,7 +38,7 @@ sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor 
       for (int64_t ox = 0; ox < out_w; ox++) {
         double sum = bd ? bd[co] : 0.0;
         for (int64_t ci = 0; ci < group_in; ci++) {
-          const float *xc = xd + (first_ci + ci) * xs_c;
+          const float *xc = xd + sg_image_channel_offset(x, first_ci + ci);
           for (int64_t ky = 0; ky < kh; ky++) {
             int64_t iy = oy * stride - padding + ky;
             if (iy < 0 || iy >= in_h) continue;
@@ -49,7 +49,7 @@ sg_status sg_ref_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor 
             }
           }
         }
-        const int64_t at = co * ys_c + oy * ys_y + ox * ys_x;
+        const int64_t at = sg_image_channel_offset(y, co) + oy * ys_y + ox * ys_x;
         if (rd) sum += rd[at];
         yd[at] = sg_activation_apply(act, (float)sum);
       }
@@ -220,14 +220,16 @@ sg_status sg_ref_upsample_nearest2x(const sg_tensor *x, sg_tensor *y) {
   const int64_t channels = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
   const float *xd = cdata(x);
   float *yd = fdata(y);
-  int64_t xs_c, xs_y, xs_x, ys_c, ys_y, ys_x; /* plain or channels-last */
-  sg_image_strides(x, &xs_c, &xs_y, &xs_x);
-  sg_image_strides(y, &ys_c, &ys_y, &ys_x);
+  int64_t xs_y, xs_x, ys_y, ys_x; /* plain, channels-last or blocked */
+  sg_image_strides(x, &xs_y, &xs_x);
+  sg_image_strides(y, &ys_y, &ys_x);
 #pragma omp parallel for
   for (int64_t c = 0; c < channels; c++) {
+    const float *xc = xd + sg_image_channel_offset(x, c);
+    float *yc = yd + sg_image_channel_offset(y, c);
     for (int64_t oy = 0; oy < 2 * in_h; oy++) {
       for (int64_t ox = 0; ox < 2 * in_w; ox++) {
-        yd[c * ys_c + oy * ys_y + ox * ys_x] = xd[c * xs_c + (oy / 2) * xs_y + (ox / 2) * xs_x];
+        yc[oy * ys_y + ox * ys_x] = xc[(oy / 2) * xs_y + (ox / 2) * xs_x];
       }
     }
   }

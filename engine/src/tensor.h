@@ -15,8 +15,11 @@
 typedef enum { SG_F32 = 0, SG_F16 = 1, SG_BF16 = 2, SG_I8 = 3 } sg_dtype;
 
 /* Activations are row-major over dims: images are [C, H, W] (batch 1, NCHW), token sequences are
- * [tokens, channels]. SG_FORMAT_NHWC marks an image stored channels-last, dims still [C, H, W]. */
-typedef enum { SG_FORMAT_PLAIN = 0, SG_FORMAT_NHWC = 1 } sg_format;
+ * [tokens, channels]. SG_FORMAT_NHWC marks an image stored channels-last, dims still [C, H, W];
+ * SG_FORMAT_BLOCKED8 one stored in blocks of 8 channels, [C/8][H][W][8] (oneDNN's nChw8c; C a
+ * multiple of 8): the layout of oneDNN's AVX2 kernels, which run the decoder's convolutions
+ * faster than channels-last. */
+typedef enum { SG_FORMAT_PLAIN = 0, SG_FORMAT_NHWC = 1, SG_FORMAT_BLOCKED8 = 2 } sg_format;
 
 /* What a backend that has packed a weight tensor (reordered into its own layout, see
  * constant_id) may do with the memory of the plain values. */

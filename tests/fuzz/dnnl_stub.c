@@ -21,6 +21,11 @@ int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
   return 0;
 }
 
+int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 0;
+}
+
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
   (void)dnnl;
   return 0;

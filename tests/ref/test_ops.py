@@ -130,7 +130,8 @@ def linear_case(name, m, k, n, act="none", bias=True, repeat=1, residual=None,
 
 
 def nhwc(case, x_nhwc, y_nhwc):
-    """The case run with x and/or y (and the residual) stored channels-last by sgcheck."""
+    """The case run with x and/or y (and the residual) stored channels-last (1) or in blocks of
+    8 channels (2) by sgcheck."""
     name, meta, inputs, y = case
     return name, dict(meta, x_nhwc=x_nhwc, y_nhwc=y_nhwc), inputs, y
 
@@ -327,6 +328,18 @@ def all_cases():
                          residual="in_y"), 1, 1),
         nhwc(conv2d_case("conv2d grouped stride2 nhwc", 16, 32, 9, 12, 3, 2, 1, 4, "silu"), 1, 1),
         nhwc(upsample_case("upsample nhwc", 24, 5, 7), 1, 1),
+        # Images stored in blocks of 8 channels (nChw8c; 2), from and to the other layouts.
+        nhwc(conv2d_case("conv2d 1x1 blocked relu", 48, 80, 9, 13, 1, 1, 0, 1, "relu", repeat=2),
+             2, 2),
+        nhwc(conv2d_case("conv2d depthwise blocked", 40, 40, 12, 7, 3, 1, 1, 40), 2, 2),
+        nhwc(conv2d_case("conv2d 3x3 plain to blocked", 16, 64, 8, 8, 3, 1, 1, 1, "relu"), 0, 2),
+        nhwc(conv2d_case("conv2d 3x3 blocked to plain", 48, 3, 10, 12, 3, 1, 1, 1), 2, 0),
+        nhwc(conv2d_case("conv2d 3x3 blocked to nhwc", 24, 16, 7, 9, 3, 1, 1, 1, "silu"), 2, 1),
+        nhwc(conv2d_case("conv2d 1x1 blocked residual relu", 32, 32, 6, 10, 1, 1, 0, 1, "relu",
+                         residual="other"), 2, 2),
+        nhwc(conv2d_case("conv2d 3x3 blocked residual in y", 16, 16, 6, 5, 3, 1, 1, 1,
+                         residual="in_y"), 2, 2),
+        nhwc(upsample_case("upsample blocked", 24, 5, 7), 2, 2),
         # Plain weights released after packing (the packed copy is then the only one).
         weights_memory(linear_case("linear handoff repeat", 40, 96, 160, "gelu_erf", repeat=2),
                        "handoff"),

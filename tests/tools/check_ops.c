@@ -30,10 +30,11 @@
  * rows (a new primitive, made after the release), which then give y's first M-1 rows;
  * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
  * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample; x_nhwc also group_norm) run the op on x / y (and the
- * residual) stored channels-last: the case's tensors stay plain, converted here before and after
- * the op; "w_int8" = 1 (linear) passes w quantized by sg_quantize_rows_int8 (an SG_I8 tensor);
- * "w_bf16" = 1 (linear) passes w rounded to bf16 (an SG_BF16 tensor); "widen_block_kb" = n
- * (linear) widens such weights n KiB of f32 rows at a time (SNAPGEN_WIDEN_BLOCK_KB). */
+ * residual) stored channels-last, = 2 (conv2d, upsample) in blocks of 8 channels: the case's
+ * tensors stay plain, converted here before and after the op; "w_int8" = 1 (linear) passes w
+ * quantized by sg_quantize_rows_int8 (an SG_I8 tensor); "w_bf16" = 1 (linear) passes w rounded to
+ * bf16 (an SG_BF16 tensor); "widen_block_kb" = n (linear) widens such weights n KiB of f32 rows at
+ * a time (SNAPGEN_WIDEN_BLOCK_KB). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -116,31 +117,44 @@ static sg_status residual_input(const case_file *c, sg_tensor *storage, sg_tenso
   return SG_OK;
 }
 
-/* A channels-last copy of image t (malloc'd into *owned) when the metadata flag is set. */
+/* Where value (channel ch, pixel i of H*W) of a [C,H,W] image sits in a layout: written out
+ * here, independent of the engine's own offsets, so the tests check those. */
+static int64_t layout_index(sg_format format, int64_t C, int64_t HW, int64_t ch, int64_t i) {
+  if (format == SG_FORMAT_NHWC) return i * C + ch;
+  if (format == SG_FORMAT_BLOCKED8) return ((ch / 8) * HW + i) * 8 + ch % 8;
+  return ch * HW + i;
+}
+
+/* A copy of image t (malloc'd into *owned) stored channels-last (flag value 1) or in blocks of 8
+ * channels (2) when the metadata flag is set. */
 static sg_status maybe_nhwc(const case_file *c, const char *flag, sg_tensor *t, float **owned,
                             sg_error *error) {
   *owned = NULL;
-  if (!meta_int(c, flag, 0) || t->ndim != 3) return SG_OK;
-  const int64_t C = t->dims[0], H = t->dims[1], W = t->dims[2];
+  const int layout = meta_int(c, flag, 0);
+  if (!layout || t->ndim != 3) return SG_OK;
+  const sg_format format = layout == 2 ? SG_FORMAT_BLOCKED8 : SG_FORMAT_NHWC;
+  const int64_t C = t->dims[0], HW = t->dims[1] * t->dims[2];
   *owned = malloc(sg_tensor_nbytes(t));
   if (!*owned) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a relayout");
   const float *plain = t->data;
   for (int64_t ch = 0; ch < C; ch++)
-    for (int64_t i = 0; i < H * W; i++) (*owned)[i * C + ch] = plain[ch * H * W + i];
+    for (int64_t i = 0; i < HW; i++)
+      (*owned)[layout_index(format, C, HW, ch, i)] = plain[ch * HW + i];
   t->data = *owned;
-  t->format = SG_FORMAT_NHWC;
+  t->format = format;
   return SG_OK;
 }
 
-/* Turns a channels-last y back into the plain layout in place. */
+/* Turns a channels-last or blocked y back into the plain layout in place. */
 static void plain_again(sg_tensor *y) {
-  if (y->format != SG_FORMAT_NHWC) return;
+  if (y->format == SG_FORMAT_PLAIN) return;
   const int64_t C = y->dims[0], HW = y->dims[1] * y->dims[2];
   float *copy = malloc(sg_tensor_nbytes(y)), *data = y->data;
   if (!copy) return;
   memcpy(copy, data, sg_tensor_nbytes(y));
   for (int64_t ch = 0; ch < C; ch++)
-    for (int64_t i = 0; i < HW; i++) data[ch * HW + i] = copy[i * C + ch];
+    for (int64_t i = 0; i < HW; i++)
+      data[ch * HW + i] = copy[layout_index(y->format, C, HW, ch, i)];
   free(copy);
   y->format = SG_FORMAT_PLAIN;
 }
@@ -366,7 +380,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
     TRY(make_output(x->ndim, dims, &y, error));
     TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
-    if (meta_int(c, "x_nhwc", 0)) y.format = SG_FORMAT_NHWC;
+    if (meta_int(c, "x_nhwc", 0)) y.format = x->format;
     for (int i = 0; i < repeat; i++) TRY(sg_upsample_nearest2x(be, x, &y, error));
     plain_again(&y);
   } else if (!strcmp(op, "concat")) {
