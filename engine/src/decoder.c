@@ -417,9 +417,9 @@ static sg_status run_stages(const sg_decoder *decoder, sg_backend *be, const til
       sg_tensor mid = image_in(current->format, t1, C, H, W);
       TRY_CFG(conv_forward(be, &blk->conv[0], current, SG_ACT_RELU, NULL, t0, &out, error));
       TRY_CFG(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
-      /* relu(conv3 + block input): the residual add and ReLU fused into the last conv. */
-      TRY_CFG(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, current, t0, &out, error));
-      *current = out;
+      /* relu(conv3 + block input) over the block input: the residual add and ReLU fused into the
+       * last conv, which adds into what its output holds (no copy of the residual). */
+      TRY_CFG(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, current, t0, current, error));
     }
     if (i == last) break;
     float *other = current->data == a ? b : a;
@@ -518,11 +518,12 @@ static decode_layout layout_for(const sg_decoder_config *c, int64_t h, int64_t w
 }
 
 /* Arena layout: [clamped latent][factor][A][B][T0][T1][kept][tile latent][tile image], A..T1
- * sized for the largest activation of any part (all in the decoder_layout; the latent and the image
- * are plain). A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> B (depthwise outputs in
- * T0), adds A into B; then A and B swap roles. The early stages (few pixels, many channels: costly
- * to tile, whose margins are widest there) run on the whole image as long as that takes no more
- * memory than a tile of the later ones; their output is kept and cropped for each tile. */
+ * sized for the largest activation of any part (all in the decoder_layout; the latent and the
+ * image are plain). A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> A, adding into it
+ * (depthwise outputs in T0); the crop and the upsample's conv between stages move to the other
+ * of A and B. The early stages (few pixels, many channels: costly to tile, whose margins are
+ * widest there) run on the whole image as long as that takes no more memory than a tile of the
+ * later ones; their output is kept and cropped for each tile. */
 sg_status sg_decoder_forward_tiled(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
                                    const sg_tensor *latent, int tile, int whole_stages,
                                    sg_tensor *image, sg_error *error) {
