@@ -286,6 +286,32 @@ static sg_format decoder_layout(const sg_decoder_config *c, sg_backend *be) {
   return SG_FORMAT_BLOCKED8;
 }
 
+/* One block, current = relu(conv3(relu(conv2(relu(conv1(current))))) + current), written over
+ * current; other, t0 and t1 hold activations of its size. Separable: the 1x1 half of conv1 and
+ * conv2 runs with the depthwise half of the next conv (sg_pointwise_depthwise), so the
+ * intermediate between them need not go to memory; the last conv adds into what its output
+ * holds (no copy of the residual). */
+static sg_status block_forward(sg_backend *be, const decoder_block *blk, sg_tensor *current,
+                               float *other, float *t0, float *t1, sg_error *error) {
+  const int64_t C = current->dims[0], H = current->dims[1], W = current->dims[2];
+  sg_tensor out = image_in(current->format, other, C, H, W);
+  sg_tensor mid = image_in(current->format, t1, C, H, W);
+  if (!blk->conv[0].separable) {
+    TRY_CFG(conv_forward(be, &blk->conv[0], current, SG_ACT_RELU, NULL, t0, &out, error));
+    TRY_CFG(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
+    return conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, current, t0, current, error);
+  }
+  const conv_unit *u = blk->conv;
+  sg_tensor depthwise = image_in(current->format, t0, C, H, W);
+  TRY_CFG(sg_conv2d(be, current, &u[0].dw, NULL, 1, 1, (int)C, SG_ACT_NONE, &depthwise, error));
+  TRY_CFG(sg_pointwise_depthwise(be, &depthwise, &u[0].pw_w, u[0].has_bias ? &u[0].pw_b : NULL,
+                                 SG_ACT_RELU, &u[1].dw, &mid, &out, error));
+  TRY_CFG(sg_pointwise_depthwise(be, &out, &u[1].pw_w, u[1].has_bias ? &u[1].pw_b : NULL,
+                                 SG_ACT_RELU, &u[2].dw, &mid, &depthwise, error));
+  return sg_conv2d_residual(be, &depthwise, &u[2].pw_w, u[2].has_bias ? &u[2].pw_b : NULL, 1, 0, 1,
+                            SG_ACT_RELU, current, current, error);
+}
+
 /* ---- tiles ----
  * Every convolution is 3×3 (or depthwise 3×3 + 1×1): each widens the receptive field by one pixel
  * of its stage. A tile decodes its core (a rectangle of the latent) from the core grown by a
@@ -411,15 +437,8 @@ static sg_status run_stages(const sg_decoder *decoder, sg_backend *be, const til
     const decoder_stage *st = &decoder->stages[i];
     int64_t C = st->channels, H = current->dims[1], W = current->dims[2];
     for (int j = i == first && skip_first_blocks ? st->num_blocks : 0; j < st->num_blocks; j++) {
-      const decoder_block *blk = &st->blocks[j];
       float *other = current->data == a ? b : a;
-      sg_tensor out = image_in(current->format, other, C, H, W);
-      sg_tensor mid = image_in(current->format, t1, C, H, W);
-      TRY_CFG(conv_forward(be, &blk->conv[0], current, SG_ACT_RELU, NULL, t0, &out, error));
-      TRY_CFG(conv_forward(be, &blk->conv[1], &out, SG_ACT_RELU, NULL, t0, &mid, error));
-      /* relu(conv3 + block input) over the block input: the residual add and ReLU fused into the
-       * last conv, which adds into what its output holds (no copy of the residual). */
-      TRY_CFG(conv_forward(be, &blk->conv[2], &mid, SG_ACT_RELU, current, t0, current, error));
+      TRY_CFG(block_forward(be, &st->blocks[j], current, other, t0, t1, error));
     }
     if (i == last) break;
     float *other = current->data == a ? b : a;
@@ -519,11 +538,11 @@ static decode_layout layout_for(const sg_decoder_config *c, int64_t h, int64_t w
 
 /* Arena layout: [clamped latent][factor][A][B][T0][T1][kept][tile latent][tile image], A..T1
  * sized for the largest activation of any part (all in the decoder_layout; the latent and the
- * image are plain). A block reads A, writes conv1 -> B, conv2 -> T1, conv3 -> A, adding into it
- * (depthwise outputs in T0); the crop and the upsample's conv between stages move to the other
- * of A and B. The early stages (few pixels, many channels: costly to tile, whose margins are
- * widest there) run on the whole image as long as that takes no more memory than a tile of the
- * later ones; their output is kept and cropped for each tile. */
+ * image are plain). A block works over A with B, T0 and T1 (block_forward); the crop and the
+ * upsample's conv between stages move to the other of A and B. The early stages (few pixels,
+ * many channels: costly to tile, whose margins are widest there) run on the whole image as long
+ * as that takes no more memory than a tile of the later ones; their output is kept and cropped
+ * for each tile. */
 sg_status sg_decoder_forward_tiled(sg_decoder *decoder, sg_backend *be, sg_arena *arena,
                                    const sg_tensor *latent, int tile, int whole_stages,
                                    sg_tensor *image, sg_error *error) {

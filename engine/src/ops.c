@@ -298,6 +298,49 @@ sg_status sg_conv2d_residual(sg_backend *be, const sg_tensor *x, const sg_tensor
   return sg_dnnl_conv2d(be->dnnl, x, w, b, stride, padding, groups, act, residual, y, error);
 }
 
+sg_status sg_pointwise_depthwise(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                                 const sg_tensor *b, sg_activation act, const sg_tensor *dw,
+                                 sg_tensor *mid, sg_tensor *y, sg_error *error) {
+  const char *op = "pointwise_depthwise";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_image(op, "input x", x, error));
+  CHECK(check_tensor(op, "weight", w, 4, 4, error));
+  CHECK(check_tensor(op, "depthwise weight", dw, 4, 4, error));
+  CHECK(check_activation(op, act, error));
+  const int64_t channels = w->dims[0];
+  if (w->dims[1] != x->dims[0] || w->dims[2] != 1 || w->dims[3] != 1) {
+    char ws[96], xs[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: weight %s is not a 1x1 convolution of input x %s", op,
+                   sg_shape_string(w, ws, sizeof ws), sg_shape_string(x, xs, sizeof xs));
+  }
+  if (dw->dims[0] != channels || dw->dims[1] != 1 || dw->dims[2] != 3 || dw->dims[3] != 3) {
+    char ds[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: depthwise weight %s is not [%lld, 1, 3, 3]",
+                   op, sg_shape_string(dw, ds, sizeof ds), (long long)channels);
+  }
+  CHECK(check_vector(op, "bias", b, channels, 1, error));
+  const int64_t out_dims[3] = {channels, x->dims[1], x->dims[2]};
+  CHECK(check_output_layout(op, y, 3, out_dims, IMAGES_ANY, error));
+  if (!mid) return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: mid is missing", op);
+  CHECK(check_tensor_layout(op, "mid", mid, 3, 3, IMAGES_ANY, error));
+  if (!sg_tensor_same_shape(mid, y)) {
+    char ms[96], ys[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT, "%s: mid %s does not match output y %s", op,
+                   sg_shape_string(mid, ms, sizeof ms), sg_shape_string(y, ys, sizeof ys));
+  }
+  CHECK(check_not_aliased(op, y, x, "input x", error));
+  CHECK(check_not_aliased(op, y, mid, "mid", error));
+  CHECK(check_not_aliased(op, mid, x, "input x", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) {
+    sg_status status = sg_ref_conv2d(x, w, b, 1, 0, 1, act, NULL, mid);
+    if (status != SG_OK) return status;
+    return sg_ref_conv2d(mid, dw, NULL, 1, 1, (int)channels, SG_ACT_NONE, NULL, y);
+  }
+  return sg_dnnl_pointwise_depthwise(be->dnnl, x, w, b, act, dw, mid, y, error);
+}
+
 sg_status sg_linear(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     sg_activation act, sg_tensor *y, sg_error *error) {
   return sg_linear_residual(be, x, w, b, act, NULL, y, error);

@@ -7,10 +7,11 @@
 
 /* All activations are f32, contiguous, in the layouts tensor.h describes. Weights are f32 tensors
  * in PyTorch's layouts. Images [C,H,W] may be stored channels-last (SG_FORMAT_NHWC) or in blocks
- * of 8 channels (SG_FORMAT_BLOCKED8) for conv2d (x, y and residual each in any of them; residual
- * as y) and upsampling (y as x): the layouts oneDNN's CPU convolutions work in, so chains of
- * convolutions need no reorders between them. Group norm also takes channels-last images. The
- * other ops take the plain layout. Output tensors are allocated by the caller with the right shape.
+ * of 8 channels (SG_FORMAT_BLOCKED8) for the convolutions (x, y and residual each in any of them;
+ * residual as y) and upsampling (y as x): the layouts oneDNN's CPU convolutions work in, so
+ * chains of convolutions need no reorders between them. Group norm also takes channels-last
+ * images. The other ops take the plain layout. Output tensors are allocated by the caller with
+ * the right shape.
  * Every function returns SG_OK or fills error. In-place (y == x) is allowed for eltwise,
  * binary (y == a), group/layer/rms norm; not for conv, linear, attention. */
 typedef struct sg_backend sg_backend;
@@ -52,6 +53,16 @@ typedef enum {
 sg_status sg_conv2d(sg_backend *be, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                     int stride, int padding, int groups, sg_activation act, sg_tensor *y,
                     sg_error *error);
+
+/* y = conv2d(act(conv2d(x, w) + b), dw): a 1x1 convolution (w [Cm,Ci,1,1], b [Cm] or NULL)
+ * and its activation, then a depthwise 3x3 one (dw [Cm,1,3,3], stride 1, padding 1, no bias), as
+ * chains of separable convolutions have them. The oneDNN backend runs both as one primitive
+ * where that is faster (blocked images in and out, sg_backend_prefers_blocked8: the
+ * intermediate stays in cache); otherwise the intermediate goes through mid ([Cm,H,W], any image
+ * layout), which the op may overwrite either way. y [Cm,H,W] may not share memory with x or mid. */
+sg_status sg_pointwise_depthwise(sg_backend *be, const sg_tensor *x, const sg_tensor *w,
+                                 const sg_tensor *b, sg_activation act, const sg_tensor *dw,
+                                 sg_tensor *mid, sg_tensor *y, sg_error *error);
 
 /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. (PyTorch nn.Linear.) w may be f32, or
  * SG_I8 / SG_BF16 (tensor.h): then it is widened to f32 a few MiB of rows at a time, each block's

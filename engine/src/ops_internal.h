@@ -143,6 +143,9 @@ void sg_dnnl_drop_packed_weights(sg_dnnl *dnnl);
 sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          int stride, int padding, int groups, sg_activation act,
                          const sg_tensor *residual, sg_tensor *y, sg_error *error);
+sg_status sg_dnnl_pointwise_depthwise(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w,
+                                      const sg_tensor *b, sg_activation act, const sg_tensor *dw,
+                                      sg_tensor *mid, sg_tensor *y, sg_error *error);
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          sg_activation act, const sg_tensor *residual, sg_tensor *y,
                          sg_error *error);

@@ -39,5 +39,6 @@ void register_safetensors_tests(sg_test_list *list);
 void register_config_tests(sg_test_list *list);
 void register_sampler_tests(sg_test_list *list);
 void register_tokenizer_tests(sg_test_list *list);
+void register_ops_args_tests(sg_test_list *list);
 
 #endif

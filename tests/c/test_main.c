@@ -35,8 +35,9 @@ struct sg_test {
 };
 
 static void (*const registrations[])(sg_test_list *) = {
-    register_tensor_tests, register_rng_tests,     register_safetensors_tests,
-    register_config_tests, register_sampler_tests, register_tokenizer_tests,
+    register_tensor_tests,   register_rng_tests,     register_safetensors_tests,
+    register_config_tests,   register_sampler_tests, register_tokenizer_tests,
+    register_ops_args_tests,
 };
 
 void sg_test_add(sg_test_list *list, const char *name, sg_test_fn fn) {

@@ -48,6 +48,13 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   return no_dnnl(error);
 }
 
+sg_status sg_dnnl_pointwise_depthwise(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w,
+                                      const sg_tensor *b, sg_activation act, const sg_tensor *dw,
+                                      sg_tensor *mid, sg_tensor *y, sg_error *error) {
+  (void)dnnl, (void)x, (void)w, (void)b, (void)act, (void)dw, (void)mid, (void)y;
+  return no_dnnl(error);
+}
+
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          sg_activation act, const sg_tensor *residual, sg_tensor *y,
                          sg_error *error) {

@@ -204,6 +204,20 @@ def softmax_case(name, m, n, inplace=0):
     return name, {"op": "softmax", "inplace": inplace}, {"x": x}, F.softmax(d(x), dim=-1)
 
 
+def pointwise_depthwise_case(name, cin, cmid, h, w, act="relu", bias=True, repeat=1):
+    """A 1x1 convolution and its activation, then a depthwise 3x3 one (sg_pointwise_depthwise)."""
+    x, wt = rand(cin, h, w), rand(cmid, cin, 1, 1) / math.sqrt(cin)
+    dw = rand(cmid, 1, 3, 3) / 3.0
+    inputs = {"x": x, "w": wt, "dw": dw}
+    b = None
+    if bias:
+        b = rand(cmid)
+        inputs["b"] = b
+    mid = ACTIVATIONS[act](F.conv2d(d(x)[None], d(wt), d(b) if bias else None))
+    y = F.conv2d(mid, d(dw), None, 1, 1, 1, cmid)[0]
+    return name, {"op": "pointwise_depthwise", "act": act, "repeat": repeat}, inputs, y
+
+
 def upsample_case(name, c, h, w):
     x = rand(c, h, w)
     y = F.interpolate(d(x)[None], scale_factor=2, mode="nearest")[0]
@@ -340,6 +354,16 @@ def all_cases():
         nhwc(conv2d_case("conv2d 3x3 blocked residual in y", 16, 16, 6, 5, 3, 1, 1, 1,
                          residual="in_y"), 2, 2),
         nhwc(upsample_case("upsample blocked", 24, 5, 7), 2, 2),
+        # A 1x1 convolution chained with a depthwise one: fused by oneDNN for blocked images.
+        nhwc(pointwise_depthwise_case("pointwise_depthwise blocked", 48, 80, 13, 11, repeat=2), 2,
+             2),
+        nhwc(pointwise_depthwise_case("pointwise_depthwise blocked no bias silu", 16, 24, 9, 17,
+                                      "silu", bias=False), 2, 2),
+        nhwc(pointwise_depthwise_case("pointwise_depthwise blocked one row", 8, 16, 1, 7), 2, 2),
+        nhwc(pointwise_depthwise_case("pointwise_depthwise nhwc", 32, 40, 10, 9), 1, 1),
+        pointwise_depthwise_case("pointwise_depthwise plain", 24, 16, 7, 12, "none"),
+        nhwc(pointwise_depthwise_case("pointwise_depthwise plain to blocked", 12, 32, 6, 6), 0,
+             2),
         # Plain weights released after packing (the packed copy is then the only one).
         weights_memory(linear_case("linear handoff repeat", 40, 96, 160, "gelu_erf", repeat=2),
                        "handoff"),

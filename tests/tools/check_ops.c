@@ -220,7 +220,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   sg_backend *be = sg_backend_new(kind, 0, error);
   if (!be) return error->status;
 
-  sg_tensor storage[6], y = {0}, y2 = {0}, residual_storage;
+  sg_tensor storage[6], y = {0}, y2 = {0}, mid = {0}, residual_storage;
   const sg_tensor *residual = NULL;
   float *x_owned = NULL, *y_owned = NULL, *r_owned = NULL; /* channels-last copies (y's: y.data) */
   void *w_mapping = NULL; /* weights_memory = handoff */
@@ -375,6 +375,31 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
       }
     }
     plain_again(&y);
+  } else if (!strcmp(op, "pointwise_depthwise")) {
+    const sg_tensor *dw = NULL;
+    TRY(input(c, "x", 0, &storage[0], &x, error));
+    TRY(input(c, "w", 0, &storage[1], &w, error));
+    TRY(input(c, "b", 1, &storage[2], &b, error));
+    TRY(input(c, "dw", 0, &storage[3], &dw, error));
+    storage[1].constant_id = storage[3].constant_id = constant_id;
+    if (x->ndim != 3 || w->ndim != 4) {
+      status = sg_fail(error, SG_ERR_FORMAT,
+                       "%s: pointwise_depthwise needs x [C,H,W] and w "
+                       "[O,C,1,1]",
+                       c->path);
+      goto done;
+    }
+    int64_t dims[3] = {w->dims[0], x->dims[1], x->dims[2]};
+    TRY(make_output(3, dims, &y, error));
+    TRY(make_output(3, dims, &mid, error)); /* in y's layout */
+    TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
+    float *y_plain = y.data;
+    TRY(maybe_nhwc(c, "y_nhwc", &y, &y_owned, error));
+    if (y_owned) free(y_plain);
+    mid.format = y.format;
+    for (int i = 0; i < repeat; i++)
+      TRY(sg_pointwise_depthwise(be, x, w, b, act, dw, &mid, &y, error));
+    plain_again(&y);
   } else if (!strcmp(op, "upsample")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
@@ -437,6 +462,7 @@ done:
   unsetenv("SNAPGEN_WIDEN_BLOCK_KB"); /* widen_block_kb */
   free(y.data);
   free(y2.data);
+  free(mid.data);
   free(x_owned);
   free(r_owned);
   if (w_mapping) munmap(w_mapping, sg_weight_mapping_bytes(w_bytes));
