@@ -584,6 +584,27 @@ sg_status sg_softmax(sg_backend *be, const sg_tensor *x, sg_tensor *y, sg_error 
   return sg_dnnl_softmax(be->dnnl, x, y, error);
 }
 
+sg_status sg_sum_taps3x3(sg_backend *be, const sg_tensor *z, const sg_tensor *b, sg_tensor *y,
+                         sg_error *error) {
+  const char *op = "sum_taps3x3";
+  CHECK(check_backend(op, be, error));
+  CHECK(check_image(op, "input z", z, error));
+  CHECK(check_tensor(op, "output y", y, 3, 3, error));
+  const int64_t outputs = y->dims[0];
+  if (z->dims[0] < 9 * outputs || z->dims[1] != y->dims[1] || z->dims[2] != y->dims[2]) {
+    char zs[96], ys[96];
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "%s: input z %s needs 9 planes per output of y %s, each of y's size", op,
+                   sg_shape_string(z, zs, sizeof zs), sg_shape_string(y, ys, sizeof ys));
+  }
+  CHECK(check_vector(op, "bias", b, outputs, 1, error));
+  CHECK(check_not_aliased(op, y, z, "input z", error));
+  use_threads(be);
+  if (be->kind == SG_BACKEND_REFERENCE) return sg_ref_sum_taps3x3(z, b, y);
+  sg_fast_sum_taps3x3(z, b ? (const float *)b->data : NULL, y);
+  return SG_OK;
+}
+
 sg_status sg_upsample_nearest2x(sg_backend *be, const sg_tensor *x, sg_tensor *y,
                                 sg_error *error) {
   const char *op = "upsample_nearest2x";

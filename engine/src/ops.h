@@ -64,6 +64,14 @@ sg_status sg_pointwise_depthwise(sg_backend *be, const sg_tensor *x, const sg_te
                                  const sg_tensor *b, sg_activation act, const sg_tensor *dw,
                                  sg_tensor *mid, sg_tensor *y, sg_error *error);
 
+/* The second half of a 3x3 convolution (stride 1, padding 1) with few outputs, computed as a 1x1
+ * convolution into 9 planes per output (oneDNN runs that near its peak; its 3x3 kernels for 3
+ * outputs do not): y[o] = b[o] + the sum over taps t = 3·ky + kx of plane z[9·o + t] shifted by
+ * (ky − 1, kx − 1), zero outside. z [≥ 9·Co, H, W] in any image layout (planes past 9·Co are
+ * ignored), b [Co] or NULL, y [Co, H, W] plain. */
+sg_status sg_sum_taps3x3(sg_backend *be, const sg_tensor *z, const sg_tensor *b, sg_tensor *y,
+                         sg_error *error);
+
 /* y[M,N] = act(x[M,K] · w[N,K]ᵀ + b[N]); b may be NULL. (PyTorch nn.Linear.) w may be f32, or
  * SG_I8 / SG_BF16 (tensor.h): then it is widened to f32 a few MiB of rows at a time, each block's
  * product computed while the block is in cache. */

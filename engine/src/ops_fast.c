@@ -111,6 +111,32 @@ void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols) {
   }
 }
 
+/* One row of y at a time: the bias, then the 9 shifted rows of its planes added in (each a
+ * strided walk through z's layout). */
+void sg_fast_sum_taps3x3(const sg_tensor *z, const float *bias, sg_tensor *y) {
+  const int64_t outputs = y->dims[0], height = y->dims[1], width = y->dims[2];
+  int64_t zs_y, zs_x;
+  sg_image_strides(z, &zs_y, &zs_x);
+  const float *zd = z->data;
+  float *yd = y->data;
+#pragma omp parallel for
+  for (int64_t row = 0; row < outputs * height; row++) {
+    const int64_t o = row / height, oy = row % height;
+    float *acc = yd + row * width;
+    for (int64_t x = 0; x < width; x++) acc[x] = bias ? bias[o] : 0.0f;
+    for (int64_t ky = 0; ky < 3; ky++) {
+      const int64_t iy = oy + ky - 1;
+      if (iy < 0 || iy >= height) continue;
+      for (int64_t kx = 0; kx < 3; kx++) {
+        const int64_t dx = kx - 1;
+        const float *plane = zd + sg_image_channel_offset(z, 9 * o + 3 * ky + kx) + iy * zs_y;
+        const int64_t first = dx < 0 ? 1 : 0, end = dx > 0 ? width - 1 : width;
+        for (int64_t x = first; x < end; x++) acc[x] += plane[(x + dx) * zs_x];
+      }
+    }
+  }
+}
+
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to) {
   const int64_t channels = from->dims[0], height = from->dims[1], width = from->dims[2];
   int64_t fy, fx, ty, tx;

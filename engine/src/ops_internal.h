@@ -84,6 +84,7 @@ sg_status sg_ref_rms_norm(const sg_tensor *x, const sg_tensor *w, float eps, flo
                           sg_tensor *y);
 sg_status sg_ref_softmax(const sg_tensor *x, sg_tensor *y);
 sg_status sg_ref_upsample_nearest2x(const sg_tensor *x, sg_tensor *y);
+sg_status sg_ref_sum_taps3x3(const sg_tensor *z, const sg_tensor *b, sg_tensor *y);
 sg_status sg_ref_concat(const sg_tensor *a, const sg_tensor *b, sg_tensor *y);
 sg_status sg_ref_transpose(const sg_tensor *x, sg_tensor *y);
 sg_status sg_ref_attention(const sg_tensor *q, const sg_tensor *k, const sg_tensor *v,
@@ -99,6 +100,8 @@ void sg_fast_softmax(const float *x, float *y, int64_t rows, int64_t cols); /* y
 /* groups == channels of x == channels of y */
 void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                               int stride, int padding, sg_activation act, sg_tensor *y);
+/* sg_sum_taps3x3 (ops.h) on the oneDNN backend: rows of y added up from shifted rows of z. */
+void sg_fast_sum_taps3x3(const sg_tensor *z, const float *bias, sg_tensor *y);
 /* Copies image from into to, which has its shape, converting between its layouts (tensor.h). */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
 /* Group norm (no activation) of x [pixels, channels] into y (may be x), using scratch of

@@ -236,6 +236,31 @@ sg_status sg_ref_upsample_nearest2x(const sg_tensor *x, sg_tensor *y) {
   return SG_OK;
 }
 
+sg_status sg_ref_sum_taps3x3(const sg_tensor *z, const sg_tensor *b, sg_tensor *y) {
+  const int64_t outputs = y->dims[0], height = y->dims[1], width = y->dims[2];
+  const float *zd = cdata(z), *bd = b ? cdata(b) : NULL;
+  float *yd = fdata(y);
+  int64_t zs_y, zs_x;
+  sg_image_strides(z, &zs_y, &zs_x);
+#pragma omp parallel for
+  for (int64_t o = 0; o < outputs; o++) {
+    for (int64_t oy = 0; oy < height; oy++) {
+      for (int64_t ox = 0; ox < width; ox++) {
+        double sum = bd ? bd[o] : 0.0;
+        for (int64_t ky = 0; ky < 3; ky++) {
+          for (int64_t kx = 0; kx < 3; kx++) {
+            const int64_t iy = oy + ky - 1, ix = ox + kx - 1;
+            if (iy < 0 || iy >= height || ix < 0 || ix >= width) continue;
+            sum += zd[sg_image_channel_offset(z, 9 * o + 3 * ky + kx) + iy * zs_y + ix * zs_x];
+          }
+        }
+        yd[(o * height + oy) * width + ox] = (float)sum;
+      }
+    }
+  }
+  return SG_OK;
+}
+
 sg_status sg_ref_concat(const sg_tensor *a, const sg_tensor *b, sg_tensor *y) {
   /* Both layouts are "outer rows of a's part then b's part": [Ca,H,W] has one outer row. */
   const int64_t outer = a->ndim == 3 ? 1 : a->dims[0];

@@ -1,5 +1,6 @@
 /* test_ops_args.c: the ops refuse images in layouts they do not take, and bad shapes for the
- * fused pointwise + depthwise convolution, with messages that say why (both backends). */
+ * fused pointwise + depthwise convolution and the tap sum, with messages that say why (both
+ * backends). */
 #include <string.h>
 
 #include "ops.h"
@@ -91,9 +92,39 @@ static void test_pointwise_depthwise_onednn(sg_test *t) {
   pointwise_depthwise_on(t, SG_BACKEND_ONEDNN);
 }
 
+static void sum_taps_on(sg_test *t, sg_backend_kind kind) {
+  sg_error error = {0};
+  sg_backend *be = sg_backend_new(kind, 1, &error);
+  CHECK(t, be != NULL);
+  if (!be) return;
+  static float z_data[32 * 6 * 6], y_data[4 * 6 * 6];
+  /* 4 outputs need 36 planes; 32 are too few. */
+  sg_tensor z = image(z_data, 32, 6, 6, SG_FORMAT_BLOCKED8);
+  sg_tensor y4 = image(y_data, 4, 6, 6, SG_FORMAT_PLAIN);
+  sg_status status = sg_sum_taps3x3(be, &z, NULL, &y4, &error);
+  check_refused(t, status, &error, "needs 9 planes per output of y [4, 6, 6]");
+  /* The output is plain. */
+  sg_tensor y8 = image(y_data, 8, 3, 6, SG_FORMAT_BLOCKED8);
+  status = sg_sum_taps3x3(be, &z, NULL, &y8, &error);
+  check_refused(t, status, &error, "this op takes the plain layout");
+  sg_tensor y3 = image(y_data, 3, 6, 6, SG_FORMAT_PLAIN);
+  status = sg_sum_taps3x3(be, &z, NULL, &y3, &error);
+  CHECK_MSG(t, status == SG_OK, "%s", error.message);
+  sg_backend_free(be);
+}
+
+static void test_sum_taps_reference(sg_test *t) {
+  sum_taps_on(t, SG_BACKEND_REFERENCE);
+}
+static void test_sum_taps_onednn(sg_test *t) {
+  sum_taps_on(t, SG_BACKEND_ONEDNN);
+}
+
 void register_ops_args_tests(sg_test_list *list) {
   sg_test_add(list, "ops/layouts_reference", test_layouts_reference);
   sg_test_add(list, "ops/layouts_onednn", test_layouts_onednn);
   sg_test_add(list, "ops/pointwise_depthwise_reference", test_pointwise_depthwise_reference);
   sg_test_add(list, "ops/pointwise_depthwise_onednn", test_pointwise_depthwise_onednn);
+  sg_test_add(list, "ops/sum_taps_reference", test_sum_taps_reference);
+  sg_test_add(list, "ops/sum_taps_onednn", test_sum_taps_onednn);
 }

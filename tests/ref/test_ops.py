@@ -218,6 +218,22 @@ def pointwise_depthwise_case(name, cin, cmid, h, w, act="relu", bias=True, repea
     return name, {"op": "pointwise_depthwise", "act": act, "repeat": repeat}, inputs, y
 
 
+def sum_taps3x3_case(name, planes, outputs, h, w, bias=True):
+    """sg_sum_taps3x3: y[o] = b[o] + the 9 planes z[9o + 3ky + kx] shifted by (ky-1, kx-1), as a
+    grouped convolution with one-hot 3x3 kernels in PyTorch."""
+    z = rand(planes, h, w)
+    inputs = {"z": z}
+    b = None
+    if bias:
+        b = rand(outputs)
+        inputs["b"] = b
+    one_hot = torch.zeros(outputs, 9, 3, 3, dtype=torch.float64)
+    for t in range(9):
+        one_hot[:, t, t // 3, t % 3] = 1.0
+    y = F.conv2d(d(z[:9 * outputs])[None], one_hot, d(b) if bias else None, 1, 1, 1, outputs)[0]
+    return name, {"op": "sum_taps3x3", "outputs": outputs}, inputs, y
+
+
 def upsample_case(name, c, h, w):
     x = rand(c, h, w)
     y = F.interpolate(d(x)[None], scale_factor=2, mode="nearest")[0]
@@ -354,6 +370,12 @@ def all_cases():
         nhwc(conv2d_case("conv2d 3x3 blocked residual in y", 16, 16, 6, 5, 3, 1, 1, 1,
                          residual="in_y"), 2, 2),
         nhwc(upsample_case("upsample blocked", 24, 5, 7), 2, 2),
+        # The tap sum that finishes a 3x3 convolution with few outputs (the decoder's conv_out).
+        nhwc(sum_taps3x3_case("sum_taps3x3 blocked", 32, 3, 19, 23), 2, 0),
+        sum_taps3x3_case("sum_taps3x3 plain no bias", 27, 3, 8, 5, bias=False),
+        nhwc(sum_taps3x3_case("sum_taps3x3 nhwc two outputs", 24, 2, 6, 11), 1, 0),
+        nhwc(sum_taps3x3_case("sum_taps3x3 blocked one column", 16, 1, 7, 1), 2, 0),
+        sum_taps3x3_case("sum_taps3x3 one row", 9, 1, 1, 6),
         # A 1x1 convolution chained with a depthwise one: fused by oneDNN for blocked images.
         nhwc(pointwise_depthwise_case("pointwise_depthwise blocked", 48, 80, 13, 11, repeat=2), 2,
              2),

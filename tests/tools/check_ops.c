@@ -30,7 +30,8 @@
  * rows (a new primitive, made after the release), which then give y's first M-1 rows;
  * conv2d with a tensor "x2" also runs on x2 (same weights, no residual, plain) into output "y2";
  * "x_nhwc" / "y_nhwc" = 1 (conv2d, upsample; x_nhwc also group_norm) run the op on x / y (and the
- * residual) stored channels-last, = 2 (conv2d, upsample) in blocks of 8 channels: the case's
+ * residual) stored channels-last, = 2 (conv2d, upsample, pointwise_depthwise; x_nhwc also
+ * sum_taps3x3, whose input is z) in blocks of 8 channels: the case's
  * tensors stay plain, converted here before and after the op; "w_int8" = 1 (linear) passes w
  * quantized by sg_quantize_rows_int8 (an SG_I8 tensor); "w_bf16" = 1 (linear) passes w rounded to
  * bf16 (an SG_BF16 tensor); "widen_block_kb" = n (linear) widens such weights n KiB of f32 rows at
@@ -400,6 +401,17 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     for (int i = 0; i < repeat; i++)
       TRY(sg_pointwise_depthwise(be, x, w, b, act, dw, &mid, &y, error));
     plain_again(&y);
+  } else if (!strcmp(op, "sum_taps3x3")) {
+    TRY(input(c, "z", 0, &storage[0], &x, error));
+    TRY(input(c, "b", 1, &storage[2], &b, error));
+    if (x->ndim != 3) {
+      status = sg_fail(error, SG_ERR_FORMAT, "%s: sum_taps3x3 needs z [C,H,W]", c->path);
+      goto done;
+    }
+    int64_t dims[3] = {meta_int(c, "outputs", 1), x->dims[1], x->dims[2]};
+    TRY(make_output(3, dims, &y, error));
+    TRY(maybe_nhwc(c, "x_nhwc", &storage[0], &x_owned, error));
+    for (int i = 0; i < repeat; i++) TRY(sg_sum_taps3x3(be, x, b, &y, error));
   } else if (!strcmp(op, "upsample")) {
     TRY(input(c, "x", 0, &storage[0], &x, error));
     int64_t dims[3] = {x->dims[0], 2 * x->dims[1], x->ndim == 3 ? 2 * x->dims[2] : 0};
