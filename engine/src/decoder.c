@@ -253,7 +253,8 @@ static void make_taps_weights(sg_decoder *d) {
   const int64_t planes = taps_planes(c), in = c->channels[c->num_stages - 1];
   if (planes == 0) return;
   const int64_t dims[4] = {planes, in, 1, 1};
-  float *rows = g_new0(float, planes *in);
+  const int64_t count = planes * in;
+  float *rows = g_new0(float, count);
   const float *w = d->conv_out_w.data; /* [out, in, 3, 3] */
   for (int64_t o = 0; o < c->out_channels; o++)
     for (int64_t t = 0; t < 9; t++)

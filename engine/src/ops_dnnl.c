@@ -970,25 +970,32 @@ static sg_status pointwise_depthwise_build(sg_dnnl *dnnl, const char *key, const
   const_dnnl_memory_desc_t dw_user = md_plain(&b, 5, dw_dims, NULL);
   const_dnnl_memory_desc_t bias_md = has_bias ? md_plain(&b, 1, bias_dims, NULL) : NULL;
   const_dnnl_memory_desc_t w_any = md_any(&b, 4, w_dims);
-  TRY(&b, dnnl_primitive_attr_create(&b.attr));
+  if (b.status != dnnl_success) return build_finish(&b, key, "pointwise_depthwise", out, error);
+  /* The activation, then the depthwise convolution (no bias), as post-ops. Not fused when not
+   * asked for, or where oneDNN cannot (not an error: the two convolutions run). */
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_status_t fused =
+      blocked && dnnl->fallback != FALLBACK_ALWAYS ? dnnl_success : dnnl_unimplemented;
   dnnl_post_ops_t chain = NULL;
-  TRY(&b, dnnl_post_ops_create(&chain));
-  if (act != SG_ACT_NONE) {
+  if (fused == dnnl_success) fused = dnnl_primitive_attr_create(&b.attr);
+  if (fused == dnnl_success) fused = dnnl_post_ops_create(&chain);
+  if (fused == dnnl_success && act != SG_ACT_NONE) {
     float alpha;
     dnnl_alg_kind_t alg = activation_alg(act, &alpha);
-    TRY(&b, dnnl_post_ops_append_eltwise(chain, alg, alpha, 0.0f));
+    fused = dnnl_post_ops_append_eltwise(chain, alg, alpha, 0.0f);
   }
-  TRY(&b, dnnl_post_ops_append_dw(chain, dnnl_f32, dnnl_data_type_undef, dnnl_f32, 3, 1, 1));
-  TRY(&b, dnnl_primitive_attr_set_post_ops(b.attr, chain));
+  if (fused == dnnl_success) {
+    fused = dnnl_post_ops_append_dw(chain, dnnl_f32, dnnl_data_type_undef, dnnl_f32, 3, 1, 1);
+  }
+  if (fused == dnnl_success) fused = dnnl_primitive_attr_set_post_ops(b.attr, chain);
   if (chain) dnnl_post_ops_destroy(chain);
-  if (b.status != dnnl_success) return build_finish(&b, key, "pointwise_depthwise", out, error);
   const dnnl_dims_t ones = {1, 1}, zeros = {0, 0};
-  dnnl_primitive_desc_t pd = NULL;
-  /* Not fused: not asked for, or not available (not an error: the two convolutions run). */
-  if (!blocked || dnnl->fallback == FALLBACK_ALWAYS ||
-      dnnl_convolution_forward_primitive_desc_create(
-          &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_user, w_any,
-          bias_md, dst_user, ones, zeros, zeros, zeros, b.attr) != dnnl_success) {
+  if (fused == dnnl_success) {
+    fused = dnnl_convolution_forward_primitive_desc_create(
+        &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_user, w_any,
+        bias_md, dst_user, ones, zeros, zeros, zeros, b.attr);
+  }
+  if (fused != dnnl_success) {
     b.op->kernel = KERNEL_OWN;
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
