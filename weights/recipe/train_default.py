@@ -93,6 +93,10 @@ def parse_args(argv=None):
     p.add_argument("--cuda-graphs", action="store_true",
                    help="replay teacher and student forward+backward as CUDA graphs (measured "
                         "no faster on an H200, and each capture costs 30-47 s)")
+    p.add_argument("--compile", action="store_true",
+                   help="run teacher and student forward+backward through torch.compile "
+                        "(checked against eager at the first step, which compiles; eager on "
+                        "any failure). Replaces --cuda-graphs")
     p.add_argument("--profile-steps", type=int, default=0, metavar="N",
                    help="log a torch.profiler table of N teacher/student steps (after 20)")
     p.add_argument("--export-dtype", choices=["f32", "f16", "bf16"], default="f16")

@@ -118,20 +118,26 @@ def attention(q, k, v, heads, kv_heads, head_dim, key_mask=None):
     b, n, _ = q.shape
     s = k.shape[1]
     group = heads // kv_heads
-    # [B, kv, group·N, d]: the query heads sharing one K/V head are stacked along the rows.
+    # [B·kv, group·N, d]: the query heads sharing one K/V head are stacked along the rows. The
+    # products are 3-D (bmm): torch.compile (2.6) fails on the 4-D matmul's backward here.
     q = q.reshape(b, n, kv_heads, group, head_dim).permute(0, 2, 3, 1, 4)
-    q = q.reshape(b, kv_heads, group * n, head_dim)
+    q = q.reshape(b * kv_heads, group * n, head_dim)
     k = k.reshape(b, s, kv_heads, head_dim).permute(0, 2, 3, 1)  # [B, kv, d, S]
+    k = k.reshape(b * kv_heads, head_dim, s)
     v = v.reshape(b, s, kv_heads, head_dim).transpose(1, 2)      # [B, kv, S, d]
-    scores = torch.matmul(q, k) * (1.0 / math.sqrt(head_dim))
+    v = v.reshape(b * kv_heads, s, head_dim)
+    scores = torch.bmm(q, k) * (1.0 / math.sqrt(head_dim))       # [B·kv, group·N, S]
     if key_mask is not None:
         row_empty = ~key_mask.any(dim=1)                          # [B]
         visible = key_mask | row_empty[:, None]                   # avoid all -inf rows (NaN)
+        scores = scores.reshape(b, kv_heads, group * n, s)
         scores = scores.masked_fill(~visible[:, None, None, :], float("-inf"))
+        scores = scores.reshape(b * kv_heads, group * n, s)
     probs = torch.softmax(scores, dim=-1)
     if key_mask is not None:
-        probs = probs * (~row_empty).to(probs.dtype)[:, None, None, None]
-    out = torch.matmul(probs, v)                                  # [B, kv, group·N, d]
+        keep = (~row_empty).to(probs.dtype).repeat_interleave(kv_heads)
+        probs = probs * keep[:, None, None]
+    out = torch.bmm(probs, v)                                     # [B·kv, group·N, d]
     out = out.reshape(b, kv_heads, group, n, head_dim).permute(0, 3, 1, 2, 4)
     return out.reshape(b, n, heads * head_dim)
 

@@ -13,8 +13,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import nets
-from .common import EMA, Clock, Interrupted, StepProfiler, adamw, count_parameters, graphed, \
-    load_checkpoint, lr_factor, save_checkpoint, set_lr
+from .common import EMA, Clock, Interrupted, StepProfiler, adamw, compiled, count_parameters, \
+    graphed, load_checkpoint, lr_factor, save_checkpoint, set_lr
 from .data import load_latents
 from .text import Conditioner, clip_config, encoder_outputs, load_tokenizer, make_text_encoder, \
     tokenize_all, write_tokenizer
@@ -295,8 +295,11 @@ def stage_teacher(run):
                                "warm_from": warm_from})
 
     system.train()
-    forward = graphed(run, TeacherForward(system, run.autocast), sample_inputs(data, batch),
-                      "teacher")
+    if getattr(args, "compile", False):
+        forward = compiled(run, TeacherForward(system, run.autocast), "teacher")
+    else:
+        forward = graphed(run, TeacherForward(system, run.autocast), sample_inputs(data, batch),
+                          "teacher")
     probe = TeacherProbe(run, text_cfg, tokenizer)
     profiler = StepProfiler(run, "teacher")
 
@@ -426,9 +429,13 @@ def stage_students(run):
     sample = sample_inputs(data, batch)
     with torch.no_grad(), run.autocast():
         sample_text = encoder_outputs(teacher["text_encoder"], sample[2])
-    forwards = {v: graphed(run, StudentForward(students[v], v != "none", run.autocast),
-                           sample[:2] + tuple(x.clone() for x in sample_text), f"student {v}")
-                for v in VARIANTS}
+    if getattr(args, "compile", False):
+        forwards = {v: compiled(run, StudentForward(students[v], v != "none", run.autocast),
+                                f"student {v}") for v in VARIANTS}
+    else:
+        forwards = {v: graphed(run, StudentForward(students[v], v != "none", run.autocast),
+                               sample[:2] + tuple(x.clone() for x in sample_text),
+                               f"student {v}") for v in VARIANTS}
     profiler = StepProfiler(run, "students")
     while not clock.finished():
         x0, ids = data.draw(batch)
