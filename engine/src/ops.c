@@ -75,6 +75,15 @@ int sg_backend_prefers_blocked8(sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_blocked8(backend->dnnl);
 }
 
+sg_status sg_backend_set_bf16(sg_backend *backend, int on, sg_error *error) {
+  if (backend->kind != SG_BACKEND_ONEDNN) {
+    if (!on) return SG_OK;
+    return sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+                   "the reference backend computes in f32 only; bf16 needs the oneDNN backend");
+  }
+  return sg_dnnl_set_bf16(backend->dnnl, on, error);
+}
+
 float sg_activation_apply(sg_activation act, float x) {
   double v = x;
   switch (act) {

@@ -27,6 +27,11 @@ int sg_backend_prefers_channels_last(sg_backend *backend);
  * their images in blocks of 8 channels (SG_FORMAT_BLOCKED8): true on the oneDNN backend where its
  * best instructions are AVX2 (its kernels for that layout beat its channels-last ones there). */
 int sg_backend_prefers_blocked8(sg_backend *backend);
+/* bf16 compute (off by default): dense convolutions and the linear layers of model weights
+ * (f32 tensors with a constant_id) read bf16 copies of their input and weights and accumulate and
+ * write f32; everything else stays f32. Refused (SG_ERR_BACKEND, with the reason) on CPUs without
+ * bf16 instructions and on the reference backend. Affects the ops built after the call. */
+sg_status sg_backend_set_bf16(sg_backend *backend, int on, sg_error *error);
 /* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
  * its primitives prefer, made at their first use, and then may give back the memory of the plain
  * values as their sg_weight_memory allows. Bytes held by those copies (0 for the

@@ -50,6 +50,7 @@ struct sg_dnnl {
   int64_t norm_scratch_count;
   void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
   size_t op_buffer_bytes;
+  int bf16; /* convolutions and model-weight matmuls compute in bf16 (set_bf16) */
 };
 
 /* Model weights reordered once into the layout a primitive prefers, kept for every later run of
@@ -371,7 +372,10 @@ static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor
   }
   g_ptr_array_add(tensor->layouts, packed);
   dnnl->packed_bytes += dnnl_memory_desc_get_size(slot->md);
-  if (!tensor->released) release_plain(dnnl, weights, tensor);
+  /* A bf16 copy cannot give back the f32 values: the plain ones are kept then. */
+  dnnl_data_type_t packed_type = dnnl_data_type_undef;
+  dnnl_memory_desc_query(slot->md, dnnl_query_data_type, &packed_type);
+  if (!tensor->released && packed_type == dnnl_f32) release_plain(dnnl, weights, tensor);
   *out = packed->memory;
   return dnnl_success;
 }
@@ -488,14 +492,19 @@ static const_dnnl_memory_desc_t md_plain(builder *b, int ndims, const int64_t *d
   return md;
 }
 
-/* A descriptor that lets the primitive choose its layout. */
-static const_dnnl_memory_desc_t md_any(builder *b, int ndims, const int64_t *dims) {
+/* A descriptor of type dt that lets the primitive choose its layout. */
+static const_dnnl_memory_desc_t md_any_typed(builder *b, int ndims, const int64_t *dims,
+                                             dnnl_data_type_t dt) {
   dnnl_dims_t d;
   for (int i = 0; i < ndims; i++) d[i] = dims[i];
   dnnl_memory_desc_t md = NULL;
-  TRY(b, dnnl_memory_desc_create_with_tag(&md, ndims, d, dnnl_f32, dnnl_format_tag_any));
+  TRY(b, dnnl_memory_desc_create_with_tag(&md, ndims, d, dt, dnnl_format_tag_any));
   keep_md(b, md);
   return md;
+}
+
+static const_dnnl_memory_desc_t md_any(builder *b, int ndims, const int64_t *dims) {
+  return md_any_typed(b, ndims, dims, dnnl_f32);
 }
 
 static dnnl_memory_t add_memory(builder *b, const_dnnl_memory_desc_t md, void *handle) {
@@ -816,11 +825,16 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   const_dnnl_memory_desc_t w_user = md_plain(&b, w_ndims, w_dims, NULL);
   const_dnnl_memory_desc_t dst_user = image_md(&b, dst_dims, y);
   const_dnnl_memory_desc_t bias_md = has_bias ? md_plain(&b, 1, bias_dims, NULL) : NULL;
+  /* In bf16 mode a dense convolution reads a bf16 copy of x (made by a reorder step) and bf16
+   * weights (packed once), and accumulates and writes f32. Depthwise ones stay f32: they are
+   * bound by memory, not by arithmetic. */
+  const dnnl_data_type_t compute = dnnl->bf16 && groups == 1 ? dnnl_bf16 : dnnl_f32;
   /* A blocked image is taken as it is: "any" would pick channels-last on the CPUs where the
    * blocked kernels are the faster ones (sg_dnnl_prefers_blocked8). */
-  const_dnnl_memory_desc_t src_any =
-      x->format == SG_FORMAT_BLOCKED8 ? src_user : md_any(&b, 4, src_dims);
-  const_dnnl_memory_desc_t w_any = md_any(&b, w_ndims, w_dims);
+  const_dnnl_memory_desc_t src_any = x->format == SG_FORMAT_BLOCKED8 && compute == dnnl_f32
+                                         ? src_user
+                                         : md_any_typed(&b, 4, src_dims, compute);
+  const_dnnl_memory_desc_t w_any = md_any_typed(&b, w_ndims, w_dims, compute);
   const_dnnl_memory_desc_t dst_any =
       y->format == SG_FORMAT_BLOCKED8 ? dst_user : md_any(&b, 4, dst_dims);
   dnnl_primitive_attr_t attr = residual_attr(&b, residual, act);
@@ -918,6 +932,70 @@ int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
   return dnnl->conv_speed > 0;
 }
 
+static const char *isa_name(dnnl_cpu_isa_t isa) {
+  switch (isa) {
+    case dnnl_cpu_isa_sse41:
+      return "SSE4.1";
+    case dnnl_cpu_isa_avx:
+      return "AVX";
+    case dnnl_cpu_isa_avx2:
+      return "AVX2";
+    case dnnl_cpu_isa_avx2_vnni:
+      return "AVX2 with VNNI";
+    case dnnl_cpu_isa_avx2_vnni_2:
+      return "AVX2 with VNNI-INT8 and NE-convert";
+    case dnnl_cpu_isa_avx512_core:
+      return "AVX-512";
+    case dnnl_cpu_isa_avx512_core_vnni:
+      return "AVX-512 with VNNI";
+    case dnnl_cpu_isa_avx512_core_bf16:
+      return "AVX-512 with BF16";
+    case dnnl_cpu_isa_avx10_1_512:
+      return "AVX-512 with FP16";
+    case dnnl_cpu_isa_avx10_1_512_amx:
+      return "AVX-512 with AMX";
+    case dnnl_cpu_isa_avx10_1_512_amx_fp16:
+      return "AVX-512 with AMX-FP16";
+    default:
+      return "unknown";
+  }
+}
+
+/* Whether this CPU computes bf16 products natively (avx512_bf16, AMX or avx2_vnni_2; oneDNN
+ * emulates them on plain AVX-512, slower than f32) and oneDNN has a kernel for them other than its
+ * reference one: probed with a small bf16 x bf16 -> f32 matmul. */
+static int bf16_available(sg_dnnl *dnnl) {
+  const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
+  const int native = (isa & dnnl_cpu_isa_avx512_core_bf16) == dnnl_cpu_isa_avx512_core_bf16 ||
+                     isa == dnnl_cpu_isa_avx2_vnni_2;
+  if (!native) return 0;
+  const dnnl_dims_t dims = {64, 64};
+  dnnl_memory_desc_t a = NULL, c = NULL;
+  dnnl_primitive_desc_t pd = NULL;
+  dnnl_status_t status = dnnl_memory_desc_create_with_tag(&a, 2, dims, dnnl_bf16, dnnl_ab);
+  if (status == dnnl_success)
+    status = dnnl_memory_desc_create_with_tag(&c, 2, dims, dnnl_f32, dnnl_ab);
+  if (status == dnnl_success)
+    status = dnnl_matmul_primitive_desc_create(&pd, dnnl->engine, a, a, NULL, c, NULL);
+  const int available = status == dnnl_success && !is_reference_impl(pd);
+  if (pd) dnnl_primitive_desc_destroy(pd);
+  if (c) dnnl_memory_desc_destroy(c);
+  if (a) dnnl_memory_desc_destroy(a);
+  return available;
+}
+
+sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error) {
+  if (on && !bf16_available(dnnl)) {
+    return sg_fail(error, SG_ERR_BACKEND,
+                   "bf16 compute needs a CPU with bf16 instructions (avx512_bf16, AMX or "
+                   "avx2_vnni_2); oneDNN has no fast bf16 kernels on this one (its best "
+                   "instructions: %s)",
+                   isa_name(dnnl_get_effective_cpu_isa()));
+  }
+  dnnl->bf16 = on != 0;
+  return SG_OK;
+}
+
 int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
   if (!sg_dnnl_prefers_channels_last(dnnl)) return 0; /* no fast convolutions at all */
   const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
@@ -930,10 +1008,11 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
                          const sg_tensor *residual, sg_tensor *y, sg_error *error) {
   const residual_mode residual_kind = residual_mode_of(residual, y);
   char key[256];
-  snprintf(key, sizeof key, "conv2d x%lldx%lldx%lld w%lldx%lldx%lld s%d p%d g%d a%d b%d r%d f%d%d",
-           (long long)x->dims[0], (long long)x->dims[1], (long long)x->dims[2],
-           (long long)w->dims[0], (long long)w->dims[2], (long long)w->dims[3], stride, padding,
-           groups, (int)act, b != NULL, (int)residual_kind, (int)x->format, (int)y->format);
+  snprintf(
+      key, sizeof key, "conv2d x%lldx%lldx%lld w%lldx%lldx%lld s%d p%d g%d a%d b%d r%d f%d%d h%d",
+      (long long)x->dims[0], (long long)x->dims[1], (long long)x->dims[2], (long long)w->dims[0],
+      (long long)w->dims[2], (long long)w->dims[3], stride, padding, groups, (int)act, b != NULL,
+      (int)residual_kind, (int)x->format, (int)y->format, dnnl->bf16 && groups == 1);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
     sg_status status = conv_build(dnnl, key, x, w, b != NULL, stride, padding, groups, act,
@@ -1142,18 +1221,24 @@ typedef struct {
   const int64_t *strides;
 } operand;
 
-/* blocked_weights: the primitive picks the weights' layout (model weights, see weight_slot). */
-static void add_matmul(builder *b, const operand *src, const operand *weights,
-                       const operand *bias, const operand *dst, dnnl_primitive_attr_t attr,
-                       int blocked_weights, residual_mode residual) {
+/* blocked_weights: the primitive picks the weights' layout (model weights, see weight_slot).
+ * bf16: the product reads a bf16 copy of the source (a reorder step) and bf16 weights (packed
+ * once; implies blocked_weights) and accumulates and writes f32. */
+static void add_matmul(builder *b, const operand *src, const operand *weights, const operand *bias,
+                       const operand *dst, dnnl_primitive_attr_t attr, int blocked_weights,
+                       int bf16, residual_mode residual) {
   const_dnnl_memory_desc_t src_md = md_plain(b, src->ndims, src->dims, src->strides);
   const_dnnl_memory_desc_t w_md = md_plain(b, weights->ndims, weights->dims, weights->strides);
   const_dnnl_memory_desc_t bias_md = bias ? md_plain(b, bias->ndims, bias->dims, NULL) : NULL;
   const_dnnl_memory_desc_t dst_md = md_plain(b, dst->ndims, dst->dims, dst->strides);
-  const_dnnl_memory_desc_t w_wanted = blocked_weights ? md_any(b, weights->ndims, weights->dims)
-                                                      : w_md;
+  if (bf16) blocked_weights = 1;
+  const dnnl_data_type_t compute = bf16 ? dnnl_bf16 : dnnl_f32;
+  const_dnnl_memory_desc_t src_wanted =
+      bf16 ? md_any_typed(b, src->ndims, src->dims, compute) : src_md;
+  const_dnnl_memory_desc_t w_wanted =
+      blocked_weights ? md_any_typed(b, weights->ndims, weights->dims, compute) : w_md;
   dnnl_primitive_desc_t pd = NULL;
-  TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_md, w_wanted, bias_md,
+  TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_wanted, w_wanted, bias_md,
                                            dst_md, attr));
   keep_pd(b, pd);
   if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) return;
@@ -1163,6 +1248,12 @@ static void add_matmul(builder *b, const operand *src, const operand *weights,
                              {DNNL_ARG_BIAS, NULL}};
   if (bias) args[3].memory = user_memory(b, bias_md);
   args[2].memory = user_memory(b, dst_md);
+  if (bf16 && b->status == dnnl_success) {
+    src_wanted = dnnl_primitive_desc_query_md(pd, dnnl_query_src_md, 0);
+    dnnl_memory_t converted = buffer_memory(b, src_wanted);
+    add_reorder(b, args[0].memory, src_md, converted, src_wanted);
+    args[0].memory = converted;
+  }
   add_residual_step(b, residual, args[2].memory, dst_md, args[2].memory, dst_md);
   if (blocked_weights && b->status == dnnl_success) {
     w_wanted = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -1185,8 +1276,11 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   const int64_t rows = x->dims[0], in = x->dims[1], out = w->dims[0];
   const residual_mode residual_kind = residual_mode_of(residual, y);
   char key[160];
-  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d r%d", (long long)rows, (long long)in,
-           (long long)out, (int)act, b != NULL, (int)residual_kind);
+  /* bf16 mode: model weights only (constant_id); blocks widened from int8 or bf16 storage stay
+   * f32, since packing each block again at every use would cost more than it saves. */
+  const int bf16 = dnnl->bf16 && w->constant_id != 0;
+  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d r%d h%d", (long long)rows,
+           (long long)in, (long long)out, (int)act, b != NULL, (int)residual_kind, bf16);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
     builder bl;
@@ -1201,7 +1295,7 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
      * (Gemma-2-2b, 79 tokens: 4.02 -> 2.16 s), and the UNet step took the same time (9.18 vs
      * 9.12 s at 1024²) without 1.25 GB of packed copies. */
     add_matmul(&bl, &src, &weights, b ? &bias : NULL, &dst, residual_attr(&bl, residual_kind, act),
-               0, residual_kind);
+               0, bf16, residual_kind);
     sg_status status = build_finish(&bl, key, "linear", &op, error);
     if (status != SG_OK) return status;
   }
@@ -1642,14 +1736,14 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
       const int64_t k_strides[2] = {1, dim};
       operand q = {2, {block * heads, dim}, NULL}, k = {2, {dim, keys}, k_strides};
       operand scores = {2, {block * heads, keys}, NULL};
-      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, RESIDUAL_NONE);
+      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, 0, RESIDUAL_NONE);
     } else {
       const int64_t q_strides[4] = {ratio * dim, dim, heads * dim, 1};
       const int64_t k_strides[4] = {dim, dim, 1, kv_heads * dim};
       operand q = {4, {kv_heads, ratio, block, dim}, q_strides};
       operand k = {4, {kv_heads, 1, dim, keys}, k_strides};
       operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
-      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, RESIDUAL_NONE);
+      add_matmul(&b, &q, &k, NULL, &scores, attr, 0, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", scores_op, error);
     if (status != SG_OK) return status;
@@ -1663,14 +1757,14 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
     if (kv_heads == 1) {
       operand scores = {2, {block * heads, keys}, NULL}, v = {2, {keys, dim}, NULL};
       operand y = {2, {block * heads, dim}, NULL};
-      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, RESIDUAL_NONE);
+      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, 0, RESIDUAL_NONE);
     } else {
       const int64_t v_strides[4] = {dim, dim, kv_heads * dim, 1};
       const int64_t y_strides[4] = {ratio * dim, dim, heads * dim, 1};
       operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
       operand v = {4, {kv_heads, 1, keys, dim}, v_strides};
       operand y = {4, {kv_heads, ratio, block, dim}, y_strides};
-      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, RESIDUAL_NONE);
+      add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", values_op, error);
     if (status != SG_OK) return status;

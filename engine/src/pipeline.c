@@ -158,6 +158,8 @@ sg_status sg_context_new(const char *model_dir, const sg_context_options *option
   ctx->int8_weights = options->int8_weights != 0;
   ctx->backend = sg_backend_new(options->backend, options->threads, error);
   sg_status status = ctx->backend ? SG_OK : error ? error->status : SG_ERR_BACKEND;
+  if (status == SG_OK && options->bf16_compute)
+    status = sg_backend_set_bf16(ctx->backend, 1, error);
   if (status == SG_OK) {
     ctx->arena = sg_arena_new();
     if (ctx->arena == NULL) status = sg_fail(error, SG_ERR_OUT_OF_MEMORY, "no memory for the arena");

@@ -65,6 +65,9 @@ static const char usage_text[] =
     "  --int8                 keep the text encoders' and UNet's linear weights as int8 (a quarter\n"
     "                         of their f32 memory; the image changes slightly). Also for encode\n"
     "                         and bench.\n"
+    "  --bf16                 convolutions and linear layers compute in bf16 with f32\n"
+    "                         accumulation (CPUs with avx512_bf16 or AMX only; the image changes\n"
+    "                         slightly). Also for bench, whose ceiling is then a bf16 product.\n"
     "  --quiet                no progress on stderr\n"
     "  The output's folder is checked before generating; the PNG is written to a temporary\n"
     "  file there and renamed at the end.\n"
@@ -88,6 +91,7 @@ typedef struct {
   int steps, width, height, threads, size, context_tokens, repeat, quiet, decoder_tile;
   int no_ceiling; /* bench: skip the 2048³ ceiling matmul (minutes under an emulator) */
   int int8;       /* int8 linear weights (sg_context_options.int8_weights) */
+  int bf16;       /* bf16 compute (sg_context_options.bf16_compute) */
   double guidance;
 } runner_args;
 
@@ -133,6 +137,10 @@ static int parse_args(int argc, char **argv, runner_args *a) {
     }
     if (!strcmp(opt, "--int8")) {
       a->int8 = 1;
+      continue;
+    }
+    if (!strcmp(opt, "--bf16")) {
+      a->bf16 = 1;
       continue;
     }
     if (i + 1 >= argc) {
@@ -300,6 +308,7 @@ static int run_generate(const runner_args *a) {
   sg_context_options_init(&options);
   options.threads = a->threads;
   options.int8_weights = a->int8;
+  options.bf16_compute = a->bf16;
   if (!backend_from_name(a->backend_name, &options.backend)) return EXIT_USAGE;
   if (!output_writable(a->output)) return EXIT_IO;
 
@@ -596,15 +605,17 @@ static int run_bench(const runner_args *a) {
     return EXIT_USAGE;
   }
   int threads = a->threads > 0 ? a->threads : omp_get_max_threads();
-  printf("bench: %s, %d×%d pixels (latent %d×%d), %d threads, backend %s, %d runs each, "
-         "weights %s%s\n",
-         a->model ? a->model : unet_config_path, a->size, a->size, latent_side, latent_side,
-         threads, a->backend_name, a->repeat, a->model ? "from the model folder" : "random",
-         a->int8 ? ", linear layers int8" : "");
+  printf(
+      "bench: %s, %d×%d pixels (latent %d×%d), %d threads, backend %s, %d runs each, "
+      "weights %s%s, %s compute\n",
+      a->model ? a->model : unet_config_path, a->size, a->size, latent_side, latent_side, threads,
+      a->backend_name, a->repeat, a->model ? "from the model folder" : "random",
+      a->int8 ? ", linear layers int8" : "", a->bf16 ? "bf16" : "f32");
 
   sg_backend *be = sg_backend_new(kind, a->threads, &error);
   sg_arena *arena = sg_arena_new();
   if (!be) status = error.status ? error.status : SG_ERR_BACKEND;
+  if (status == SG_OK && a->bf16) status = sg_backend_set_bf16(be, 1, &error);
   bench_row ceiling = {0}, encoder_rows[8] = {{0}}, unet_row = {0}, decoder_row = {0};
   int encoder_count = 0;
   if (status == SG_OK && kind == SG_BACKEND_ONEDNN && !a->no_ceiling)

@@ -127,11 +127,12 @@ def time_torch_text(args, dtype, positions):
     return times
 
 
-def time_engine(args):
-    """{component: median seconds} and the ceiling line from `snapgen bench` on the folder."""
+def time_engine(args, bf16=False):
+    """{component: median seconds} and the ceiling line from `snapgen bench` on the folder (with
+    bf16: `--bf16`, bf16 compute, whose ceiling is a bf16 product)."""
     command = [args.snapgen, "bench", "--model", args.model, "--size", str(args.size),
                "--threads", str(args.threads), "--repeat", str(args.repeat),
-               "--context-tokens", str(args.context_tokens)]
+               "--context-tokens", str(args.context_tokens)] + (["--bf16"] if bf16 else [])
     env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get("OMP_WAIT_POLICY", "passive"))
     run = subprocess.run(command, capture_output=True, text=True, env=env)
     print(run.stdout, end="")
@@ -179,25 +180,32 @@ def main():
         args.precisions = "f32,bf16" if bf16_hardware else "f32"
         if not bf16_hardware:
             print("PyTorch bf16 not timed (no bf16 instructions; --precisions f32,bf16 forces it)")
-    engine, positions = time_engine(args)  # first: PyTorch runs the text encoders as long
+    # the engine first: PyTorch then runs the text encoders on as many positions
+    engines = {"f32": time_engine(args)}
+    positions = engines["f32"][1]
+    if "bf16" in args.precisions.split(","):
+        engines["bf16"] = time_engine(args, bf16=True)
     results = {}
     for name in args.precisions.split(","):
         dtype = {"f32": torch.float32, "bf16": torch.bfloat16}[name]
         print(f"PyTorch {name}: timing ...", flush=True)
-        results[f"torch {name}"] = time_torch_text(args, dtype, positions)
-        results[f"torch {name}"].update(time_torch(args, dtype))
-        print(f"PyTorch {name}: {json.dumps(results[f'torch {name}'])}", flush=True)
+        results[name] = time_torch_text(args, dtype, positions)
+        results[name].update(time_torch(args, dtype))
+        print(f"PyTorch {name}: {json.dumps(results[name])}", flush=True)
 
-    print(f"\n{'component':14s} {'engine f32 s':>13s}", end="")
+    print(f"\n{'component':14s}", end="")
     for name in results:
-        print(f" {name + ' s':>14s} {'ratio':>6s}", end="")
+        print(f" {'engine ' + name + ' s':>14s} {'torch ' + name + ' s':>14s} {'ratio':>6s}",
+              end="")
     print()
     for component in TEXT_ENCODERS + ("unet step", "decoder"):
-        if component not in engine:
+        if component not in engines["f32"][0]:
             continue
-        print(f"{component:14s} {engine[component]:13.3f}", end="")
-        for times in results.values():
-            print(f" {times[component]:14.3f} {times[component] / engine[component]:6.2f}", end="")
+        print(f"{component:14s}", end="")
+        for name, times in results.items():
+            engine = engines[name][0][component]
+            print(f" {engine:14.3f} {times[component]:14.3f} {times[component] / engine:6.2f}",
+                  end="")
         print()
     print("ratio = PyTorch time / engine time (> 1: the engine is faster)")
 

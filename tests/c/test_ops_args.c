@@ -1,6 +1,7 @@
 /* test_ops_args.c: the ops refuse images in layouts they do not take, and bad shapes for the
  * fused pointwise + depthwise convolution and the tap sum, with messages that say why (both
- * backends). */
+ * backends); bf16 compute is refused in words where it is not available. */
+#include <math.h>
 #include <string.h>
 
 #include "ops.h"
@@ -120,7 +121,57 @@ static void test_sum_taps_onednn(sg_test *t) {
   sum_taps_on(t, SG_BACKEND_ONEDNN);
 }
 
+/* bf16 compute: the reference backend refuses it; oneDNN either refuses it in words (a CPU
+ * without bf16 instructions) or computes a convolution within bf16 rounding of the f32 one. */
+static void test_bf16_reference(sg_test *t) {
+  sg_error error = {0};
+  sg_backend *be = sg_backend_new(SG_BACKEND_REFERENCE, 1, &error);
+  CHECK(t, be != NULL);
+  if (!be) return;
+  CHECK_INT(t, sg_backend_set_bf16(be, 0, &error), SG_OK);
+  check_refused(t, sg_backend_set_bf16(be, 1, &error), &error, "f32 only");
+  sg_backend_free(be);
+}
+
+static void test_bf16_onednn(sg_test *t) {
+  sg_error error = {0};
+  sg_backend *be = sg_backend_new(SG_BACKEND_ONEDNN, 1, &error);
+  sg_backend *ref = sg_backend_new(SG_BACKEND_REFERENCE, 1, &error);
+  CHECK(t, be != NULL && ref != NULL);
+  if (!be || !ref) goto done;
+  CHECK_INT(t, sg_backend_set_bf16(be, 0, &error), SG_OK);
+  sg_status status = sg_backend_set_bf16(be, 1, &error);
+  if (status != SG_OK) {
+    CHECK_INT(t, status, SG_ERR_BACKEND);
+    CHECK_MSG(t, strstr(error.message, "bf16 instructions") != NULL, "message '%s'", error.message);
+    goto done;
+  }
+  static float x_data[32 * 6 * 6], w_data[16 * 32 * 9], y_data[16 * 6 * 6], want[16 * 6 * 6];
+  for (int i = 0; i < 32 * 6 * 6; i++) x_data[i] = (float)((i * 7919) % 201 - 100) / 100.0f;
+  for (int i = 0; i < 16 * 32 * 9; i++) w_data[i] = (float)((i * 104729) % 199 - 99) / 400.0f;
+  const int64_t w_dims[4] = {16, 32, 3, 3};
+  sg_tensor w = sg_tensor_view(w_data, SG_F32, 4, w_dims);
+  w.constant_id = 1;
+  sg_tensor x = image(x_data, 32, 6, 6, SG_FORMAT_PLAIN);
+  sg_tensor y = image(y_data, 16, 6, 6, SG_FORMAT_PLAIN);
+  sg_tensor y_ref = image(want, 16, 6, 6, SG_FORMAT_PLAIN);
+  status = sg_conv2d(be, &x, &w, NULL, 1, 1, 1, SG_ACT_NONE, &y, &error);
+  CHECK_MSG(t, status == SG_OK, "%s", error.message);
+  CHECK_INT(t, sg_conv2d(ref, &x, &w, NULL, 1, 1, 1, SG_ACT_NONE, &y_ref, &error), SG_OK);
+  double diff = 0, norm = 0;
+  for (int i = 0; i < 16 * 6 * 6; i++) {
+    diff += (double)(y_data[i] - want[i]) * (y_data[i] - want[i]);
+    norm += (double)want[i] * want[i];
+  }
+  CHECK_MSG(t, diff <= 1e-4 * norm, "bf16 convolution: relative L2 %.3g", sqrt(diff / norm));
+done:
+  sg_backend_free(be);
+  sg_backend_free(ref);
+}
+
 void register_ops_args_tests(sg_test_list *list) {
+  sg_test_add(list, "ops/bf16_reference", test_bf16_reference);
+  sg_test_add(list, "ops/bf16_onednn", test_bf16_onednn);
   sg_test_add(list, "ops/layouts_reference", test_layouts_reference);
   sg_test_add(list, "ops/layouts_onednn", test_layouts_onednn);
   sg_test_add(list, "ops/pointwise_depthwise_reference", test_pointwise_depthwise_reference);

@@ -26,6 +26,11 @@ int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
   return 0;
 }
 
+sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error) {
+  (void)dnnl, (void)on;
+  return no_dnnl(error);
+}
+
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
   (void)dnnl;
   return 0;

@@ -1,7 +1,9 @@
 /* check_ops.c: `sgcheck op CASE.safetensors OUT.safetensors` runs one op of engine/src/ops.h on a
  * case written by tests/ref/test_ops.py and writes its output as tensor "y".
  *
- * Case metadata: "op", "backend" (onednn | reference) and the op's parameters. Tensors per op:
+ * Case metadata: "op", "backend" (onednn | onednn-bf16 | reference) and the op's parameters;
+ * onednn-bf16 is the oneDNN backend with bf16 compute (sg_backend_set_bf16): where the CPU has no
+ * bf16 instructions the case is not run and sgcheck exits with 3, saying why. Tensors per op:
  *   conv2d      x [Ci,H,W], w [Co,Ci/groups,kh,kw], b [Co] (optional), r [Co,Ho,Wo] (optional
  *               residual); stride, padding, groups, act, residual_in_y
  *   linear      x [M,K], w [N,K], b [N] (optional), r [M,N] (optional residual); act,
@@ -200,11 +202,13 @@ static sg_status make_inplace(const sg_tensor **x, sg_tensor *x_storage, sg_tens
     if (status != SG_OK) goto done;   \
   } while (0)
 
-static sg_status run_case(const case_file *c, const char *out_path, sg_error *error) {
+static sg_status run_case(const case_file *c, const char *out_path, int *unavailable,
+                          sg_error *error) {
   const char *op = meta(c, "op", "");
   const char *backend_name = meta(c, "backend", "onednn");
   sg_backend_kind kind;
-  if (!strcmp(backend_name, "onednn")) {
+  const int bf16 = !strcmp(backend_name, "onednn-bf16");
+  if (!strcmp(backend_name, "onednn") || bf16) {
     kind = SG_BACKEND_ONEDNN;
   } else if (!strcmp(backend_name, "reference")) {
     kind = SG_BACKEND_REFERENCE;
@@ -220,6 +224,11 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
   if (status != SG_OK) return status;
   sg_backend *be = sg_backend_new(kind, 0, error);
   if (!be) return error->status;
+  if (bf16 && sg_backend_set_bf16(be, 1, error) != SG_OK) {
+    *unavailable = 1;
+    sg_backend_free(be);
+    return error->status;
+  }
 
   sg_tensor storage[6], y = {0}, y2 = {0}, mid = {0}, residual_storage;
   const sg_tensor *residual = NULL;
@@ -467,7 +476,7 @@ static sg_status run_case(const case_file *c, const char *out_path, sg_error *er
     goto done;
   }
   const char *names[2] = {"y", "y2"};
-  const char *metadata[] = {"op", op, "backend", sg_backend_name(be), NULL};
+  const char *metadata[] = {"op", op, "backend", backend_name, NULL};
   sg_tensor outputs[2] = {y, y2};
   status = sg_safetensors_write(out_path, y2.data ? 2 : 1, names, outputs, metadata, error);
 done:
@@ -491,14 +500,15 @@ int check_ops_main(int argc, char **argv) {
   }
   sg_error error = {0};
   case_file c = {.path = argv[1]};
+  int unavailable = 0;
   sg_status status = sg_safetensors_open(c.path, &c.file, &error);
   if (status == SG_OK) {
-    status = run_case(&c, argv[2], &error);
+    status = run_case(&c, argv[2], &unavailable, &error);
     sg_safetensors_close(c.file);
   }
   if (status != SG_OK) {
     fprintf(stderr, "sgcheck op: %s\n", error.message);
-    return 1;
+    return unavailable ? 3 : 1;
   }
   return 0;
 }
