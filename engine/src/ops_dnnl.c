@@ -223,7 +223,15 @@ static packed_tensor *packed_find(sg_dnnl *dnnl, const sg_tensor *weights) {
 /* Writes the plain values of a released weight tensor into dst (plain_bytes) from its first
  * packed copy. */
 static dnnl_status_t unpack_weights(sg_dnnl *dnnl, const packed_tensor *tensor, void *dst) {
-  const packed_weights *source = g_ptr_array_index(tensor->layouts, 0);
+  /* the f32 copy made first (a bf16 one cannot give back the values) */
+  const packed_weights *source = NULL;
+  for (guint i = 0; i < tensor->layouts->len && !source; i++) {
+    const packed_weights *copy = g_ptr_array_index(tensor->layouts, i);
+    dnnl_data_type_t type = dnnl_data_type_undef;
+    dnnl_memory_desc_query(copy->md, dnnl_query_data_type, &type);
+    if (type == dnnl_f32) source = copy;
+  }
+  if (!source) return dnnl_invalid_arguments;
   dnnl_primitive_desc_t pd = NULL;
   dnnl_primitive_t reorder = NULL;
   dnnl_memory_t plain = NULL;
@@ -828,7 +836,7 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   /* In bf16 mode a dense convolution reads a bf16 copy of x (made by a reorder step) and bf16
    * weights (packed once), and accumulates and writes f32. Depthwise ones stay f32: they are
    * bound by memory, not by arithmetic. */
-  const dnnl_data_type_t compute = dnnl->bf16 && groups == 1 ? dnnl_bf16 : dnnl_f32;
+  dnnl_data_type_t compute = dnnl->bf16 && groups == 1 ? dnnl_bf16 : dnnl_f32;
   /* A blocked image is taken as it is: "any" would pick channels-last on the CPUs where the
    * blocked kernels are the faster ones (sg_dnnl_prefers_blocked8). */
   const_dnnl_memory_desc_t src_any = x->format == SG_FORMAT_BLOCKED8 && compute == dnnl_f32
@@ -844,6 +852,17 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
               &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, w_any,
               bias_md, dst_any, strides, dilates, pad, pad, attr));
   keep_pd(&b, pd);
+  if (compute == dnnl_bf16 && (b.status == dnnl_unimplemented || is_reference_impl(pd))) {
+    /* no fast bf16 kernel for this shape or layout: this convolution stays f32 */
+    b.status = dnnl_success;
+    compute = dnnl_f32;
+    src_any = x->format == SG_FORMAT_BLOCKED8 ? src_user : md_any(&b, 4, src_dims);
+    w_any = md_any(&b, w_ndims, w_dims);
+    TRY(&b, dnnl_convolution_forward_primitive_desc_create(
+                &pd, dnnl->engine, dnnl_forward_inference, dnnl_convolution_direct, src_any, w_any,
+                bias_md, dst_any, strides, dilates, pad, pad, attr));
+    keep_pd(&b, pd);
+  }
   const int depthwise = groups == in_c && groups == out_c;
   if (b.status != dnnl_success ||
       choose_op_kernel(&b, pd, depthwise ? KERNEL_OWN : blas_fallback()) != KERNEL_ONEDNN) {
@@ -1241,6 +1260,16 @@ static void add_matmul(builder *b, const operand *src, const operand *weights, c
   TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_wanted, w_wanted, bias_md,
                                            dst_md, attr));
   keep_pd(b, pd);
+  if (bf16 && (b->status == dnnl_unimplemented || is_reference_impl(pd))) {
+    /* no fast bf16 kernel for this shape: this product stays f32 (weights still packed) */
+    b->status = dnnl_success;
+    bf16 = 0;
+    src_wanted = src_md;
+    w_wanted = md_any(b, weights->ndims, weights->dims);
+    TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_wanted, w_wanted, bias_md,
+                                             dst_md, attr));
+    keep_pd(b, pd);
+  }
   if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) return;
   dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, user_memory(b, src_md)},
                              {DNNL_ARG_WEIGHTS, user_memory(b, w_md)},
