@@ -34,9 +34,9 @@ typedef struct {
   /* Nonzero: the text encoders' and the UNet's linear layers keep int8 weights with one scale per
    * output row (a quarter of their f32 memory), widened at each use; images change slightly. */
   int int8_weights;
-  /* Nonzero: convolutions and linear layers compute in bf16 with f32 accumulation (about twice
-   * the f32 speed on CPUs with avx512_bf16 or AMX; images change slightly). On CPUs without bf16
-   * instructions sg_context_new fails with SG_ERR_BACKEND and says so. */
+  /* Nonzero: convolutions and linear layers compute in bf16 with f32 accumulation, for CPUs with
+   * avx512_bf16 or AMX (images change slightly). On CPUs without bf16 instructions sg_context_new
+   * fails with SG_ERR_BACKEND and says so (SG_ERR_INVALID_ARGUMENT with the reference backend). */
   int bf16_compute;
 } sg_context_options;
 

@@ -29,8 +29,9 @@ int sg_backend_prefers_channels_last(sg_backend *backend);
 int sg_backend_prefers_blocked8(sg_backend *backend);
 /* bf16 compute (off by default): dense convolutions and the linear layers of model weights
  * (f32 tensors with a constant_id) read bf16 copies of their input and weights and accumulate and
- * write f32; everything else stays f32. Refused (SG_ERR_BACKEND, with the reason) on CPUs without
- * bf16 instructions and on the reference backend. Affects the ops built after the call. */
+ * write f32 (an op without a fast bf16 kernel for its shape stays f32); everything else stays f32.
+ * Refused with the reason: SG_ERR_BACKEND on CPUs without bf16 instructions,
+ * SG_ERR_INVALID_ARGUMENT on the reference backend. */
 sg_status sg_backend_set_bf16(sg_backend *backend, int on, sg_error *error);
 /* The oneDNN backend keeps model weights (tensors with a constant_id) reordered into the layouts
  * its primitives prefer, made at their first use, and then may give back the memory of the plain

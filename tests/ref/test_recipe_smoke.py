@@ -3,7 +3,9 @@
 exit 75 (in bounded time: the worker pool once kept such an exit waiting for ever); the same
 command must then finish every stage (exit 0) with a model folder, an evaluation table and a
 model card; and the C engine must make the same images as the recipe from that folder
-(test_default_model.py --no-shapeeval: PSNR >= 40 dB at 256²)."""
+(test_default_model.py --no-shapeeval: PSNR >= 40 dB at 256²). Also the --compile wrapper's
+decisions, with torch.compile replaced by stand-ins (a real compile takes minutes here): it keeps
+a compiled module that matches eager, and stays eager when compiling fails or the output differs."""
 import json
 import os
 import subprocess
@@ -32,7 +34,51 @@ def train(work, extra, timeout):
     return proc.returncode, proc.stdout + proc.stderr
 
 
+def check_compile_wrapper():
+    sys.path.insert(0, os.path.join(ROOT, "weights", "recipe"))
+    import torch
+    from sgtrain import common
+
+    class FakeRun:
+        def __init__(self):
+            self.lines = []
+
+        def log(self, line):
+            self.lines.append(line)
+
+    def stand_in(kind):
+        def compile_(module):
+            def call(*args):
+                if kind == "fails":
+                    raise RuntimeError("backend failed")
+                out = module(*args)
+                return out * 1.5 if kind == "differs" else out
+            return call
+        return compile_
+
+    torch.manual_seed(0)
+    module = torch.nn.Linear(8, 4)
+    x = torch.randn(3, 8)
+    real_compile = torch.compile
+    try:
+        for kind, kept, words in (("works", True, "torch.compile took"),
+                                  ("fails", False, "backend failed"),
+                                  ("differs", False, "differs from eager")):
+            torch.compile = stand_in(kind)
+            run = FakeRun()
+            wrapper = common.Compiled(run, module, "test")
+            first, second = wrapper(x), wrapper(x)
+            want = module(x)
+            check(f"compile wrapper ({kind}): {'compiled' if kept else 'eager'}",
+                  (wrapper.compiled is not None) == kept and torch.equal(first, want)
+                  and torch.equal(second, want) and module.weight.grad is None
+                  and any(words in line for line in run.lines), "; ".join(run.lines))
+    finally:
+        torch.compile = real_compile
+
+
 def main():
+    check_compile_wrapper()
     with tempfile.TemporaryDirectory() as work:
         rc, log = train(work, ["--max-seconds", "8"], 180)
         check("stopped run checkpoints and exits 75", rc == 75,

@@ -170,6 +170,19 @@ static void null_pointers(checker *c, const char *model) {
   options.backend = (sg_backend_kind)42;
   report(c, sg_context_new(model, &options, &ctx, &error) == SG_ERR_INVALID_ARGUMENT,
          "sg_context_new with an unknown backend", error.message);
+  options.backend = SG_BACKEND_REFERENCE;
+  options.bf16_compute = 1;
+  report(c, sg_context_new(model, &options, &ctx, &error) == SG_ERR_INVALID_ARGUMENT && !ctx,
+         "sg_context_new with bf16 on the reference backend", error.message);
+  /* oneDNN: bf16 works where the CPU has bf16 instructions, else it is refused in words */
+  options.backend = SG_BACKEND_ONEDNN;
+  sg_status bf16 = sg_context_new(model, &options, &ctx, &error);
+  report(c,
+         (bf16 == SG_OK && ctx) ||
+             (bf16 == SG_ERR_BACKEND && !ctx && strstr(error.message, "bf16 instructions")),
+         "sg_context_new with bf16 on oneDNN", bf16 == SG_OK ? "available" : error.message);
+  sg_context_free(bf16 == SG_OK ? ctx : NULL);
+  options.bf16_compute = 0;
   sg_context_free(NULL);
   sg_free(NULL);
   report(c, strcmp(sg_status_name((sg_status)99), "unknown status") == 0,
