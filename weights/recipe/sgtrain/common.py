@@ -268,8 +268,9 @@ def compiled(run, module, name):
 
 class StepProfiler:
     """--profile-steps N: records N training steps, after 20 of warm-up, with torch.profiler
-    and logs the operators that took the most device time (CPU time off CUDA), so that a short
-    GPU run says where its time goes. Call after every step; costs nothing when off."""
+    and logs the operators that took the most device time (CPU time off CUDA), then the copies
+    (copy_, _to_copy) by input shape, so that a short GPU run says where its time goes. Call after
+    every step; costs nothing when off."""
 
     WARMUP = 20
 
@@ -289,13 +290,14 @@ class StepProfiler:
                     activities.append(torch.profiler.ProfilerActivity.CUDA)
                 self.run.sync()
                 self.started = time.time()
-                self.profiler = torch.profiler.profile(activities=activities)
+                self.profiler = torch.profiler.profile(activities=activities, record_shapes=True)
                 self.profiler.__enter__()
             elif self.seen == self.WARMUP + self.steps and self.profiler is not None:
                 self.run.sync()
                 seconds = (time.time() - self.started) / self.steps
                 self.profiler.__exit__(None, None, None)
                 averages = self.profiler.key_averages()
+                self._averages_by_shape = self.profiler.key_averages(group_by_input_shape=True)
                 self.profiler = None
                 # newer PyTorch names the device columns "device", older ones "cuda"
                 keys = (["self_device_time_total", "self_cuda_time_total"] if self.run.cuda
@@ -311,9 +313,21 @@ class StepProfiler:
                     raise RuntimeError(f"no sort key of {keys} is known to this PyTorch")
                 self.run.log(f"{self.name}: profile of {self.steps} steps ({seconds * 1e3:.1f} "
                              f"ms per step while profiled), by {key}:\n{table}")
+                self.log_copies(key)
         except Exception as exc:  # a profiler failure must not end the training
             self.profiler, self.steps = None, 0
             self.run.log(f"{self.name}: profiler failed ({type(exc).__name__}: {exc})")
+
+    def log_copies(self, key):
+        """The copies of the profiled steps by input shape, most time first: which tensors are
+        cast or made contiguous (weights are small; whole activations are what costs)."""
+        rows = [row for row in self._averages_by_shape
+                if row.key in ("aten::copy_", "aten::_to_copy")]
+        rows.sort(key=lambda row: -getattr(row, key, 0))
+        lines = [f"{getattr(row, key, 0) / 1e3 / self.steps:9.2f} ms/step "
+                 f"{row.count // self.steps:6d}/step  {row.key} {row.input_shapes}"
+                 for row in rows[:15]]
+        self.run.log(f"{self.name}: copies by input shape ({key}):\n" + "\n".join(lines))
 
 
 def lr_factor(step, fraction, warmup_steps, decay_from=0.7, floor=0.1):
