@@ -97,6 +97,13 @@ def main():
         for name in ("model_index.json", "MODEL_CARD.md", "unet", "decoder", "text_encoder",
                      "tokenizer", "scheduler", "conditioner"):
             check(f"model folder has {name}", os.path.exists(os.path.join(model, name)))
+        # --adv-shift 2 (the default): trained and shipped at t = 1, 6/7, 2/3, 0.4
+        with open(os.path.join(model, "scheduler", "scheduler_config.json")) as f:
+            times = json.load(f).get("timesteps")
+        want = [1.0, 6 / 7, 2 / 3, 0.4]
+        check("shipped scheduler has the adversarial stage's shifted timesteps",
+              times is not None and len(times) == 4
+              and all(abs(a - b) < 1e-9 for a, b in zip(times, want)), str(times))
         with open(os.path.join(work, "out", "eval.json")) as f:
             rows = [m["name"] for m in json.load(f)["models"]]
         check("evaluation rates teacher, three students and the 4-step model", len(rows) == 6,

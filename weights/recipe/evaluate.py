@@ -70,10 +70,12 @@ class Generator:
         self.unet, self.decoder = unet.eval(), decoder.eval()
         self.timesteps, self.guidance = timesteps, guidance
         self.device, self.bf16 = device, bf16 and device.type == "cuda"
+        self.guidance_max_t = 1.0  # guidance only at t <= this (above it: the conditional alone)
 
     def describe(self):
         steps = len(self.timesteps) - 1
         return {"name": self.name, "steps": steps, "guidance": self.guidance,
+                "guidance_max_t": self.guidance_max_t,
                 "timesteps": [round(t, 6) for t in self.timesteps],
                 "precision": "bf16 autocast" if self.bf16 else "float32"}
 
@@ -110,7 +112,8 @@ class Generator:
             v = v.float()
             if guided:
                 v_c, v_u = v.chunk(2)
-                v = sampler.guidance_combine(v_c, v_u, self.guidance)
+                w = self.guidance if ts[i] <= self.guidance_max_t else 1.0
+                v = sampler.guidance_combine(v_c, v_u, w)
             x = sampler.euler_step(x, v, ts[i], ts[i + 1])
         return x
 
@@ -327,6 +330,9 @@ def main():
     parser.add_argument("--prompt-seed", type=int, default=0)
     parser.add_argument("--steps", type=int)
     parser.add_argument("--guidance", type=float)
+    parser.add_argument("--guidance-max-t", type=float, default=1.0,
+                        help="PyTorch generation: classifier-free guidance only at steps with "
+                             "t <= this (a guidance interval); the conditional alone above it")
     parser.add_argument("--image-size", type=int, default=1024)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--batch", type=int, default=16)
@@ -372,6 +378,7 @@ def main():
         gen = load_generator(args.model, device, os.path.basename(os.path.normpath(args.model)),
                              args.steps, args.guidance)
         gen.image_size = args.image_size
+        gen.guidance_max_t = args.guidance_max_t
         entry, _ = evaluate_generator(gen, jobs, pool, args.batch)
     info = f"{len(jobs)} images ({args.prompts} held-out prompts × {args.seeds} seeds)"
     table = markdown_table([entry], info)

@@ -71,10 +71,18 @@ def parse_args(argv=None):
                    help="override one entry of the size table (sgtrain/nets.py FULL/SMOKE), "
                         "e.g. --set hires_images=512 --set batch=128")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-seed", type=int,
+                   help="render training image i as sample((DATA_SEED, i)) (default --seed). A "
+                        "new value each GPU session gives the teacher new images instead of the "
+                        "same ones again (the work folder's data/ must be fresh)")
     p.add_argument("--batch", type=int, help="teacher/student batch (default by size)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
+    p.add_argument("--t-shift", type=float, default=1.0,
+                   help="time shift α of the teacher's and students' training t (logit-normal, "
+                        "then α t / (1 + (α − 1) t)); above 1 trains more at high noise, where "
+                        "the samples' colours and layout are decided")
     p.add_argument("--adv-lr", type=float, default=1e-4)
     p.add_argument("--adv-lr-d", type=float, default=2e-4)
     p.add_argument("--adv-ema", type=float, default=0.99)
@@ -86,6 +94,10 @@ def parse_args(argv=None):
     p.add_argument("--adv-lambda", type=float, default=0.1, help="final adversarial weight")
     p.add_argument("--adv-ramp", type=float, default=0.3,
                    help="fraction of the stage budget over which λ_adv ramps up from 0")
+    p.add_argument("--adv-shift", type=float, default=2.0,
+                   help="time shift α of the distilled model's 4 timesteps (1: 1, .75, .5, .25; "
+                        "2: 1, .857, .667, .4), chosen on validation prompts (weights/recipe/"
+                        "runs/2026-11-28-s10-sampler-sweep.md)")
     p.add_argument("--adv-alpha-scale", type=float, default=0.5,
                    help="α_t multiplier in the adversarial stage's timestep-aware scaling")
     p.add_argument("--autocast-cpu", action="store_true",

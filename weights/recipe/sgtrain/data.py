@@ -58,7 +58,9 @@ class Renderer:
 
     def __init__(self, run, pool):
         sizes = run.sizes
-        self.run, self.pool, self.seed = run, pool, run.args.seed
+        data_seed = getattr(run.args, "data_seed", None)
+        self.run, self.pool = run, pool
+        self.seed = run.args.seed if data_seed is None else data_seed
         folder = run.path("data")
         os.makedirs(folder, exist_ok=True)
         self.low_size, self.high_size = sizes["encoder_size"], sizes["image_size"]
@@ -67,6 +69,9 @@ class Renderer:
         self.meta = _read_json(self.meta_path) or {
             "seed": self.seed, "low_size": self.low_size, "high_size": self.high_size,
             "count": 0, "captions": [], "categories": [], "elapsed": 0.0}
+        if self.meta["seed"] != self.seed:
+            raise SystemExit(f"data: {folder} holds renders of seed {self.meta['seed']}, not "
+                             f"{self.seed} (--data-seed): use a new work folder")
         self.low = _open_array(os.path.join(folder, "low.npy"),
                                (self.n_max, self.low_size, self.low_size, 3))
         self.high = _open_array(os.path.join(folder, "high.npy"),

@@ -11,6 +11,7 @@ import time
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from sgrecipe import sampler
 
 from . import nets
 from .common import EMA, Clock, Interrupted, StepProfiler, adamw, compiled, count_parameters, \
@@ -24,7 +25,21 @@ VARIANTS = ("tas", "plain", "none")  # timestep-aware KD, fixed-weight KD, no KD
 VARIANT_NAMES = {"tas": "student, timestep-aware multi-level KD",
                  "plain": "student, plain KD (0.5 task + 0.5 KD)",
                  "none": "student, no KD"}
-FEW_STEP_TIMES = [1.0, 0.75, 0.5, 0.25]
+FEW_STEPS = 4
+
+
+def few_step_times(shift):
+    """The distilled model's 4 timesteps: 1, 0.75, 0.5, 0.25 through the time shift α."""
+    return [sampler.time_shift(shift, 1.0 - i / FEW_STEPS) for i in range(FEW_STEPS)]
+
+
+def adversarial_times(run):
+    """The timesteps the adversarial stage trains (trained) on: those it recorded when it is done,
+    else from --adv-shift."""
+    stats = run.stage_stats("adversarial")
+    if stats and "times" in stats:
+        return [float(t) for t in stats["times"]]
+    return few_step_times(run.args.adv_shift)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -250,8 +265,10 @@ class TeacherProbe:
 
 
 def stage_teacher(run):
-    """Flow matching with logit-normal t (shift 1: the 32×32 latent is the token count at which
-    SD3's resolution rule gives α = 1), 10% caption dropout to "", AdamW, bf16 autocast, EMA.
+    """Flow matching with logit-normal t, time-shifted by --t-shift (1 by default: the 16×16 latent
+    is below the token count at which SD3's resolution rule gives α = 1; but ShapeWorld's flat
+    colours survive noise longer, and the samples' colours are decided at t > 0.85, where α = 1
+    puts 4% of the training t, α = 2 15%), 10% caption dropout to "", AdamW, bf16 autocast, EMA.
     The tiny CLIP text encoder and the conditioner train jointly with the UNet."""
     sizes, dev, args = run.sizes, run.device, run.args
     tokenizer, text_cfg = text_side(run)
@@ -305,7 +322,7 @@ def stage_teacher(run):
 
     def train_step():
         x0, ids = data.draw(batch)
-        t = nets.logit_normal(batch, dev, data.gen)
+        t = nets.logit_normal(batch, dev, data.gen, shift=args.t_shift)
         eps = data.noise_like(x0)
         xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
         v = forward(xt, t * 1000.0, ids)
@@ -355,7 +372,8 @@ def stage_teacher(run):
     run.mark_done("teacher", {"steps": step, "batch": batch, "seconds": clock.elapsed,
                               "parameters": count_parameters(unet), "gmac_per_forward": macs / 1e9,
                               "text_encoder_parameters": count_parameters(system["text_encoder"]),
-                              "lr": args.lr, "ema": args.ema, "config": sizes["teacher"]})
+                              "lr": args.lr, "ema": args.ema, "t_shift": args.t_shift,
+                              "config": sizes["teacher"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,7 +457,7 @@ def stage_students(run):
     profiler = StepProfiler(run, "students")
     while not clock.finished():
         x0, ids = data.draw(batch)
-        t = nets.logit_normal(batch, dev, data.gen)
+        t = nets.logit_normal(batch, dev, data.gen, shift=args.t_shift)
         eps = data.noise_like(x0)
         xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
         target = eps - x0
@@ -488,7 +506,7 @@ def stage_students(run):
     run.mark_done("students", {"steps": step, "batch": batch, "seconds": clock.elapsed,
                                "parameters": count_parameters(unet),
                                "gmac_per_forward": macs / 1e9, "lr": args.lr,
-                               "config": sizes["student"]})
+                               "t_shift": args.t_shift, "config": sizes["student"]})
 
 
 # ---------------------------------------------------------------------------------------------
@@ -526,7 +544,8 @@ def hinge_d(real_logits, fake_logits):
 
 
 def stage_adversarial(run):
-    """Student (a) → 4 steps t ∈ {1, .75, .5, .25} (SPEC §6.4): x_t from real latents; KD target
+    """Student (a) → 4 steps t ∈ {1, .75, .5, .25} shifted by --adv-shift (SPEC §6.4; α = 2 gives
+    {1, .857, .667, .4}): x_t from real latents; KD target
     = the teacher's CFG-guided velocity over the step (substeps Euler; SPEC's target when 1), plus
     the feature KD, under timestep-aware scaling; adversarial term: x̂0 = x_t − t·v and the real x0
     re-noised to s ~ logit-normal with shared noise, discriminator = frozen teacher features (2
@@ -557,9 +576,11 @@ def stage_adversarial(run):
     with torch.no_grad(), run.autocast():
         hidden_u, pooled_u = encoder_outputs(teacher["text_encoder"], data.empty[None])
         context_u = teacher["conditioner"](hidden_u)
-    times = torch.tensor(FEW_STEP_TIMES + [0.0], device=dev)
+    few_times = few_step_times(args.adv_shift)
+    times = torch.tensor(few_times + [0.0], device=dev)
     batch = sizes["adv_batch"]
-    run.log(f"adversarial: 4 steps {FEW_STEP_TIMES}, batch {batch}, teacher CFG "
+    run.log(f"adversarial: 4 steps at t = {', '.join(f'{t:.4f}' for t in few_times)} (shift "
+            f"{args.adv_shift:g}), batch {batch}, teacher CFG "
             f"{args.adv_guidance} over {args.adv_substeps} substeps, λ_adv {args.adv_lambda} "
             f"(ramp {args.adv_ramp:.0%} of the budget), discriminator layers {disc.names}; "
             f"from step {step}")
@@ -574,7 +595,7 @@ def stage_adversarial(run):
     disc.train()
     while not clock.finished():
         x0, ids = data.draw(batch, dropout=0.0)
-        k = torch.randint(len(FEW_STEP_TIMES), (batch,), device=dev, generator=data.gen)
+        k = torch.randint(len(few_times), (batch,), device=dev, generator=data.gen)
         t, t_next = times[k], times[k + 1]
         eps = data.noise_like(x0)
         xt = (1 - expand(t, x0)) * x0 + expand(t, x0) * eps
@@ -640,4 +661,4 @@ def stage_adversarial(run):
                                   "guidance": args.adv_guidance, "substeps": args.adv_substeps,
                                   "lambda_adv": args.adv_lambda, "lr_g": args.adv_lr,
                                   "lr_d": args.adv_lr_d, "alpha_scale": args.adv_alpha_scale,
-                                  "times": FEW_STEP_TIMES})
+                                  "shift": args.adv_shift, "times": few_times})

@@ -13,13 +13,17 @@ from sgrecipe.safetensors_io import save_file
 from . import nets
 from .common import count_parameters
 from .data import load_autoencoder
-from .diffusion import FEW_STEP_TIMES, VARIANT_NAMES, VARIANTS, load_student, load_teacher, \
+from .diffusion import VARIANT_NAMES, VARIANTS, adversarial_times, load_student, load_teacher, \
     make_student, text_side
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TEMPLATE = os.path.join(HERE, "model_card_template.md")
-SCHEDULER = {"timesteps": FEW_STEP_TIMES, "shift": 1.0, "default_steps": 4,
-             "default_guidance": 1.0}
+
+
+def few_step_scheduler(run):
+    """The shipped model's scheduler: the adversarial stage's 4 timesteps, no guidance."""
+    return {"timesteps": adversarial_times(run), "shift": 1.0, "default_steps": 4,
+            "default_guidance": 1.0}
 
 
 def _evaluate_module():
@@ -122,14 +126,16 @@ def stage_export(run, out):
     gen_model = load_distilled(run, text_cfg)
     decoder = load_autoencoder(run).decoder
     write_engine_folder(run, out, gen_model["unet"], gen_model["conditioner"],
-                        teacher["text_encoder"], decoder, SCHEDULER, text_cfg, args.export_dtype)
+                        teacher["text_encoder"], decoder, few_step_scheduler(run), text_cfg,
+                        args.export_dtype)
 
     # reload and compare one image's latent with the in-memory model (f16 storage rounds weights)
     ev = _evaluate_module()
     reloaded = ev.load_generator(out, run.device, "reloaded")
     reloaded.image_size = run.sizes["image_size"]
     memory = ev.Generator("memory", tokenizer, teacher["text_encoder"], gen_model["conditioner"],
-                          gen_model["unet"], decoder, sampler.timesteps(SCHEDULER), 1.0,
+                          gen_model["unet"], decoder,
+                          sampler.timesteps(few_step_scheduler(run)), 1.0,
                           run.device, False)
     memory.image_size = run.sizes["image_size"]
     prompt = "a photo of a red circle to the left of a blue square"
@@ -202,7 +208,8 @@ def stage_eval(run, out, pool):
         tas = load_student(run, text_cfg, "tas")  # the starting point of step distillation
         gens.append(ev.Generator("student (a) before step distillation", tokenizer,
                                  teacher["text_encoder"], tas["conditioner"], tas["unet"],
-                                 decoder, sampler.timesteps(SCHEDULER), 1.0, dev, True))
+                                 decoder, sampler.timesteps(few_step_scheduler(run)), 1.0, dev,
+                                 True))
     distilled = None
     if run.stage_done("export"):
         distilled = ev.load_generator(out, dev, "4-step distilled (shipped, float32)")
@@ -294,6 +301,7 @@ def write_card(run, out, result):
              ("data", "ae", "latents", "teacher", "students", "adversarial", "export", "eval")}
     sizes, args = run.sizes, run.args
     exp = stats["export"]
+    few_times = [round(t, 4) for t in adversarial_times(run)]
     device = next((s["device"] for s in stats.values() if s.get("device")), "unknown")
     summary = (f"A 4-step text-to-image model of SnapGen's architecture trained from scratch on "
                f"ShapeWorld, {sizes['image_size']}×{sizes['image_size']} output: UNet "
@@ -322,7 +330,7 @@ def write_card(run, out, result):
         f"{sizes['text']['hidden']}, {sizes['text']['heads']} heads, quick-GELU, projection "
         f"{sizes['text']['projection']}, 77 tokens) with a CLIP BPE vocabulary learned on "
         f"ShapeWorld's words; context = Linear(last_hidden_state), pooled = text_embeds.\n"
-        f"- **Sampler**: flow-matching Euler at t = {FEW_STEP_TIMES} → 0, no guidance.")
+        f"- **Sampler**: flow-matching Euler at t = {few_times} → 0, no guidance.")
     d, ae, lat = stats["data"], stats["ae"], stats["latents"]
     d = dict(d, images=d.get("images_after_ae", d.get("images", "?")))
     data = (
@@ -345,8 +353,8 @@ def write_card(run, out, result):
         f"{ae.get('shapeeval_renders', 0):.3f}) on {ae.get('holdout', '?')} held-out images.\n"
         f"2. **Teacher** (SPEC §5.1, §6.1): UNet {teacher['block_channels']}, depth "
         f"{teacher['transformer_depth']}, {t.get('parameters', 0) / 1e6:.1f}M parameters, "
-        f"flow matching (v = ε − x0), logit-normal(0, 1) t, shift 1 (a 32×32 latent has the "
-        f"token count of SD3 at 256², where its rule gives 1), AdamW lr {args.lr}, "
+        f"flow matching (v = ε − x0), logit-normal(0, 1) t, time shift {t.get('t_shift', 1)} "
+        f"(training t), AdamW lr {args.lr}, "
         f"{'bf16 autocast' if 'cuda' in str(run.device) else 'float32'}, EMA "
         f"{args.ema}; 10% caption dropout; text encoder trained "
         f"jointly. {t.get('steps', '?')} steps × batch {t.get('batch', '?')}.\n"
@@ -356,7 +364,8 @@ def write_card(run, out, result):
         f"L_kd = output KD (teacher velocity) + feature KD (student up.1 last transformer → 1×1 "
         f"conv → teacher's, relative MSE); (b) plain KD 0.5·L_task + 0.5·L_kd; (c) no KD. "
         f"Text encoder frozen. {s.get('steps', '?')} steps × batch {s.get('batch', '?')} each.\n"
-        f"4. **Adversarial step distillation** (SPEC §6.4) of (a) to t ∈ {FEW_STEP_TIMES}: "
+        f"4. **Adversarial step distillation** (SPEC §6.4) of (a) to t ∈ {few_times} (shift "
+        f"{a.get('shift', 1)}): "
         f"x_t from real latents; KD target = the teacher's CFG-{a.get('guidance', '?')} velocity "
         f"over each step ({a.get('substeps', '?')} Euler substeps; 1 substep is SPEC's "
         f"velocity at (x_t, t)) + feature KD, under timestep-aware scaling with α_t × "
