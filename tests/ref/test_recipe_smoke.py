@@ -108,6 +108,18 @@ def main():
             rows = [m["name"] for m in json.load(f)["models"]]
         check("evaluation rates teacher, three students and the 4-step model", len(rows) == 6,
               "; ".join(rows))
+        # the fit check on the trained teacher: its own renders against themselves differ by 0
+        proc = subprocess.run([sys.executable, os.path.join(ROOT, "weights", "recipe",
+                                                            "check_teacher_fit.py"),
+                               "--train", work, "--fresh", work, "--preset", "smoke",
+                               "--count", "16", "--draws", "1"], capture_output=True, text=True)
+        check("check_teacher_fit runs (same renders: gap 0)",
+              proc.returncode == 0 and "fresh / train − 1 = +0.00%" in proc.stdout,
+              (proc.stdout + proc.stderr).strip()[-1500:])
+        # renders of another --data-seed never go into a folder of seed 0's
+        rc, log = train(work, ["--data-seed", "5", "--redo", "data", "--stages", "data"], 120)
+        check("--data-seed refuses a folder rendered with another seed",
+              rc not in (0, None) and "holds renders of seed 0, not 5" in log, f"exit {rc}")
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "tests", "ref",
                                                             "test_default_model.py"), model,
                                "--size", "256", "--no-shapeeval"], capture_output=True, text=True)
