@@ -563,8 +563,15 @@ def stage_adversarial(run):
     ema = EMA(gen_model, args.adv_ema)
     ckpt_path = run.path("ckpt", "adversarial.pt")
     step, elapsed = 0, 0.0
+    few_times = few_step_times(args.adv_shift)
     state = load_checkpoint(ckpt_path, dev)
     if state:
+        # a resumed stage keeps the times it began with (checkpoints before --adv-shift: shift 1)
+        begun = [float(t) for t in state.get("times", few_step_times(1.0))]
+        if begun != few_times:
+            run.log(f"adversarial: resuming at the times it began with, {begun} (not those of "
+                    f"--adv-shift {args.adv_shift:g})")
+        few_times = begun
         gen_model.load_state_dict(state["model"])
         disc.load_state_dict(state["disc"])
         opt_g.load_state_dict(state["opt_g"])
@@ -576,11 +583,10 @@ def stage_adversarial(run):
     with torch.no_grad(), run.autocast():
         hidden_u, pooled_u = encoder_outputs(teacher["text_encoder"], data.empty[None])
         context_u = teacher["conditioner"](hidden_u)
-    few_times = few_step_times(args.adv_shift)
     times = torch.tensor(few_times + [0.0], device=dev)
     batch = sizes["adv_batch"]
-    run.log(f"adversarial: 4 steps at t = {', '.join(f'{t:.4f}' for t in few_times)} (shift "
-            f"{args.adv_shift:g}), batch {batch}, teacher CFG "
+    run.log(f"adversarial: 4 steps at t = {', '.join(f'{t:.4f}' for t in few_times)}, "
+            f"batch {batch}, teacher CFG "
             f"{args.adv_guidance} over {args.adv_substeps} substeps, λ_adv {args.adv_lambda} "
             f"(ramp {args.adv_ramp:.0%} of the budget), discriminator layers {disc.names}; "
             f"from step {step}")
@@ -589,7 +595,8 @@ def stage_adversarial(run):
     def save(path=ckpt_path):
         save_checkpoint(path, {"model": gen_model.state_dict(), "disc": disc.state_dict(),
                                "opt_g": opt_g.state_dict(), "opt_d": opt_d.state_dict(),
-                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed})
+                               "ema": ema.state_dict(), "step": step, "elapsed": clock.elapsed,
+                               "times": few_times})
 
     gen_model.train()
     disc.train()
@@ -661,4 +668,4 @@ def stage_adversarial(run):
                                   "guidance": args.adv_guidance, "substeps": args.adv_substeps,
                                   "lambda_adv": args.adv_lambda, "lr_g": args.adv_lr,
                                   "lr_d": args.adv_lr_d, "alpha_scale": args.adv_alpha_scale,
-                                  "shift": args.adv_shift, "times": few_times})
+                                  "times": few_times})
