@@ -106,7 +106,8 @@ def main():
               and all(abs(a - b) < 1e-9 for a, b in zip(times, want)), str(times))
         with open(os.path.join(work, "out", "eval.json")) as f:
             rows = [m["name"] for m in json.load(f)["models"]]
-        check("evaluation rates teacher, three students and the 4-step model", len(rows) == 6,
+        check("evaluation rates teacher (28 and 4 steps), three students, student (a) at 4 "
+              "steps and the 4-step model", len(rows) == 7,
               "; ".join(rows))
         # the fit check on the trained teacher: its own renders against themselves differ by 0
         proc = subprocess.run([sys.executable, os.path.join(ROOT, "weights", "recipe",

@@ -17,6 +17,7 @@ from .diffusion import VARIANT_NAMES, VARIANTS, adversarial_times, load_student,
     make_student, text_side
 
 HERE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEACHER_FEW_STEPS = "teacher, 4 steps (no step distillation)"
 TEMPLATE = os.path.join(HERE, "model_card_template.md")
 
 
@@ -187,8 +188,10 @@ def check_reference_conditioner(folder, prompt, generator):
 
 
 def stage_eval(run, out, pool):
-    """ShapeEval of the teacher (28 steps, CFG), the three students (same sampler) and the
-    exported 4-step model (float32, its own scheduler) on the held-out prompts. Models not
+    """ShapeEval of the teacher (28 steps, CFG; and at the distilled model's 4 steps with the
+    adversarial stage's CFG, the baseline without step distillation), the three students (28
+    steps) and the exported 4-step model (float32, its own scheduler) on the held-out prompts.
+    Models not
     trained yet are left out (e.g. `--stages teacher,eval` rates the teacher alone)."""
     final_out, out = out, model_folder(run)
     ev = _evaluate_module()
@@ -197,8 +200,12 @@ def stage_eval(run, out, pool):
     teacher = load_teacher(run, text_cfg)
     decoder = load_autoencoder(run).decoder
     base_steps = sampler.timesteps({"shift": 1.0}, args.eval_steps)
+    few_steps = sampler.timesteps(few_step_scheduler(run))
     gens = [ev.Generator("teacher", tokenizer, teacher["text_encoder"], teacher["conditioner"],
-                         teacher["unet"], decoder, base_steps, args.eval_guidance, dev, True)]
+                         teacher["unet"], decoder, base_steps, args.eval_guidance, dev, True),
+            ev.Generator(TEACHER_FEW_STEPS, tokenizer, teacher["text_encoder"],
+                         teacher["conditioner"], teacher["unet"], decoder, few_steps,
+                         args.adv_guidance, dev, True)]
     if run.stage_done("students"):
         for v in VARIANTS:
             student = load_student(run, text_cfg, v)
@@ -208,8 +215,7 @@ def stage_eval(run, out, pool):
         tas = load_student(run, text_cfg, "tas")  # the starting point of step distillation
         gens.append(ev.Generator("student (a) before step distillation", tokenizer,
                                  teacher["text_encoder"], tas["conditioner"], tas["unet"],
-                                 decoder, sampler.timesteps(few_step_scheduler(run)), 1.0, dev,
-                                 True))
+                                 decoder, few_steps, 1.0, dev, True))
     distilled = None
     if run.stage_done("export"):
         distilled = ev.load_generator(out, dev, "4-step distilled (shipped, float32)")
@@ -248,7 +254,7 @@ def stage_eval(run, out, pool):
     ev.write_sheet(run.path("samples.png"), rows, labels)
     run.log("eval: table\n" + table)
     if distilled is None:  # a partial evaluation: no model card, and eval stays to be done
-        run.log(f"eval: {len(gens)} of 6 models rated (the others are not trained yet)")
+        run.log(f"eval: {len(gens)} of 7 models rated (the others are not trained yet)")
         os.makedirs(os.path.dirname(final_out), exist_ok=True)
         for name in EVAL_FILES:
             if os.path.exists(run.path(name)):
@@ -289,6 +295,8 @@ def ablation_text(result):
                     "Timestep-aware KD vs no KD (overall)")
     if distilled:
         text += compare(distilled[0], "teacher", "4-step distilled model vs the 28-step teacher")
+        text += compare(distilled[0], TEACHER_FEW_STEPS,
+                        "4-step distilled model vs the teacher at the same 4 steps with CFG")
         text += compare(distilled[0], VARIANT_NAMES["tas"],
                         "4-step distilled model vs its starting point at 28 steps with CFG")
         text += compare(distilled[0], "student (a) before step distillation",
