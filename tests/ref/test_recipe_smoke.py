@@ -8,6 +8,7 @@ decisions, with torch.compile replaced by stand-ins (a real compile takes minute
 a compiled module that matches eager, and stays eager when compiling fails or the output differs."""
 import json
 import os
+import re
 import subprocess
 import sys
 import tempfile
@@ -116,6 +117,23 @@ def main():
                                "--count", "16", "--draws", "1"], capture_output=True, text=True)
         check("check_teacher_fit runs (same renders: gap 0)",
               proc.returncode == 0 and "fresh / train − 1 = +0.00%" in proc.stdout,
+              (proc.stdout + proc.stderr).strip()[-1500:])
+        # the C engine on the trained folder through evaluate.py, then inspect_failures on it
+        snapgen = os.environ.get("SNAPGEN", os.path.join(ROOT, "build", "engine", "snapgen"))
+        recipe = os.path.join(ROOT, "weights", "recipe")
+        images = os.path.join(work, "engine-images")
+        proc = subprocess.run([sys.executable, os.path.join(recipe, "evaluate.py"), "--engine",
+                               snapgen, "--model", model, "--images", images, "--prompts", "6",
+                               "--seeds", "1", "--out", os.path.join(work, "engine.json")],
+                              capture_output=True, text=True)
+        check("evaluate.py --engine scores the trained folder", proc.returncode == 0
+              and os.path.exists(os.path.join(images, "manifest.jsonl")),
+              (proc.stdout + proc.stderr).strip()[-1500:])
+        proc = subprocess.run([sys.executable, os.path.join(recipe, "inspect_failures.py"),
+                               "reasons", images], capture_output=True, text=True)
+        counted = re.findall(r"^(\w+): (\d+) of (\d+) failed$", proc.stdout, re.M)
+        check("inspect_failures reasons counts all 6 images",
+              proc.returncode == 0 and sum(int(n) for _, _, n in counted) == 6,
               (proc.stdout + proc.stderr).strip()[-1500:])
         # renders of another --data-seed never go into a folder of seed 0's
         rc, log = train(work, ["--data-seed", "5", "--redo", "data", "--stages", "data"], 120)
