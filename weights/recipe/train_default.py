@@ -40,6 +40,13 @@ BUDGETS = {"data": 40, "ae": 70, "teacher": 125, "students": 95, "adversarial": 
 EXIT_RESUME = 75
 
 
+def positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be above 0 (got {text})")
+    return value
+
+
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -72,14 +79,14 @@ def parse_args(argv=None):
                         "e.g. --set hires_images=512 --set batch=128")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-seed", type=int,
-                   help="render training image i as sample((DATA_SEED, i)) (default --seed). A "
-                        "new value each GPU session gives the teacher new images instead of the "
-                        "same ones again (the work folder's data/ must be fresh)")
+                   help="render training image i as sample((DATA_SEED, i)) (default --seed): "
+                        "another image set of the same world, e.g. for check_teacher_fit.py "
+                        "(the work folder's data/ must be new)")
     p.add_argument("--batch", type=int, help="teacher/student batch (default by size)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--warmup", type=int, default=200)
     p.add_argument("--ema", type=float, default=0.999)
-    p.add_argument("--t-shift", type=float, default=1.0,
+    p.add_argument("--t-shift", type=positive_float, default=1.0,
                    help="time shift α of the teacher's and students' training t (logit-normal, "
                         "then α t / (1 + (α − 1) t)); above 1 trains more at high noise, where "
                         "the samples' colours and layout are decided")
@@ -94,7 +101,7 @@ def parse_args(argv=None):
     p.add_argument("--adv-lambda", type=float, default=0.1, help="final adversarial weight")
     p.add_argument("--adv-ramp", type=float, default=0.3,
                    help="fraction of the stage budget over which λ_adv ramps up from 0")
-    p.add_argument("--adv-shift", type=float, default=2.0,
+    p.add_argument("--adv-shift", type=positive_float, default=2.0,
                    help="time shift α of the distilled model's 4 timesteps (1: 1, .75, .5, .25; "
                         "2: 1, .857, .667, .4), chosen on validation prompts (weights/recipe/"
                         "runs/2026-11-28-s10-sampler-sweep.md)")
