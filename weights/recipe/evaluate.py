@@ -93,8 +93,9 @@ class Generator:
         return context.float(), pooled.float()
 
     @torch.no_grad()
-    def latents(self, prompts, seeds):
-        """Final latents for prompts[i] with seeds[i] (Euler as sgrecipe.sampler, batched)."""
+    def latents(self, prompts, seeds, on_step=None):
+        """Final latents for prompts[i] with seeds[i] (Euler as sgrecipe.sampler, batched).
+        on_step(i, t, x, v), if given, sees each step's latents and guided velocity."""
         shape = (self.unet.config["in_channels"], self.latent_side, self.latent_side)
         x = torch.from_numpy(np.stack([seed_noise(s, shape) for s in seeds])).to(self.device)
         context, pooled = self.condition(prompts)
@@ -114,6 +115,8 @@ class Generator:
                 v_c, v_u = v.chunk(2)
                 w = self.guidance if ts[i] <= self.guidance_max_t else 1.0
                 v = sampler.guidance_combine(v_c, v_u, w)
+            if on_step:
+                on_step(i, ts[i], x, v)
             x = sampler.euler_step(x, v, ts[i], ts[i + 1])
         return x
 

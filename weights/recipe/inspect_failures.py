@@ -82,7 +82,6 @@ def sheet(args):
 def trajectory(args):
     import torch
     import evaluate as ev
-    from sgrecipe import sampler
     torch.set_num_threads(args.workers)
     gen = ev.load_generator(args.model, torch.device("cpu"), "model", args.steps, args.guidance)
     ts = gen.timesteps
@@ -90,21 +89,14 @@ def trajectory(args):
     tiles = []
     for job in args.job:
         prompt, seed = job.rsplit("=", 1)
-        shape = (gen.unet.config["in_channels"], gen.latent_side, gen.latent_side)
-        x = torch.from_numpy(ev.seed_noise(int(seed), shape))[None]
-        context, pooled = gen.condition([prompt])
-        context_u, pooled_u = gen.condition([""])
-        with torch.no_grad():
-            for i in range(len(ts) - 1):
-                timestep = torch.full((2,), float(np.float32(ts[i] * 1000.0)))
-                v = gen.unet(torch.cat([x, x]), timestep, torch.cat([context, context_u]), None,
-                             torch.cat([pooled, pooled_u]))
-                v = sampler.guidance_combine(v[:1], v[1:], gen.guidance)
-                if i in shown:
-                    x0 = gen.decoder(x - ts[i] * v).clamp(0, 1)[0].permute(1, 2, 0).numpy()
-                    image = Image.fromarray((x0 * 255).round().astype(np.uint8))
-                    tiles.append((image, [f"t = {ts[i]:.2f}", prompt if i == 0 else ""]))
-                x = sampler.euler_step(x, v, ts[i], ts[i + 1])
+
+        def show(i, t, x, v, prompt=prompt):
+            if i in shown:
+                x0 = gen.decoder(x - t * v).clamp(0, 1)[0].permute(1, 2, 0).cpu().numpy()
+                image = Image.fromarray((x0 * 255).round().astype(np.uint8))
+                tiles.append((image, [f"t = {t:.2f}", prompt if i == 0 else ""]))
+
+        gen.latents([prompt], [int(seed)], on_step=show)  # the evaluation's own sampler
     save_sheet(tiles, len(shown), args.out)
     print(f"{args.out}: rows {', '.join(args.job)}; columns t = "
           + ", ".join(f"{ts[i]:.2f}" for i in shown))

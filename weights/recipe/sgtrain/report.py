@@ -126,9 +126,9 @@ def stage_export(run, out):
     teacher = load_teacher(run, text_cfg)
     gen_model = load_distilled(run, text_cfg)
     decoder = load_autoencoder(run).decoder
+    scheduler = few_step_scheduler(run)
     write_engine_folder(run, out, gen_model["unet"], gen_model["conditioner"],
-                        teacher["text_encoder"], decoder, few_step_scheduler(run), text_cfg,
-                        args.export_dtype)
+                        teacher["text_encoder"], decoder, scheduler, text_cfg, args.export_dtype)
 
     # reload and compare one image's latent with the in-memory model (f16 storage rounds weights)
     ev = _evaluate_module()
@@ -136,7 +136,7 @@ def stage_export(run, out):
     reloaded.image_size = run.sizes["image_size"]
     memory = ev.Generator("memory", tokenizer, teacher["text_encoder"], gen_model["conditioner"],
                           gen_model["unet"], decoder,
-                          sampler.timesteps(few_step_scheduler(run)), 1.0,
+                          sampler.timesteps(scheduler), 1.0,
                           run.device, False)
     memory.image_size = run.sizes["image_size"]
     prompt = "a photo of a red circle to the left of a blue square"
