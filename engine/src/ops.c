@@ -71,6 +71,10 @@ int sg_backend_prefers_channels_last(sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_channels_last(backend->dnnl);
 }
 
+int sg_backend_convolutions_checked(sg_backend *backend) {
+  return backend->kind != SG_BACKEND_ONEDNN || sg_dnnl_convolutions_right(backend->dnnl);
+}
+
 int sg_backend_prefers_blocked8(sg_backend *backend) {
   return backend->kind == SG_BACKEND_ONEDNN && sg_dnnl_prefers_blocked8(backend->dnnl);
 }

@@ -23,6 +23,9 @@ const char *sg_backend_name(const sg_backend *backend);
 /* Whether images are best kept channels-last (SG_FORMAT_NHWC) between this backend's ops: true
  * where its convolutions work in that layout, so that they need no reorder. */
 int sg_backend_prefers_channels_last(sg_backend *backend);
+/* Whether this backend's convolutions run on its own fast kernels: false where oneDNN's failed
+ * the check of ops_dnnl_check.c on this CPU (they then run on their fallback, which is slower). */
+int sg_backend_convolutions_checked(sg_backend *backend);
 /* Whether chains of convolutions alone (no norms between them, as in the decoder) run faster with
  * their images in blocks of 8 channels (SG_FORMAT_BLOCKED8): true on the oneDNN backend where its
  * best instructions are AVX2 (its kernels for that layout beat its channels-last ones there). */

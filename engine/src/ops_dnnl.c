@@ -13,6 +13,7 @@
 #include <unistd.h>
 
 #include "error.h"
+#include "ops_dnnl_check.h"
 #include "ops_internal.h"
 
 #define MAX_STEPS 4
@@ -51,6 +52,10 @@ struct sg_dnnl {
   void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
   size_t op_buffer_bytes;
   int bf16; /* convolutions and model-weight matmuls compute in bf16 (set_bf16) */
+  /* oneDNN's convolutions: 0 not checked yet; 1 used; -1 not used (they failed the check of
+   * ops_dnnl_check.c on this CPU): convolutions run on their fallback. SNAPGEN_CONV_CHECK=off
+   * skips the check (to reproduce a failure), =fail acts as if they had failed it. */
+  int conv_right;
 };
 
 /* Model weights reordered once into the layout a primitive prefers, kept for every later run of
@@ -181,6 +186,18 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
   }
   const char *log_kernels = getenv("SNAPGEN_LOG_KERNELS");
   dnnl->log_kernels = log_kernels && *log_kernels && strcmp(log_kernels, "0") != 0;
+  const char *conv_check = getenv("SNAPGEN_CONV_CHECK");
+  if (conv_check && *conv_check && strcmp(conv_check, "auto") != 0) {
+    if (!strcmp(conv_check, "off") || !strcmp(conv_check, "fail")) {
+      dnnl->conv_right = !strcmp(conv_check, "off") ? 1 : -1;
+    } else {
+      sg_fail(error, SG_ERR_INVALID_ARGUMENT,
+              "the environment variable SNAPGEN_CONV_CHECK is '%s'; it must be auto, off or fail",
+              conv_check);
+      sg_dnnl_free(dnnl);
+      return NULL;
+    }
+  }
   return dnnl;
 }
 
@@ -768,6 +785,31 @@ static kernel_kind choose_op_kernel(builder *b, const_dnnl_primitive_desc_t pd,
   return kernel;
 }
 
+/* Whether oneDNN's convolutions compute right on this CPU: checked once, at the first
+ * convolution (ops_dnnl_check.c says why). */
+static int conv_right(sg_dnnl *dnnl) {
+  if (dnnl->conv_right == 0) {
+    dnnl->conv_right = sg_dnnl_check_convolutions(dnnl->engine, dnnl->stream, 1) ? 1 : -1;
+    if (dnnl->conv_right < 0 && dnnl->log_kernels) {
+      fprintf(stderr,
+              "snapgen kernel: oneDNN's convolutions failed the check on this CPU; "
+              "convolutions run on their fallback\n");
+    }
+  }
+  return dnnl->conv_right > 0;
+}
+
+/* choose_op_kernel for a convolution: always its fallback where oneDNN's convolutions are wrong
+ * (conv_right), if it has one. */
+static kernel_kind choose_conv_kernel(builder *b, const_dnnl_primitive_desc_t pd,
+                                      kernel_kind fallback) {
+  if (b->status == dnnl_success && fallback != KERNEL_ONEDNN && !conv_right(b->dnnl)) {
+    b->op->kernel = fallback;
+    return fallback;
+  }
+  return choose_op_kernel(b, pd, fallback);
+}
+
 /* Frees the descriptors; on success caches the op under key, else reports the failed call. */
 static sg_status build_finish(builder *b, const char *key, const char *name, sg_dnnl_op **out,
                               sg_error *error) {
@@ -865,7 +907,7 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   }
   const int depthwise = groups == in_c && groups == out_c;
   if (b.status != dnnl_success ||
-      choose_op_kernel(&b, pd, depthwise ? KERNEL_OWN : blas_fallback()) != KERNEL_ONEDNN) {
+      choose_conv_kernel(&b, pd, depthwise ? KERNEL_OWN : blas_fallback()) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "conv2d", out, error);
   }
 
@@ -925,7 +967,7 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
 /* Whether convolutions run on oneDNN kernels that work channels-last (x86-64, SVE cores), rather
  * than on the fallbacks, which take plain images: probed once on a small 1x1 convolution. */
 int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
-  if (dnnl->fallback == FALLBACK_ALWAYS) return 0;
+  if (dnnl->fallback == FALLBACK_ALWAYS || !conv_right(dnnl)) return 0;
   if (dnnl->conv_speed == 0) {
     const dnnl_dims_t image = {1, 16, 8, 8}, weights = {16, 16, 1, 1}, ones = {1, 1},
                       zeros = {0, 0};
@@ -1015,6 +1057,10 @@ sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error) {
   return SG_OK;
 }
 
+int sg_dnnl_convolutions_right(sg_dnnl *dnnl) {
+  return conv_right(dnnl);
+}
+
 int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
   if (!sg_dnnl_prefers_channels_last(dnnl)) return 0; /* no fast convolutions at all */
   const dnnl_cpu_isa_t isa = dnnl_get_effective_cpu_isa();
@@ -1098,7 +1144,7 @@ static sg_status pointwise_depthwise_build(sg_dnnl *dnnl, const char *key, const
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   keep_pd(&b, pd);
-  if (choose_op_kernel(&b, pd, KERNEL_OWN) != KERNEL_ONEDNN) {
+  if (choose_conv_kernel(&b, pd, KERNEL_OWN) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);

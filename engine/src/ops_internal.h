@@ -139,6 +139,7 @@ void sg_blas_attention_values(const sg_attention_params *p, int64_t block, int64
 sg_dnnl *sg_dnnl_new(sg_error *error);
 int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl);
 int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl);
+int sg_dnnl_convolutions_right(sg_dnnl *dnnl);
 sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error);
 void sg_dnnl_free(sg_dnnl *dnnl);
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl);

@@ -616,6 +616,11 @@ static int run_bench(const runner_args *a) {
   sg_arena *arena = sg_arena_new();
   if (!be) status = error.status ? error.status : SG_ERR_BACKEND;
   if (status == SG_OK && a->bf16) status = sg_backend_set_bf16(be, 1, &error);
+  if (status == SG_OK && !sg_backend_convolutions_checked(be)) {
+    printf(
+        "bench: oneDNN's convolutions failed the engine's check on this CPU (wrong outputs); "
+        "convolutions run on the fallback kernels\n");
+  }
   bench_row ceiling = {0}, encoder_rows[8] = {{0}}, unet_row = {0}, decoder_row = {0};
   int encoder_count = 0;
   if (status == SG_OK && kind == SG_BACKEND_ONEDNN && !a->no_ceiling)

@@ -28,6 +28,13 @@ sys.path.insert(0, os.path.join(ROOT, "weights", "recipe"))
 from sgrecipe import clip, export, gemma2  # noqa: E402
 from sgrecipe.safetensors_io import load_file  # noqa: E402
 
+# Importing sgrecipe turns PyTorch's oneDNN convolutions off where they compute wrong on this CPU
+# (sgrecipe/torch_check.py). A benchmark times PyTorch's fastest configuration all the same, and
+# says so: on such a CPU its convolution outputs are wrong, and the engine's are not.
+if not torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available():
+    torch.backends.mkldnn.enabled = True
+    print("PyTorch: its oneDNN convolutions are timed although they compute wrong on this CPU")
+
 
 def make_folder(args):
     """The random model folder: made once per (configs, seed), reused after."""

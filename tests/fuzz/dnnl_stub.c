@@ -26,6 +26,11 @@ int sg_dnnl_prefers_blocked8(sg_dnnl *dnnl) {
   return 0;
 }
 
+int sg_dnnl_convolutions_right(sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 1;
+}
+
 sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error) {
   (void)dnnl, (void)on;
   return no_dnnl(error);
