@@ -32,20 +32,6 @@ static void channel_epilogue(float *y, int64_t channels, int64_t pixels, const f
   }
 }
 
-static float *scratch_reserve(sg_blas_scratch *scratch, int64_t count, sg_error *error) {
-  if (scratch->count < (size_t)count) {
-    free(scratch->data);
-    scratch->data = malloc((size_t)count * sizeof(float));
-    scratch->count = scratch->data ? (size_t)count : 0;
-    if (!scratch->data) {
-      sg_fail(error, SG_ERR_OUT_OF_MEMORY, "conv2d: out of memory for %lld im2col columns",
-              (long long)count);
-      return NULL;
-    }
-  }
-  return scratch->data;
-}
-
 /* Columns for output rows [first_row, first_row + rows) of one group: row r = (c, ky, kx) holds
  * the input pixel under tap (ky, kx) of channel c for each output pixel, or 0 in the padding. */
 static void im2col(const float *x, int64_t channels, int64_t in_h, int64_t in_w, int64_t kh,
@@ -88,7 +74,7 @@ sg_status sg_blas_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_tensor
     chunk_rows = COLUMN_BUDGET / (taps * out_w);
     if (chunk_rows < 1) chunk_rows = 1;
     if (chunk_rows > out_h) chunk_rows = out_h;
-    columns = scratch_reserve(scratch, taps * chunk_rows * out_w, error);
+    columns = sg_scratch_reserve(scratch, taps * chunk_rows * out_w, error);
     if (!columns) return SG_ERR_OUT_OF_MEMORY;
   }
   for (int64_t g = 0; g < groups; g++) {

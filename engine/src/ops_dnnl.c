@@ -29,8 +29,9 @@
 /* SNAPGEN_FALLBACK: when an op runs on its fallback kernel instead of oneDNN (choose_kernel). */
 typedef enum { FALLBACK_AUTO = 0, FALLBACK_ALWAYS, FALLBACK_NEVER } fallback_mode;
 
-/* What runs a cached op: its oneDNN steps, or a fallback (then it has no steps). */
-typedef enum { KERNEL_ONEDNN = 0, KERNEL_OPENBLAS, KERNEL_OWN } kernel_kind;
+/* What runs a cached op: its oneDNN steps, or a fallback (then it has no steps). KERNEL_MATMUL:
+ * a convolution as oneDNN matrix products (conv_as_matmul), where its convolutions are wrong. */
+typedef enum { KERNEL_ONEDNN = 0, KERNEL_OPENBLAS, KERNEL_OWN, KERNEL_MATMUL } kernel_kind;
 
 struct sg_dnnl {
   dnnl_engine_t engine;
@@ -52,10 +53,11 @@ struct sg_dnnl {
   void *op_buffer;       /* the blocked copies of the running op's inputs and outputs */
   size_t op_buffer_bytes;
   int bf16; /* convolutions and model-weight matmuls compute in bf16 (set_bf16) */
-  /* oneDNN's convolutions: 0 not checked yet; 1 used; -1 not used (they failed the check of
-   * ops_dnnl_check.c on this CPU): convolutions run on their fallback. SNAPGEN_CONV_CHECK=off
-   * skips the check (to reproduce a failure), =fail acts as if they had failed it. */
+  /* oneDNN's dense and depthwise convolutions: 0 not checked yet; 1 used; -1 not used (they
+   * failed the check of ops_dnnl_check.c on this CPU; choose_conv_kernel). SNAPGEN_CONV_CHECK=off
+   * skips the check (to reproduce a failure), =fail acts as if both had failed it. */
   int conv_right;
+  int depthwise_right;
 };
 
 /* Model weights reordered once into the layout a primitive prefers, kept for every later run of
@@ -189,7 +191,7 @@ sg_dnnl *sg_dnnl_new(sg_error *error) {
   const char *conv_check = getenv("SNAPGEN_CONV_CHECK");
   if (conv_check && *conv_check && strcmp(conv_check, "auto") != 0) {
     if (!strcmp(conv_check, "off") || !strcmp(conv_check, "fail")) {
-      dnnl->conv_right = !strcmp(conv_check, "off") ? 1 : -1;
+      dnnl->conv_right = dnnl->depthwise_right = !strcmp(conv_check, "off") ? 1 : -1;
     } else {
       sg_fail(error, SG_ERR_INVALID_ARGUMENT,
               "the environment variable SNAPGEN_CONV_CHECK is '%s'; it must be auto, off or fail",
@@ -799,13 +801,31 @@ static int conv_right(sg_dnnl *dnnl) {
   return dnnl->conv_right > 0;
 }
 
-/* choose_op_kernel for a convolution: always its fallback where oneDNN's convolutions are wrong
- * (conv_right), if it has one. */
+/* The same for depthwise convolutions. */
+static int depthwise_right(sg_dnnl *dnnl) {
+  if (dnnl->depthwise_right == 0) {
+    dnnl->depthwise_right = sg_dnnl_check_depthwise(dnnl->engine, dnnl->stream) ? 1 : -1;
+    if (dnnl->depthwise_right < 0 && dnnl->log_kernels) {
+      fprintf(stderr,
+              "snapgen kernel: oneDNN's depthwise convolutions failed the check on this "
+              "CPU; they run on the engine's loops\n");
+    }
+  }
+  return dnnl->depthwise_right > 0;
+}
+
+/* choose_op_kernel for a convolution: where oneDNN's kernels for it are wrong on this CPU (right
+ * is 0: conv_right, depthwise_right), always `instead` (if there is one: not KERNEL_ONEDNN). */
 static kernel_kind choose_conv_kernel(builder *b, const_dnnl_primitive_desc_t pd,
-                                      kernel_kind fallback) {
-  if (b->status == dnnl_success && fallback != KERNEL_ONEDNN && !conv_right(b->dnnl)) {
-    b->op->kernel = fallback;
-    return fallback;
+                                      kernel_kind fallback, kernel_kind instead, int right) {
+  if (b->status == dnnl_success && instead != KERNEL_ONEDNN && !right) {
+    b->op->kernel = instead;
+    if (b->dnnl->log_kernels) {
+      fprintf(stderr, "snapgen kernel: %s: %s (oneDNN's convolutions failed the check)\n",
+              b->key ? b->key : "?",
+              instead == KERNEL_MATMUL ? "oneDNN matrix products" : "fallback");
+    }
+    return instead;
   }
   return choose_op_kernel(b, pd, fallback);
 }
@@ -906,8 +926,11 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
     keep_pd(&b, pd);
   }
   const int depthwise = groups == in_c && groups == out_c;
+  const kernel_kind fallback = depthwise ? KERNEL_OWN : blas_fallback();
+  const kernel_kind instead = groups == 1 && w->dtype == SG_F32 ? KERNEL_MATMUL : fallback;
+  const int right = depthwise ? depthwise_right(dnnl) : conv_right(dnnl);
   if (b.status != dnnl_success ||
-      choose_conv_kernel(&b, pd, depthwise ? KERNEL_OWN : blas_fallback()) != KERNEL_ONEDNN) {
+      choose_conv_kernel(&b, pd, fallback, instead, right) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "conv2d", out, error);
   }
 
@@ -967,7 +990,8 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
 /* Whether convolutions run on oneDNN kernels that work channels-last (x86-64, SVE cores), rather
  * than on the fallbacks, which take plain images: probed once on a small 1x1 convolution. */
 int sg_dnnl_prefers_channels_last(sg_dnnl *dnnl) {
-  if (dnnl->fallback == FALLBACK_ALWAYS || !conv_right(dnnl)) return 0;
+  if (dnnl->fallback == FALLBACK_ALWAYS) return 0;
+  if (!conv_right(dnnl)) return 1; /* conv_as_matmul reads and writes channels-last images */
   if (dnnl->conv_speed == 0) {
     const dnnl_dims_t image = {1, 16, 8, 8}, weights = {16, 16, 1, 1}, ones = {1, 1},
                       zeros = {0, 0};
@@ -1144,7 +1168,8 @@ static sg_status pointwise_depthwise_build(sg_dnnl *dnnl, const char *key, const
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   keep_pd(&b, pd);
-  if (choose_conv_kernel(&b, pd, KERNEL_OWN) != KERNEL_ONEDNN) {
+  const int right = conv_right(dnnl) && depthwise_right(dnnl);
+  if (choose_conv_kernel(&b, pd, KERNEL_OWN, KERNEL_OWN, right) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
@@ -1216,15 +1241,99 @@ sg_status sg_dnnl_pointwise_depthwise(sg_dnnl *dnnl, const sg_tensor *x, const s
   return status;
 }
 
+/* The image t in `format`: t itself when it is in it, else a converted copy (to free). */
+static sg_status image_as(const sg_tensor *t, sg_format format, sg_tensor *out, sg_error *error) {
+  *out = *t;
+  if (t->format == format) return SG_OK;
+  out->format = format;
+  out->data = malloc(sg_tensor_nbytes(t));
+  if (!out->data) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a relayout");
+  sg_fast_relayout(t, out);
+  return SG_OK;
+}
+
 /* A plain copy of an image (a new buffer), or the image itself when it is plain already. */
 static sg_status plain_image(const sg_tensor *t, sg_tensor *plain, sg_error *error) {
-  *plain = *t;
-  if (t->format == SG_FORMAT_PLAIN) return SG_OK;
-  plain->format = SG_FORMAT_PLAIN;
-  plain->data = malloc(sg_tensor_nbytes(t));
-  if (!plain->data) return sg_fail(error, SG_ERR_OUT_OF_MEMORY, "out of memory for a relayout");
-  sg_fast_relayout(t, plain);
-  return SG_OK;
+  return image_as(t, SG_FORMAT_PLAIN, plain, error);
+}
+
+/* Patches of this many floats at most are made at a time by conv_as_matmul (16 MiB). */
+#define PATCH_BLOCK_FLOATS (4 << 20)
+
+/* A convolution (one group) as oneDNN matrix products, for CPUs where its convolutions are wrong
+ * and its matrix products right (conv_right): with channels-last images, y[p, o] = sum over k of
+ * patch[p, k] w[o, k], where row p of patch holds the input that output pixel p sees, in the
+ * weights' order (channel, kernel row, kernel column) and zero outside the image. So it runs
+ * sg_dnnl_linear on the weights as they are, [out, in * kh * kw], with its bias, activation,
+ * residual and bf16 mode. A 1x1 convolution of stride 1 reads the image itself; other ones make
+ * the patches of a block of pixels at a time. */
+static sg_status conv_as_matmul(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w,
+                                const sg_tensor *b, int stride, int padding, sg_activation act,
+                                const sg_tensor *residual, sg_tensor *y, sg_error *error) {
+  const int64_t in_c = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
+  const int64_t out_c = y->dims[0], out_h = y->dims[1], out_w = y->dims[2];
+  const int64_t kh = w->dims[2], kw = w->dims[3], taps = kh * kw, patch = in_c * taps;
+  const int64_t pixels = out_h * out_w;
+  const int residual_in_y = residual && residual->data == y->data;
+  sg_tensor x_nhwc, y_nhwc, residual_nhwc = {0};
+  sg_status status = image_as(x, SG_FORMAT_NHWC, &x_nhwc, error);
+  if (status == SG_OK) status = image_as(y, SG_FORMAT_NHWC, &y_nhwc, error); /* may hold it */
+  if (status == SG_OK && residual && !residual_in_y) {
+    status = image_as(residual, SG_FORMAT_NHWC, &residual_nhwc, error);
+  }
+  sg_tensor weights = *w; /* the same values (and packed copies), as [out, patch] */
+  weights.ndim = 2;
+  weights.dims[0] = out_c;
+  weights.dims[1] = patch;
+  const int direct = kh == 1 && kw == 1 && stride == 1 && padding == 0;
+  int64_t block = direct ? pixels : PATCH_BLOCK_FLOATS / patch;
+  if (block < 1) block = 1;
+  if (block > pixels) block = pixels;
+  float *patches = NULL;
+  if (status == SG_OK && !direct) {
+    patches = sg_scratch_reserve(&dnnl->blas_scratch, block * patch, error);
+    if (!patches) status = SG_ERR_OUT_OF_MEMORY;
+  }
+  const float *image = x_nhwc.data;
+  for (int64_t first = 0; first < pixels && status == SG_OK; first += block) {
+    const int64_t count = first + block <= pixels ? block : pixels - first;
+    if (!direct) {
+#pragma omp parallel for
+      for (int64_t p = 0; p < count; p++) {
+        const int64_t oy = (first + p) / out_w, ox = (first + p) % out_w;
+        float *row = patches + p * patch;
+        for (int64_t i = 0; i < kh; i++) {
+          const int64_t iy = oy * stride - padding + i;
+          for (int64_t j = 0; j < kw; j++) {
+            const int64_t ix = ox * stride - padding + j;
+            float *to = row + i * kw + j; /* channel c at to[c * taps] */
+            if (iy < 0 || iy >= in_h || ix < 0 || ix >= in_w) {
+              for (int64_t c = 0; c < in_c; c++) to[c * taps] = 0.0f;
+            } else {
+              const float *from = image + (iy * in_w + ix) * in_c;
+              for (int64_t c = 0; c < in_c; c++) to[c * taps] = from[c];
+            }
+          }
+        }
+      }
+    }
+    sg_tensor rows = sg_tensor_2d(direct ? (float *)image : patches, count, patch);
+    sg_tensor out = sg_tensor_2d((float *)y_nhwc.data + first * out_c, count, out_c);
+    sg_tensor other = {0};
+    const sg_tensor *add = NULL;
+    if (residual_in_y) {
+      add = &out;
+    } else if (residual) {
+      other = sg_tensor_2d((float *)residual_nhwc.data + first * out_c, count, out_c);
+      add = &other;
+    }
+    status = sg_dnnl_linear(dnnl, &rows, &weights, b, act, add, &out, error);
+  }
+  if (status == SG_OK && y_nhwc.data != y->data) sg_fast_relayout(&y_nhwc, y);
+  if (x_nhwc.data != x->data) free(x_nhwc.data);
+  if (y_nhwc.data != y->data) free(y_nhwc.data);
+  if (residual && !residual_in_y && residual_nhwc.data != residual->data) free(residual_nhwc.data);
+  return status;
 }
 
 /* The fallback kernels of a convolution, which take plain images: channels-last ones are
@@ -1233,6 +1342,9 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
                                const sg_tensor *w, const sg_tensor *b, int stride, int padding,
                                int groups, sg_activation act, const sg_tensor *residual,
                                sg_tensor *y, sg_error *error) {
+  if (op->kernel == KERNEL_MATMUL) {
+    return conv_as_matmul(dnnl, x, w, b, stride, padding, act, residual, y, error);
+  }
   if (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN) {
     sg_tensor x_plain, y_plain, residual_plain = {0};
     sg_status status = plain_image(x, &x_plain, error);

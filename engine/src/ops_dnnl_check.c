@@ -15,7 +15,7 @@
 
 /* A convolution of a small NHWC image whose channel counts leave tails in the kernels' blocks. */
 typedef struct {
-  int in_c, out_c, kernel;
+  int in_c, out_c, kernel, depthwise;
 } probe_shape;
 
 enum { PROBE_H = 10, PROBE_W = 9 };
@@ -60,7 +60,9 @@ static void probe_objects_free(probe_objects *o) {
 static int probe(dnnl_engine_t engine, dnnl_stream_t stream, const probe_shape *shape, int bf16) {
   const int ic = shape->in_c, oc = shape->out_c, k = shape->kernel, pad = shape->kernel / 2;
   const size_t pixels = (size_t)PROBE_H * PROBE_W;
-  const size_t x_count = pixels * ic, w_count = (size_t)oc * ic * k * k, y_count = pixels * oc;
+  const int group_in = shape->depthwise ? 1 : ic; /* input channels each output reads */
+  const size_t x_count = pixels * ic, w_count = (size_t)oc * group_in * k * k;
+  const size_t y_count = pixels * oc;
   const dnnl_data_type_t compute = bf16 ? dnnl_bf16 : dnnl_f32;
   const size_t in_size = bf16 ? sizeof(uint16_t) : sizeof(float);
   float *x = malloc(x_count * sizeof *x), *w = malloc(w_count * sizeof *w);
@@ -87,14 +89,20 @@ static int probe(dnnl_engine_t engine, dnnl_stream_t stream, const probe_shape *
   }
 
   const dnnl_dims_t src_dims = {1, ic, PROBE_H, PROBE_W}, dst_dims = {1, oc, PROBE_H, PROBE_W};
-  const dnnl_dims_t w_dims = {oc, ic, k, k}, ones = {1, 1}, zeros = {0, 0}, pads = {pad, pad};
+  const dnnl_dims_t ones = {1, 1}, zeros = {0, 0}, pads = {pad, pad};
+  /* OIHW, or GOIHW with one channel per group */
+  const dnnl_dims_t w_dims = {oc, ic, k, k}, dw_dims = {oc, 1, 1, k, k};
+  const int w_ndims = shape->depthwise ? 5 : 4;
+  const dnnl_format_tag_t w_tag = shape->depthwise ? dnnl_goihw : dnnl_oihw;
   dnnl_status_t s = dnnl_memory_desc_create_with_tag(&o.src_md, 4, src_dims, compute, dnnl_nhwc);
   if (s == dnnl_success)
     s = dnnl_memory_desc_create_with_tag(&o.dst_md, 4, dst_dims, dnnl_f32, dnnl_nhwc);
   if (s == dnnl_success)
-    s = dnnl_memory_desc_create_with_tag(&o.w_user_md, 4, w_dims, compute, dnnl_oihw);
+    s = dnnl_memory_desc_create_with_tag(&o.w_user_md, w_ndims, shape->depthwise ? dw_dims : w_dims,
+                                         compute, w_tag);
   if (s == dnnl_success)
-    s = dnnl_memory_desc_create_with_tag(&o.w_any_md, 4, w_dims, compute, dnnl_format_tag_any);
+    s = dnnl_memory_desc_create_with_tag(&o.w_any_md, w_ndims, shape->depthwise ? dw_dims : w_dims,
+                                         compute, dnnl_format_tag_any);
   if (s == dnnl_success) {
     s = dnnl_convolution_forward_primitive_desc_create(
         &o.conv_pd, engine, dnnl_forward_inference, dnnl_convolution_direct, o.src_md, o.w_any_md,
@@ -132,8 +140,12 @@ static int probe(dnnl_engine_t engine, dnnl_stream_t stream, const probe_shape *
             const int sr = r + i - pad, sc = c + j - pad;
             if (sr < 0 || sr >= PROBE_H || sc < 0 || sc >= PROBE_W) continue;
             const float *px = x + ((size_t)sr * PROBE_W + sc) * ic;
-            const float *pw = w + (size_t)o_c * ic * k * k + (size_t)i * k + j;
-            for (int i_c = 0; i_c < ic; i_c++) sum += (double)px[i_c] * pw[(size_t)i_c * k * k];
+            const float *pw = w + (size_t)o_c * group_in * k * k + (size_t)i * k + j;
+            if (shape->depthwise) {
+              sum += (double)px[o_c] * pw[0];
+            } else {
+              for (int i_c = 0; i_c < ic; i_c++) sum += (double)px[i_c] * pw[(size_t)i_c * k * k];
+            }
           }
         }
         const double diff = y[((size_t)r * PROBE_W + c) * oc + o_c] - sum;
@@ -155,11 +167,20 @@ done:
 }
 
 int sg_dnnl_check_convolutions(dnnl_engine_t engine, dnnl_stream_t stream, int with_bf16) {
-  static const probe_shape shapes[] = {{24, 24, 3}, {32, 40, 1}, {48, 80, 1}, {80, 80, 3}};
+  static const probe_shape shapes[] = {
+      {24, 24, 3, 0}, {32, 40, 1, 0}, {48, 80, 1, 0}, {80, 80, 3, 0}};
   for (int bf16 = 0; bf16 <= (with_bf16 ? 1 : 0); bf16++) {
     for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
       if (probe(engine, stream, &shapes[i], bf16) == 0) return 0;
     }
+  }
+  return 1;
+}
+
+int sg_dnnl_check_depthwise(dnnl_engine_t engine, dnnl_stream_t stream) {
+  static const probe_shape shapes[] = {{24, 24, 3, 1}, {40, 40, 3, 1}, {80, 80, 3, 1}};
+  for (size_t i = 0; i < sizeof shapes / sizeof *shapes; i++) {
+    if (probe(engine, stream, &shapes[i], 0) == 0) return 0;
   }
   return 1;
 }

@@ -1,9 +1,11 @@
 /* ops_fast.c: the engine's own f32 loops, written for the compiler's vectorizer (NEON on arm64),
  * for the ops where oneDNN only has a reference kernel or a slow one: activations, binary, softmax,
- * depthwise conv, group norm on channels-last images. */
+ * depthwise conv, group norm on channels-last images; and the grow-only scratch of patches. */
 #include <math.h>
+#include <stdlib.h>
 #include <string.h>
 
+#include "error.h"
 #include "ops_internal.h"
 
 /* Elementwise work is split into blocks of this many values across threads. */
@@ -268,4 +270,19 @@ void sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, i
     float *out = y + p * channels;
     for (int64_t c = 0; c < channels; c++) out[c] = row[c] * scale[c] + shift[c];
   }
+}
+
+float *sg_scratch_reserve(sg_blas_scratch *scratch, int64_t count, sg_error *error) {
+  if (scratch->count < (size_t)count) {
+    free(scratch->data);
+    scratch->data = malloc((size_t)count * sizeof(float));
+    scratch->count = scratch->data ? (size_t)count : 0;
+    if (!scratch->data) {
+      sg_fail(error, SG_ERR_OUT_OF_MEMORY,
+              "conv2d: out of memory for %lld floats of patches (im2col columns)",
+              (long long)count);
+      return NULL;
+    }
+  }
+  return scratch->data;
 }

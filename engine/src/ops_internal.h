@@ -112,13 +112,18 @@ void sg_fast_group_norm_nhwc(const float *x, int64_t pixels, int64_t channels, i
                              const float *gamma, const float *beta, float eps, float *y,
                              double *scratch);
 
+/* Floats for a convolution's patches (im2col columns), grown on demand, freed with the oneDNN
+ * backend. */
+typedef struct {
+  float *data;
+  size_t count;
+} sg_blas_scratch;
+/* scratch->data with room for count floats (ops_fast.c); NULL when memory is exhausted. */
+float *sg_scratch_reserve(sg_blas_scratch *scratch, int64_t count, sg_error *error);
+
 /* OpenBLAS path (ops_blas.c, built where OpenBLAS is found; SG_HAVE_BLAS is then defined): the
  * oneDNN backend runs convolutions and matrix products here where oneDNN only has a reference
  * kernel for them. */
-typedef struct {
-  float *data; /* im2col columns, grown on demand, freed with the oneDNN backend */
-  size_t count;
-} sg_blas_scratch;
 
 /* "OpenBLAS sgemm (neoversen1 kernels)": the library and the kernel set it chose for this CPU. */
 const char *sg_blas_describe(char *buf, size_t size);
