@@ -801,10 +801,13 @@ static int conv_right(sg_dnnl *dnnl) {
   return dnnl->conv_right > 0;
 }
 
-/* The same for depthwise convolutions. */
+/* The same for depthwise convolutions. Not trusted either where the dense ones are wrong: on that
+ * CPU oneDNN's depthwise kernel (brdgmm_dw) passes the check but dies of SIGFPE (an integer
+ * division by zero) on the UNet's 256-channel images of 32x32 and 64x64. */
 static int depthwise_right(sg_dnnl *dnnl) {
   if (dnnl->depthwise_right == 0) {
-    dnnl->depthwise_right = sg_dnnl_check_depthwise(dnnl->engine, dnnl->stream) ? 1 : -1;
+    dnnl->depthwise_right =
+        conv_right(dnnl) && sg_dnnl_check_depthwise(dnnl->engine, dnnl->stream) ? 1 : -1;
     if (dnnl->depthwise_right < 0 && dnnl->log_kernels) {
       fprintf(stderr,
               "snapgen kernel: oneDNN's depthwise convolutions failed the check on this "
@@ -814,20 +817,18 @@ static int depthwise_right(sg_dnnl *dnnl) {
   return dnnl->depthwise_right > 0;
 }
 
-/* choose_op_kernel for a convolution: where oneDNN's kernels for it are wrong on this CPU (right
- * is 0: conv_right, depthwise_right), always `instead` (if there is one: not KERNEL_ONEDNN). */
-static kernel_kind choose_conv_kernel(builder *b, const_dnnl_primitive_desc_t pd,
-                                      kernel_kind fallback, kernel_kind instead, int right) {
-  if (b->status == dnnl_success && instead != KERNEL_ONEDNN && !right) {
-    b->op->kernel = instead;
-    if (b->dnnl->log_kernels) {
-      fprintf(stderr, "snapgen kernel: %s: %s (oneDNN's convolutions failed the check)\n",
-              b->key ? b->key : "?",
-              instead == KERNEL_MATMUL ? "oneDNN matrix products" : "fallback");
-    }
-    return instead;
+/* Where oneDNN's kernels for a convolution are wrong on this CPU (right is 0: conv_right,
+ * depthwise_right), the op runs on `instead` (if there is one: not KERNEL_ONEDNN): returns 1.
+ * Decided before any oneDNN descriptor is made, since on that CPU making one can die of SIGFPE. */
+static int conv_instead(builder *b, kernel_kind instead, int right) {
+  if (b->status != dnnl_success || instead == KERNEL_ONEDNN || right) return 0;
+  b->op->kernel = instead;
+  if (b->dnnl->log_kernels) {
+    fprintf(stderr, "snapgen kernel: %s: %s (oneDNN's convolutions failed the check)\n",
+            b->key ? b->key : "?",
+            instead == KERNEL_MATMUL ? "oneDNN matrix products" : "fallback");
   }
-  return choose_op_kernel(b, pd, fallback);
+  return 1;
 }
 
 /* Frees the descriptors; on success caches the op under key, else reports the failed call. */
@@ -889,6 +890,12 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
   const int64_t bias_dims[1] = {out_c};
   const int w_ndims = groups == 1 ? 4 : 5;
   const int64_t *w_dims = groups == 1 ? grouped_dims + 1 : grouped_dims;
+  const int depthwise = groups == in_c && groups == out_c;
+  const kernel_kind fallback = depthwise ? KERNEL_OWN : blas_fallback();
+  const kernel_kind instead = groups == 1 && w->dtype == SG_F32 ? KERNEL_MATMUL : fallback;
+  if (conv_instead(&b, instead, depthwise ? depthwise_right(dnnl) : conv_right(dnnl))) {
+    return build_finish(&b, key, "conv2d", out, error);
+  }
 
   /* The user's layouts (NCHW or NHWC, PyTorch's OIHW / GOIHW) and those the kernel prefers. */
   const_dnnl_memory_desc_t src_user = image_md(&b, src_dims, x);
@@ -925,12 +932,7 @@ static sg_status conv_build(sg_dnnl *dnnl, const char *key, const sg_tensor *x, 
                 bias_md, dst_any, strides, dilates, pad, pad, attr));
     keep_pd(&b, pd);
   }
-  const int depthwise = groups == in_c && groups == out_c;
-  const kernel_kind fallback = depthwise ? KERNEL_OWN : blas_fallback();
-  const kernel_kind instead = groups == 1 && w->dtype == SG_F32 ? KERNEL_MATMUL : fallback;
-  const int right = depthwise ? depthwise_right(dnnl) : conv_right(dnnl);
-  if (b.status != dnnl_success ||
-      choose_conv_kernel(&b, pd, fallback, instead, right) != KERNEL_ONEDNN) {
+  if (b.status != dnnl_success || choose_op_kernel(&b, pd, fallback) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "conv2d", out, error);
   }
 
@@ -1126,6 +1128,9 @@ static sg_status pointwise_depthwise_build(sg_dnnl *dnnl, const char *key, const
   builder b;
   build_start(&b, dnnl);
   b.key = key;
+  if (conv_instead(&b, KERNEL_OWN, conv_right(dnnl) && depthwise_right(dnnl))) {
+    return build_finish(&b, key, "pointwise_depthwise", out, error); /* two convolutions */
+  }
   const int64_t in_c = x->dims[0], mid_c = w->dims[0];
   const int64_t src_dims[4] = {1, in_c, x->dims[1], x->dims[2]};
   const int64_t dst_dims[4] = {1, mid_c, y->dims[1], y->dims[2]};
@@ -1168,8 +1173,7 @@ static sg_status pointwise_depthwise_build(sg_dnnl *dnnl, const char *key, const
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   keep_pd(&b, pd);
-  const int right = conv_right(dnnl) && depthwise_right(dnnl);
-  if (choose_conv_kernel(&b, pd, KERNEL_OWN, KERNEL_OWN, right) != KERNEL_ONEDNN) {
+  if (choose_op_kernel(&b, pd, KERNEL_OWN) != KERNEL_ONEDNN) {
     return build_finish(&b, key, "pointwise_depthwise", out, error);
   }
   const_dnnl_memory_desc_t w_md = dnnl_primitive_desc_query_md(pd, dnnl_query_weights_md, 0);
