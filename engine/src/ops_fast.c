@@ -194,6 +194,40 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
   }
 }
 
+/* The same on channels-last images x [in_h, in_w, channels] and y [out_h, out_w, channels]: the
+ * inner loop runs along the channels, contiguous in x, y and the taps copied to taps[tap][c].
+ * taps is caller-provided room for kh * kw * channels floats. */
+void sg_fast_depthwise_conv2d_nhwc(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                                   int stride, int padding, sg_activation act, float *taps,
+                                   sg_tensor *y) {
+  const int64_t channels = x->dims[0], in_h = x->dims[1], in_w = x->dims[2];
+  const int64_t out_h = y->dims[1], out_w = y->dims[2], kh = w->dims[2], kw = w->dims[3];
+  const float *xd = x->data, *wd = w->data, *bias = b ? (const float *)b->data : NULL;
+  float *yd = y->data;
+  for (int64_t c = 0; c < channels; c++) {
+    for (int64_t t = 0; t < kh * kw; t++) taps[t * channels + c] = wd[c * kh * kw + t];
+  }
+#pragma omp parallel for
+  for (int64_t oy = 0; oy < out_h; oy++) {
+    for (int64_t ox = 0; ox < out_w; ox++) {
+      float *out = yd + (oy * out_w + ox) * channels;
+      for (int64_t c = 0; c < channels; c++) out[c] = bias ? bias[c] : 0.0f;
+      for (int64_t ky = 0; ky < kh; ky++) {
+        const int64_t iy = oy * stride + ky - padding;
+        if (iy < 0 || iy >= in_h) continue;
+        for (int64_t kx = 0; kx < kw; kx++) {
+          const int64_t ix = ox * stride + kx - padding;
+          if (ix < 0 || ix >= in_w) continue;
+          const float *in = xd + (iy * in_w + ix) * channels,
+                      *tap = taps + (ky * kw + kx) * channels;
+          for (int64_t c = 0; c < channels; c++) out[c] += tap[c] * in[c];
+        }
+      }
+    }
+    sg_fast_activate(yd + oy * out_w * channels, out_w * channels, act);
+  }
+}
+
 /* Pixels summed in f32 before their sums are added to the f64 totals, and the number of pixel
  * ranges summed apart (in parallel): fixed, so that the result does not depend on the threads. */
 #define NORM_BLOCK 64

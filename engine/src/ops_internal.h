@@ -104,6 +104,10 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
 void sg_fast_sum_taps3x3(const sg_tensor *z, const float *bias, sg_tensor *y);
 /* Copies image from into to, which has its shape, converting between its layouts (tensor.h). */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
+/* sg_fast_depthwise_conv2d on channels-last images; taps: room for kh * kw * channels floats. */
+void sg_fast_depthwise_conv2d_nhwc(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
+                                   int stride, int padding, sg_activation act, float *taps,
+                                   sg_tensor *y);
 /* Group norm (no activation) of x [pixels, channels] into y (may be x), using scratch of
  * sg_fast_group_norm_nhwc_scratch(channels) doubles (the caller keeps it: no per-call allocation).
  */
