@@ -1301,7 +1301,7 @@ static sg_status conv_as_matmul(sg_dnnl *dnnl, const sg_tensor *x, const sg_tens
   const int64_t kh = w->dims[2], kw = w->dims[3], taps = kh * kw, patch = in_c * taps;
   const int64_t pixels = out_h * out_w;
   const int residual_in_y = residual && residual->data == y->data;
-  sg_tensor x_nhwc, y_nhwc, residual_nhwc = {0};
+  sg_tensor x_nhwc = *x, y_nhwc = *y, residual_nhwc = {0};
   sg_status status = image_as(x, SG_FORMAT_NHWC, &x_nhwc, error);
   if (status == SG_OK) status = image_as(y, SG_FORMAT_NHWC, &y_nhwc, error); /* may hold it */
   if (status == SG_OK && residual && !residual_in_y) {
@@ -1376,7 +1376,7 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
     return depthwise_nhwc(dnnl, x, w, b, stride, padding, act, residual, y, error);
   }
   if (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN) {
-    sg_tensor x_plain, y_plain, residual_plain = {0};
+    sg_tensor x_plain = *x, y_plain = *y, residual_plain = {0};
     sg_status status = plain_image(x, &x_plain, error);
     if (status == SG_OK) status = plain_image(y, &y_plain, error); /* y may hold the residual */
     if (status == SG_OK && residual && residual->data != y->data) {

@@ -29,11 +29,11 @@ from sgrecipe import clip, export, gemma2  # noqa: E402
 from sgrecipe.safetensors_io import load_file  # noqa: E402
 
 # Importing sgrecipe turns PyTorch's oneDNN convolutions off where they compute wrong on this CPU
-# (sgrecipe/torch_check.py). A benchmark times PyTorch's fastest configuration all the same, and
-# says so: on such a CPU its convolution outputs are wrong, and the engine's are not.
+# (sgrecipe/torch_check.py). They stay off here: on that CPU (AMD Zen 5) they are not only wrong,
+# PyTorch's UNet dies inside oneDNN (SIGFPE while it sets up a convolution), so its own
+# convolution kernels are the best configuration that runs.
 if not torch.backends.mkldnn.enabled and torch.backends.mkldnn.is_available():
-    torch.backends.mkldnn.enabled = True
-    print("PyTorch: its oneDNN convolutions are timed although they compute wrong on this CPU")
+    print("PyTorch: oneDNN convolutions off (wrong on this CPU); its own kernels are timed")
 
 
 def make_folder(args):
