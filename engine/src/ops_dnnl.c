@@ -1256,28 +1256,6 @@ static sg_status image_as(const sg_tensor *t, sg_format format, sg_tensor *out, 
   return SG_OK;
 }
 
-/* A depthwise convolution of channels-last images on the engine's loop, without relayouts. */
-static sg_status depthwise_nhwc(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w,
-                                const sg_tensor *b, int stride, int padding, sg_activation act,
-                                const sg_tensor *residual, sg_tensor *y, sg_error *error) {
-  sg_tensor w_plain;
-  void *restored = NULL;
-  sg_status status = readable_weights(dnnl, w, &w_plain, &restored, error);
-  if (status != SG_OK) return status;
-  float *taps =
-      sg_scratch_reserve(&dnnl->blas_scratch, w->dims[0] * w->dims[2] * w->dims[3], error);
-  fallback_residual saved;
-  if (!taps) status = SG_ERR_OUT_OF_MEMORY;
-  if (status == SG_OK) status = fallback_residual_start(&saved, residual, y, error);
-  if (status == SG_OK) {
-    sg_fast_depthwise_conv2d_nhwc(x, &w_plain, b, stride, padding, residual ? SG_ACT_NONE : act,
-                                  taps, y);
-    fallback_residual_finish(&saved, act, y);
-  }
-  free(restored);
-  return status;
-}
-
 /* A plain copy of an image (a new buffer), or the image itself when it is plain already. */
 static sg_status plain_image(const sg_tensor *t, sg_tensor *plain, sg_error *error) {
   return image_as(t, SG_FORMAT_PLAIN, plain, error);
@@ -1362,8 +1340,8 @@ static sg_status conv_as_matmul(sg_dnnl *dnnl, const sg_tensor *x, const sg_tens
   return status;
 }
 
-/* The fallback kernels of a convolution, which take plain images: channels-last ones are
- * converted around them. */
+/* The fallback kernels of a convolution, which take plain images (channels-last ones are
+ * converted around them; the depthwise loop takes those as they are), or conv_as_matmul. */
 static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_tensor *x,
                                const sg_tensor *w, const sg_tensor *b, int stride, int padding,
                                int groups, sg_activation act, const sg_tensor *residual,
@@ -1371,11 +1349,11 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
   if (op->kernel == KERNEL_MATMUL) {
     return conv_as_matmul(dnnl, x, w, b, stride, padding, act, residual, y, error);
   }
-  if (op->kernel == KERNEL_OWN && x->format == SG_FORMAT_NHWC && y->format == SG_FORMAT_NHWC &&
-      (!residual || residual->format == SG_FORMAT_NHWC)) {
-    return depthwise_nhwc(dnnl, x, w, b, stride, padding, act, residual, y, error);
-  }
-  if (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN) {
+  /* the engine's depthwise loop also takes channels-last images as they are */
+  const int own_nhwc = op->kernel == KERNEL_OWN && x->format == SG_FORMAT_NHWC &&
+                       y->format == SG_FORMAT_NHWC &&
+                       (!residual || residual->format == SG_FORMAT_NHWC);
+  if (!own_nhwc && (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN)) {
     sg_tensor x_plain = *x, y_plain = *y, residual_plain = {0};
     sg_status status = plain_image(x, &x_plain, error);
     if (status == SG_OK) status = plain_image(y, &y_plain, error); /* y may hold the residual */
@@ -1405,7 +1383,16 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
     return status;
   }
   const sg_activation kernel_act = residual ? SG_ACT_NONE : act;
-  if (op->kernel == KERNEL_OWN) sg_fast_depthwise_conv2d(x, w, b, stride, padding, kernel_act, y);
+  if (own_nhwc) {
+    float *taps =
+        sg_scratch_reserve(&dnnl->blas_scratch, w->dims[0] * w->dims[2] * w->dims[3], error);
+    if (taps)
+      sg_fast_depthwise_conv2d_nhwc(x, w, b, stride, padding, kernel_act, taps, y);
+    else
+      status = SG_ERR_OUT_OF_MEMORY;
+  } else if (op->kernel == KERNEL_OWN) {
+    sg_fast_depthwise_conv2d(x, w, b, stride, padding, kernel_act, y);
+  }
 #ifdef SG_HAVE_BLAS
   if (op->kernel == KERNEL_OPENBLAS) {
     status = sg_blas_conv2d(x, w, b, stride, padding, groups, kernel_act, y, &dnnl->blas_scratch,
