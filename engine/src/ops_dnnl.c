@@ -83,7 +83,7 @@ static void packed_free(gpointer data) {
   packed_weights *packed = data;
   dnnl_memory_destroy(packed->memory);
   dnnl_memory_desc_destroy(packed->md);
-  munmap(packed->buffer, packed->buffer_bytes);
+  sg_pages_free(packed->buffer, packed->buffer_bytes);
   free(packed);
 }
 
@@ -211,8 +211,8 @@ void sg_dnnl_free(sg_dnnl *dnnl) {
   if (dnnl->engine) dnnl_engine_destroy(dnnl->engine);
   free(dnnl->scores);
   free(dnnl->empty);
-  free(dnnl->blas_scratch.data);
-  free(dnnl->op_buffer);
+  sg_pages_free(dnnl->blas_scratch.data, dnnl->blas_scratch.count * sizeof(float));
+  sg_pages_free(dnnl->op_buffer, dnnl->op_buffer_bytes);
   free(dnnl->norm_scratch);
   free(dnnl);
 }
@@ -319,15 +319,14 @@ static dnnl_status_t packed_new(sg_dnnl *dnnl, const weight_slot *slot, packed_w
   packed_weights *packed = calloc(1, sizeof *packed);
   if (!packed) return dnnl_out_of_memory;
   packed->buffer_bytes = sg_weight_mapping_bytes(dnnl_memory_desc_get_size(slot->md));
-  packed->buffer = mmap(NULL, packed->buffer_bytes, PROT_READ | PROT_WRITE,
-                        MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  dnnl_status_t status = packed->buffer == MAP_FAILED ? dnnl_out_of_memory : dnnl_success;
+  packed->buffer = sg_pages_alloc(packed->buffer_bytes);
+  dnnl_status_t status = packed->buffer == NULL ? dnnl_out_of_memory : dnnl_success;
   if (status == dnnl_success) status = dnnl_memory_desc_clone(&packed->md, slot->md);
   if (status == dnnl_success)
     status = dnnl_memory_create(&packed->memory, slot->md, dnnl->engine, packed->buffer);
   if (status != dnnl_success) {
     if (packed->md) dnnl_memory_desc_destroy(packed->md);
-    if (packed->buffer != MAP_FAILED) munmap(packed->buffer, packed->buffer_bytes);
+    sg_pages_free(packed->buffer, packed->buffer_bytes);
     free(packed);
     return status;
   }
@@ -411,9 +410,9 @@ static dnnl_status_t slot_weights(sg_dnnl *dnnl, sg_dnnl_op *op, const sg_tensor
 static dnnl_status_t bind_buffers(sg_dnnl *dnnl, sg_dnnl_op *op) {
   if (op->nbuffers == 0) return dnnl_success;
   if (dnnl->op_buffer_bytes < op->buffer_bytes) {
-    void *grown = NULL;
-    if (posix_memalign(&grown, 4096, op->buffer_bytes) != 0) return dnnl_out_of_memory;
-    free(dnnl->op_buffer);
+    void *grown = sg_pages_alloc(op->buffer_bytes);
+    if (!grown) return dnnl_out_of_memory;
+    sg_pages_free(dnnl->op_buffer, dnnl->op_buffer_bytes);
     dnnl->op_buffer = grown;
     dnnl->op_buffer_bytes = op->buffer_bytes;
   }
@@ -1351,7 +1350,7 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
   }
   /* the engine's depthwise loop also takes channels-last images as they are */
   const int own_nhwc = op->kernel == KERNEL_OWN && x->format == SG_FORMAT_NHWC &&
-                       y->format == SG_FORMAT_NHWC &&
+                       y->format == SG_FORMAT_NHWC && w->dims[2] <= SG_DEPTHWISE_NHWC_MAX_KERNEL &&
                        (!residual || residual->format == SG_FORMAT_NHWC);
   if (!own_nhwc && (x->format != SG_FORMAT_PLAIN || y->format != SG_FORMAT_PLAIN)) {
     sg_tensor x_plain = *x, y_plain = *y, residual_plain = {0};

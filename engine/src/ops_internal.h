@@ -104,7 +104,9 @@ void sg_fast_depthwise_conv2d(const sg_tensor *x, const sg_tensor *w, const sg_t
 void sg_fast_sum_taps3x3(const sg_tensor *z, const float *bias, sg_tensor *y);
 /* Copies image from into to, which has its shape, converting between its layouts (tensor.h). */
 void sg_fast_relayout(const sg_tensor *from, sg_tensor *to);
-/* sg_fast_depthwise_conv2d on channels-last images; taps: room for kh * kw * channels floats. */
+/* sg_fast_depthwise_conv2d on channels-last images; taps: room for kh * kw * channels floats.
+ * Kernels of at most SG_DEPTHWISE_NHWC_MAX_KERNEL rows. */
+#define SG_DEPTHWISE_NHWC_MAX_KERNEL 7
 void sg_fast_depthwise_conv2d_nhwc(const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                                    int stride, int padding, sg_activation act, float *taps,
                                    sg_tensor *y);

@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include "error.h"
@@ -42,6 +43,20 @@ size_t sg_tensor_nbytes(const sg_tensor *t) {
 size_t sg_weight_mapping_bytes(size_t nbytes) {
   const size_t page = (size_t)sysconf(_SC_PAGESIZE);
   return nbytes == 0 ? page : (nbytes + page - 1) / page * page;
+}
+
+void *sg_pages_alloc(size_t nbytes) {
+  const size_t bytes = sg_weight_mapping_bytes(nbytes);
+  void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (memory == MAP_FAILED) return NULL;
+#ifdef MADV_HUGEPAGE
+  if (bytes >= ((size_t)2 << 20)) madvise(memory, bytes, MADV_HUGEPAGE); /* a hint only */
+#endif
+  return memory;
+}
+
+void sg_pages_free(void *memory, size_t nbytes) {
+  if (memory) munmap(memory, sg_weight_mapping_bytes(nbytes));
 }
 
 sg_tensor sg_tensor_view(void *data, sg_dtype dtype, int ndim, const int64_t *dims) {
@@ -156,15 +171,15 @@ sg_arena *sg_arena_new(void) {
 
 void sg_arena_free(sg_arena *arena) {
   if (!arena) return;
-  for (int i = 0; i < arena->chunk_count; i++) free(arena->chunks[i].memory);
+  for (int i = 0; i < arena->chunk_count; i++)
+    sg_pages_free(arena->chunks[i].memory, arena->chunks[i].capacity);
   free(arena->chunks);
   free(arena);
 }
 
+/* Page-aligned, so also SG_ARENA_ALIGN-aligned. */
 static void *aligned_block(size_t bytes) {
-  void *memory = NULL;
-  if (posix_memalign(&memory, SG_ARENA_ALIGN, bytes ? bytes : SG_ARENA_ALIGN) != 0) return NULL;
-  return memory;
+  return sg_pages_alloc(bytes ? bytes : SG_ARENA_ALIGN);
 }
 
 /* Makes chunk `index` able to hold `bytes`, adding or replacing it. */
@@ -182,13 +197,14 @@ static int arena_prepare_chunk(sg_arena *arena, int index, size_t bytes) {
   }
   if (!memory) return 0;
   if (index < arena->chunk_count) {
-    free(arena->chunks[index].memory); /* a free chunk that is too small */
+    /* a free chunk that is too small */
+    sg_pages_free(arena->chunks[index].memory, arena->chunks[index].capacity);
   } else {
     if (arena->chunk_count == arena->chunk_capacity) {
       int slots = arena->chunk_capacity ? arena->chunk_capacity * 2 : 8;
       sg_arena_chunk *chunks = realloc(arena->chunks, (size_t)slots * sizeof *chunks);
       if (!chunks) {
-        free(memory);
+        sg_pages_free(memory, capacity);
         return 0;
       }
       arena->chunks = chunks;
@@ -251,7 +267,8 @@ void sg_arena_settle(sg_arena *arena) {
   if (arena->chunk_count == 1 && arena->chunks[0].capacity >= arena->peak) return;
   char *memory = aligned_block(arena->peak);
   if (!memory) return; /* keep the chunks; they still work */
-  for (int i = 0; i < arena->chunk_count; i++) free(arena->chunks[i].memory);
+  for (int i = 0; i < arena->chunk_count; i++)
+    sg_pages_free(arena->chunks[i].memory, arena->chunks[i].capacity);
   arena->chunks[0].memory = memory;
   arena->chunks[0].capacity = arena->peak;
   arena->chunks[0].start = 0;

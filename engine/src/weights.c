@@ -54,7 +54,7 @@ struct sg_weights {
 typedef enum { FORM_F32 = 0, FORM_INT8, FORM_FILE_BF16 } stored_form;
 
 static void free_owned(float *data, size_t nbytes) {
-  munmap(data, sg_weight_mapping_bytes(nbytes));
+  sg_pages_free(data, nbytes);
 }
 
 static void free_fetched(gpointer pointer) {
@@ -199,15 +199,7 @@ static int64_t shape_numel(int ndim, const int64_t *dims) {
 /* Owned values get a mapping of their own (page-aligned, zero-filled), which a backend may
  * release page by page (tensor.h, SG_WEIGHT_HANDOFF) and which goes back to the system when freed. */
 static float *alloc_floats(int64_t count) {
-  const size_t bytes = sg_weight_mapping_bytes((size_t)count * sizeof(float));
-  void *memory = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (memory == MAP_FAILED) return NULL;
-#ifdef MADV_HUGEPAGE
-  /* 2 MiB pages where the system allows them: widening 10 GB of text-encoder weights otherwise
-   * spends seconds in page faults. Only a hint; failure changes nothing. */
-  if (bytes >= (2u << 20)) madvise(memory, bytes, MADV_HUGEPAGE);
-#endif
-  return memory;
+  return sg_pages_alloc((size_t)count * sizeof(float));
 }
 
 /* Widens f16/bf16 values to f32 and says whether all are finite, in one pass on all cores (the

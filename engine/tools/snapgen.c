@@ -284,12 +284,14 @@ static const char *stage_name(sg_stage stage) {
   return "?";
 }
 
+/* Each stage with the seconds since generation began (user_data: its g_get_monotonic_time()). */
 static int print_progress(void *user_data, sg_stage stage, int step, int total) {
-  (void)user_data;
+  double seconds = (g_get_monotonic_time() - *(const gint64 *)user_data) / 1e6;
   if (stage == SG_STAGE_DENOISING)
-    fprintf(stderr, "snapgen: %s, step %d of %d\n", stage_name(stage), step, total);
+    fprintf(stderr, "snapgen: %s, step %d of %d (%.2f s)\n", stage_name(stage), step, total,
+            seconds);
   else
-    fprintf(stderr, "snapgen: %s\n", stage_name(stage));
+    fprintf(stderr, "snapgen: %s (%.2f s)\n", stage_name(stage), seconds);
   return 0;
 }
 
@@ -334,7 +336,7 @@ static int run_generate(const runner_args *a) {
 
   uint8_t *rgba = NULL;
   gint64 start = g_get_monotonic_time();
-  status = sg_generate(ctx, &params, a->quiet ? NULL : print_progress, NULL, &rgba, &error);
+  status = sg_generate(ctx, &params, a->quiet ? NULL : print_progress, &start, &rgba, &error);
   double seconds = (g_get_monotonic_time() - start) / 1e6;
   if (status == SG_OK) {
     char seed[32], steps[16], guidance[32], size[32];
@@ -733,8 +735,10 @@ static int run_bench(const runner_args *a) {
       row_start(&decoder_row, "decoder",
                 sg_decoder_flops(&decoder_config, latent_side, latent_side), a->repeat);
       printf("decoder: tiles of %d latent pixels a side (0: whole)\n", a->decoder_tile);
+      start = g_get_monotonic_time();
       status = sg_decoder_forward_tiled(decoder, be, arena, &out, a->decoder_tile, -1, &image,
-                                        &error); /* warm-up */
+                                        &error); /* warm-up: packs weights, makes primitives */
+      printf("decoder first run: %.3f s\n", (g_get_monotonic_time() - start) / 1e6);
     }
     for (int r = 0; r < a->repeat && status == SG_OK; r++)
       TIME_RUN(&decoder_row, sg_decoder_forward_tiled(decoder, be, arena, &out, a->decoder_tile,

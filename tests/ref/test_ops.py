@@ -356,6 +356,11 @@ def all_cases():
         # Images stored channels-last (NHWC) in and/or out.
         nhwc(conv2d_case("conv2d 1x1 nhwc", 48, 80, 9, 13, 1, 1, 0, 1, "relu", repeat=2), 1, 1),
         nhwc(conv2d_case("conv2d depthwise nhwc", 40, 40, 12, 7, 3, 1, 1, 40), 1, 1),
+        # The channels-last depthwise loop: 16 channels at a time, and the rest one by one.
+        nhwc(conv2d_case("conv2d depthwise nhwc stride2 silu no bias", 32, 32, 11, 14, 3, 2, 1, 32,
+                         "silu", bias=False), 1, 1),
+        nhwc(conv2d_case("conv2d depthwise nhwc 5x5", 21, 21, 9, 6, 5, 1, 2, 21), 1, 1),
+        nhwc(conv2d_case("conv2d depthwise nhwc 9x9", 16, 16, 10, 11, 9, 1, 4, 16), 1, 1),
         nhwc(conv2d_case("conv2d 3x3 plain to nhwc", 16, 64, 8, 8, 3, 1, 1, 1, "relu"), 0, 1),
         nhwc(conv2d_case("conv2d 3x3 nhwc to plain", 48, 3, 10, 12, 3, 1, 1, 1), 1, 0),
         nhwc(conv2d_case("conv2d 1x1 nhwc residual relu", 32, 32, 6, 10, 1, 1, 0, 1, "relu",
