@@ -489,6 +489,14 @@ sg_status sg_linear_residual(sg_backend *be, const sg_tensor *x, const sg_tensor
                              const sg_tensor *b, sg_activation act, const sg_tensor *residual,
                              sg_tensor *y, sg_error *error) {
   CHECK(check_backend("linear", be, error));
+  if (w && w->dtype == SG_BF16 && w->ndim == 2 && w->data && be->kind != SG_BACKEND_REFERENCE &&
+      sg_dnnl_reads_bf16_weights(be->dnnl)) {
+    /* bf16 mode: the products read bf16 weights where they are (a mapped file), no f32 copy */
+    const sg_tensor header = sg_tensor_view(w->data, SG_F32, 2, w->dims);
+    CHECK(check_linear(x, &header, b, act, residual, y, error));
+    use_threads(be);
+    return sg_dnnl_linear(be->dnnl, x, w, b, act, residual, y, error);
+  }
   if (w && (w->dtype == SG_I8 || w->dtype == SG_BF16))
     return linear_compressed(be, x, w, b, act, residual, y, error);
   return linear_f32(be, x, w, b, act, residual, y, error);

@@ -502,9 +502,9 @@ static void keep_md(builder *b, dnnl_memory_desc_t md) {
   if (md) b->mds[b->nmds++] = md;
 }
 
-/* A plain f32 descriptor; strides NULL means dense row-major. */
-static const_dnnl_memory_desc_t md_plain(builder *b, int ndims, const int64_t *dims,
-                                         const int64_t *strides) {
+/* A plain descriptor of type dt; strides NULL means dense row-major. */
+static const_dnnl_memory_desc_t md_plain_typed(builder *b, int ndims, const int64_t *dims,
+                                               const int64_t *strides, dnnl_data_type_t dt) {
   dnnl_dims_t d, s;
   int64_t next = 1;
   for (int i = ndims - 1; i >= 0; i--) {
@@ -513,9 +513,14 @@ static const_dnnl_memory_desc_t md_plain(builder *b, int ndims, const int64_t *d
     next *= dims[i];
   }
   dnnl_memory_desc_t md = NULL;
-  TRY(b, dnnl_memory_desc_create_with_strides(&md, ndims, d, dnnl_f32, s));
+  TRY(b, dnnl_memory_desc_create_with_strides(&md, ndims, d, dt, s));
   keep_md(b, md);
   return md;
+}
+
+static const_dnnl_memory_desc_t md_plain(builder *b, int ndims, const int64_t *dims,
+                                         const int64_t *strides) {
+  return md_plain_typed(b, ndims, dims, strides, dnnl_f32);
 }
 
 /* A descriptor of type dt that lets the primitive choose its layout. */
@@ -1407,11 +1412,12 @@ static sg_status conv_fallback(sg_dnnl *dnnl, const sg_dnnl_op *op, const sg_ten
 /* ---- matrix products ---- */
 
 /* A matmul step with user memories src, weights, (bias), dst. Each operand is described by its
- * dims and strides (NULL: dense). */
+ * dims and strides (NULL: dense), and its type (left out: f32). */
 typedef struct {
   int ndims;
   int64_t dims[4];
   const int64_t *strides;
+  dnnl_data_type_t type;
 } operand;
 
 /* blocked_weights: the primitive picks the weights' layout (model weights, see weight_slot).
@@ -1421,10 +1427,13 @@ static void add_matmul(builder *b, const operand *src, const operand *weights, c
                        const operand *dst, dnnl_primitive_attr_t attr, int blocked_weights,
                        int bf16, residual_mode residual) {
   const_dnnl_memory_desc_t src_md = md_plain(b, src->ndims, src->dims, src->strides);
-  const_dnnl_memory_desc_t w_md = md_plain(b, weights->ndims, weights->dims, weights->strides);
+  /* bf16 weights (a model's bf16 file, in bf16 mode) are read where they are, never packed */
+  const int bf16_weights = weights->type == dnnl_bf16;
+  const_dnnl_memory_desc_t w_md = md_plain_typed(b, weights->ndims, weights->dims, weights->strides,
+                                                 bf16_weights ? dnnl_bf16 : dnnl_f32);
   const_dnnl_memory_desc_t bias_md = bias ? md_plain(b, bias->ndims, bias->dims, NULL) : NULL;
   const_dnnl_memory_desc_t dst_md = md_plain(b, dst->ndims, dst->dims, dst->strides);
-  if (bf16) blocked_weights = 1;
+  if (bf16 && !bf16_weights) blocked_weights = 1;
   const dnnl_data_type_t compute = bf16 ? dnnl_bf16 : dnnl_f32;
   const_dnnl_memory_desc_t src_wanted =
       bf16 ? md_any_typed(b, src->ndims, src->dims, compute) : src_md;
@@ -1434,7 +1443,7 @@ static void add_matmul(builder *b, const operand *src, const operand *weights, c
   TRY(b, dnnl_matmul_primitive_desc_create(&pd, b->dnnl->engine, src_wanted, w_wanted, bias_md,
                                            dst_md, attr));
   keep_pd(b, pd);
-  if (bf16 && (b->status == dnnl_unimplemented || is_reference_impl(pd))) {
+  if (bf16 && !bf16_weights && (b->status == dnnl_unimplemented || is_reference_impl(pd))) {
     /* no fast bf16 kernel for this shape: this product stays f32 (weights still packed) */
     b->status = dnnl_success;
     bf16 = 0;
@@ -1444,7 +1453,9 @@ static void add_matmul(builder *b, const operand *src, const operand *weights, c
                                              dst_md, attr));
     keep_pd(b, pd);
   }
-  if (choose_op_kernel(b, pd, blas_fallback()) != KERNEL_ONEDNN) return;
+  /* bf16 weights have no fallback that reads them: even a reference kernel is theirs */
+  if (choose_op_kernel(b, pd, bf16_weights ? KERNEL_ONEDNN : blas_fallback()) != KERNEL_ONEDNN)
+    return;
   dnnl_exec_arg_t args[4] = {{DNNL_ARG_SRC, user_memory(b, src_md)},
                              {DNNL_ARG_WEIGHTS, user_memory(b, w_md)},
                              {DNNL_ARG_DST, NULL},
@@ -1480,10 +1491,13 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   const residual_mode residual_kind = residual_mode_of(residual, y);
   char key[160];
   /* bf16 mode: model weights only (constant_id); blocks widened from int8 or bf16 storage stay
-   * f32, since packing each block again at every use would cost more than it saves. */
-  const int bf16 = dnnl->bf16 && w->constant_id != 0;
-  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d r%d h%d", (long long)rows,
-           (long long)in, (long long)out, (int)act, b != NULL, (int)residual_kind, bf16);
+   * f32, since packing each block again at every use would cost more than it saves. Weights
+   * stored as bf16 (sg_dnnl_linear_bf16_weights) are read as they are. */
+  const int bf16_weights = w->dtype == SG_BF16;
+  const int bf16 = dnnl->bf16 && (w->constant_id != 0 || bf16_weights);
+  snprintf(key, sizeof key, "linear %lldx%lld->%lld a%d b%d r%d h%d w%d", (long long)rows,
+           (long long)in, (long long)out, (int)act, b != NULL, (int)residual_kind, bf16,
+           bf16_weights);
   sg_dnnl_op *op = cache_find(dnnl, key);
   if (!op) {
     builder bl;
@@ -1491,8 +1505,9 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
     bl.key = key;
     /* w [N,K] row-major is the weights matrix [K,N] with strides {1, K}. */
     const int64_t w_strides[2] = {1, in};
-    operand src = {2, {rows, in}, NULL}, weights = {2, {in, out}, w_strides};
-    operand bias = {2, {1, out}, NULL}, dst = {2, {rows, out}, NULL};
+    operand src = {2, {rows, in}, NULL, dnnl_f32};
+    operand weights = {2, {in, out}, w_strides, bf16_weights ? dnnl_bf16 : dnnl_f32};
+    operand bias = {2, {1, out}, NULL, dnnl_f32}, dst = {2, {rows, out}, NULL, dnnl_f32};
     /* The weights stay in the file's [N,K] layout (a transposed B): for the text encoders'
      * few rows oneDNN's f32 gemm ran 2.2× faster on it than on the layout it picks for "any"
      * (Gemma-2-2b, 79 tokens: 4.02 -> 2.16 s), and the UNet step took the same time (9.18 vs
@@ -1522,6 +1537,10 @@ sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
   void *pointers[5];
   return op_run_weights(dnnl, op, "linear", product_pointers(pointers, x, w, b, residual, y), w,
                         error);
+}
+
+int sg_dnnl_reads_bf16_weights(const sg_dnnl *dnnl) {
+  return dnnl->bf16 && dnnl->fallback != FALLBACK_ALWAYS;
 }
 
 /* ---- elementwise ---- */
@@ -1937,15 +1956,16 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
     dnnl_primitive_attr_t attr = make_attr(&b, count, post_ops);
     if (kv_heads == 1) {
       const int64_t k_strides[2] = {1, dim};
-      operand q = {2, {block * heads, dim}, NULL}, k = {2, {dim, keys}, k_strides};
-      operand scores = {2, {block * heads, keys}, NULL};
+      operand q = {2, {block * heads, dim}, NULL, dnnl_f32},
+              k = {2, {dim, keys}, k_strides, dnnl_f32};
+      operand scores = {2, {block * heads, keys}, NULL, dnnl_f32};
       add_matmul(&b, &q, &k, NULL, &scores, attr, 0, 0, RESIDUAL_NONE);
     } else {
       const int64_t q_strides[4] = {ratio * dim, dim, heads * dim, 1};
       const int64_t k_strides[4] = {dim, dim, 1, kv_heads * dim};
-      operand q = {4, {kv_heads, ratio, block, dim}, q_strides};
-      operand k = {4, {kv_heads, 1, dim, keys}, k_strides};
-      operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
+      operand q = {4, {kv_heads, ratio, block, dim}, q_strides, dnnl_f32};
+      operand k = {4, {kv_heads, 1, dim, keys}, k_strides, dnnl_f32};
+      operand scores = {4, {kv_heads, ratio, block, keys}, NULL, dnnl_f32};
       add_matmul(&b, &q, &k, NULL, &scores, attr, 0, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", scores_op, error);
@@ -1958,15 +1978,16 @@ static sg_status attention_ops(sg_dnnl *dnnl, const sg_attention_params *p, int6
     build_start(&b, dnnl);
     b.key = key;
     if (kv_heads == 1) {
-      operand scores = {2, {block * heads, keys}, NULL}, v = {2, {keys, dim}, NULL};
-      operand y = {2, {block * heads, dim}, NULL};
+      operand scores = {2, {block * heads, keys}, NULL, dnnl_f32},
+              v = {2, {keys, dim}, NULL, dnnl_f32};
+      operand y = {2, {block * heads, dim}, NULL, dnnl_f32};
       add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, 0, RESIDUAL_NONE);
     } else {
       const int64_t v_strides[4] = {dim, dim, kv_heads * dim, 1};
       const int64_t y_strides[4] = {ratio * dim, dim, heads * dim, 1};
-      operand scores = {4, {kv_heads, ratio, block, keys}, NULL};
-      operand v = {4, {kv_heads, 1, keys, dim}, v_strides};
-      operand y = {4, {kv_heads, ratio, block, dim}, y_strides};
+      operand scores = {4, {kv_heads, ratio, block, keys}, NULL, dnnl_f32};
+      operand v = {4, {kv_heads, 1, keys, dim}, v_strides, dnnl_f32};
+      operand y = {4, {kv_heads, ratio, block, dim}, y_strides, dnnl_f32};
       add_matmul(&b, &scores, &v, NULL, &y, NULL, 0, 0, RESIDUAL_NONE);
     }
     sg_status status = build_finish(&b, key, "attention", values_op, error);

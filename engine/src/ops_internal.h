@@ -162,9 +162,13 @@ sg_status sg_dnnl_conv2d(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, 
 sg_status sg_dnnl_pointwise_depthwise(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w,
                                       const sg_tensor *b, sg_activation act, const sg_tensor *dw,
                                       sg_tensor *mid, sg_tensor *y, sg_error *error);
+/* w is f32, or SG_BF16 (read in place, never packed) when sg_dnnl_reads_bf16_weights. */
 sg_status sg_dnnl_linear(sg_dnnl *dnnl, const sg_tensor *x, const sg_tensor *w, const sg_tensor *b,
                          sg_activation act, const sg_tensor *residual, sg_tensor *y,
                          sg_error *error);
+/* Whether sg_dnnl_linear takes bf16 weights as they are: in bf16 mode, unless every op is asked
+ * to take its fallback (SNAPGEN_FALLBACK=always; the fallbacks read f32 weights). */
+int sg_dnnl_reads_bf16_weights(const sg_dnnl *dnnl);
 sg_status sg_dnnl_eltwise(sg_dnnl *dnnl, sg_activation act, const sg_tensor *x, sg_tensor *y,
                           sg_error *error);
 sg_status sg_dnnl_binary(sg_dnnl *dnnl, sg_binary_op op, const sg_tensor *a, const sg_tensor *b,

@@ -26,7 +26,7 @@ struct sg_context {
   char *model_dir;
   sg_backend *backend;
   sg_unet_config unet_config;
-  sg_weights *unet_weights;
+  sg_weights *unet_weights; /* in bf16 mode, the folder's bf16 variant where it has one */
   sg_unet *unet;
   sg_decoder_config decoder_config;
   sg_weights *decoder_weights;
@@ -36,6 +36,7 @@ struct sg_context {
   char *default_conditioning_path; /* models without a text encoder may ship a fixed conditioning */
   sg_arena *arena;
   int int8_weights; /* sg_context_options.int8_weights */
+  int bf16_compute; /* sg_context_options.bf16_compute */
 };
 
 void sg_generate_params_init(sg_generate_params *params) {
@@ -118,10 +119,16 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
                      "takes %d and %d", ctx->model_dir, sg_conditioner_context_dim(ctx->conditioner),
                      sg_conditioner_pooled_dim(ctx->conditioner), ctx->unet_config.context_dim,
                      ctx->unet_config.pooled_dim);
-  /* The context's one backend runs both: their plain f32 copies go once it has packed them. */
-  if (status == SG_OK) status = sg_weights_open_folder(unet_dir, &ctx->unet_weights, error);
+  /* The context's one backend runs both: their plain f32 copies go once it has packed them. In
+   * bf16 mode a UNet folder's bf16 variant (diffusion_pytorch_model.bf16.safetensors), where it
+   * has one, is read instead, and its matrices straight from the file's pages: no packed copies
+   * (731 MiB for the full-size UNet) and no packing at the first step. */
+  if (status == SG_OK)
+    status = sg_weights_open_folder_variant(unet_dir, ctx->bf16_compute ? "bf16" : NULL, NULL,
+                                            &ctx->unet_weights, error);
   if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->unet_weights);
   if (status == SG_OK && ctx->int8_weights) sg_weights_store_linears_int8(ctx->unet_weights);
+  if (status == SG_OK && ctx->bf16_compute) sg_weights_keep_bf16_linears(ctx->unet_weights);
   if (status == SG_OK) status = sg_unet_load(&ctx->unet_config, ctx->unet_weights, &ctx->unet, error);
   if (status == SG_OK) status = sg_weights_open_folder(decoder_dir, &ctx->decoder_weights, error);
   if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->decoder_weights);
@@ -156,6 +163,7 @@ sg_status sg_context_new(const char *model_dir, const sg_context_options *option
   sg_context *ctx = g_new0(sg_context, 1);
   ctx->model_dir = g_strdup(model_dir);
   ctx->int8_weights = options->int8_weights != 0;
+  ctx->bf16_compute = options->bf16_compute != 0;
   ctx->backend = sg_backend_new(options->backend, options->threads, error);
   sg_status status = ctx->backend ? SG_OK : error ? error->status : SG_ERR_BACKEND;
   if (status == SG_OK && options->bf16_compute)

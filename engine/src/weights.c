@@ -81,8 +81,25 @@ static int compare_strings(const void *a, const void *b) {
   return strcmp(*(char *const *)a, *(char *const *)b);
 }
 
+/* The variant a safetensors file name is of ("bf16" for NAME.bf16.safetensors), NULL for none. */
+static const char *file_variant(const char *name) {
+  static const char *const variants[] = {"bf16", "fp16"};
+  for (size_t i = 0; i < sizeof variants / sizeof variants[0]; i++) {
+    char suffix[32];
+    g_snprintf(suffix, sizeof suffix, ".%s.safetensors", variants[i]);
+    if (g_str_has_suffix(name, suffix)) return variants[i];
+  }
+  return NULL;
+}
+
 sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error) {
+  return sg_weights_open_folder_variant(folder, NULL, NULL, out, error);
+}
+
+sg_status sg_weights_open_folder_variant(const char *folder, const char *variant, int *used,
+                                         sg_weights **out, sg_error *error) {
   *out = NULL;
+  if (used) *used = 0;
   GError *gerror = NULL;
   GDir *dir = g_dir_open(folder, 0, &gerror);
   if (!dir) {
@@ -91,14 +108,29 @@ sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error 
     return SG_ERR_IO;
   }
   GPtrArray *names = g_ptr_array_new_with_free_func(g_free);
+  GPtrArray *variant_names = g_ptr_array_new_with_free_func(g_free);
   const char *name;
   while ((name = g_dir_read_name(dir))) {
-    if (g_str_has_suffix(name, ".safetensors")) g_ptr_array_add(names, g_strdup(name));
+    if (!g_str_has_suffix(name, ".safetensors")) continue;
+    const char *of = file_variant(name);
+    if (!of)
+      g_ptr_array_add(names, g_strdup(name));
+    else if (variant && !strcmp(of, variant))
+      g_ptr_array_add(variant_names, g_strdup(name));
   }
   g_dir_close(dir);
+  if (variant_names->len > 0) {
+    GPtrArray *plain = names;
+    names = variant_names;
+    variant_names = plain;
+    if (used) *used = 1;
+  }
+  g_ptr_array_free(variant_names, TRUE);
   if (names->len == 0) {
     g_ptr_array_free(names, TRUE);
-    return sg_fail(error, SG_ERR_FORMAT, "%s: no .safetensors files in the folder", folder);
+    return sg_fail(error, SG_ERR_FORMAT,
+                   "%s: no .safetensors files in the folder (besides .bf16/.fp16 variants)",
+                   folder);
   }
   qsort(names->pdata, names->len, sizeof(char *), compare_strings);
 

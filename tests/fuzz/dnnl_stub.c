@@ -36,6 +36,11 @@ sg_status sg_dnnl_set_bf16(sg_dnnl *dnnl, int on, sg_error *error) {
   return no_dnnl(error);
 }
 
+int sg_dnnl_reads_bf16_weights(const sg_dnnl *dnnl) {
+  (void)dnnl;
+  return 0;
+}
+
 size_t sg_dnnl_packed_weight_bytes(const sg_dnnl *dnnl) {
   (void)dnnl;
   return 0;

@@ -11,6 +11,8 @@ from . import unet as unet_module
 from .safetensors_io import load_file, save_file
 
 WEIGHTS_FILE = "diffusion_pytorch_model.safetensors"
+# The same weights in bf16 (Hugging Face's variant naming), which the engine reads in bf16 mode.
+BF16_VARIANT_FILE = "diffusion_pytorch_model.bf16.safetensors"
 DTYPES = {"f32": "F32", "f16": "F16", "bf16": "BF16", None: "F32"}
 
 
@@ -44,6 +46,21 @@ def write_model_folder(path, unet, unet_cfg, decoder, dec_cfg, sched_cfg, extra_
     _write_part(path, "unet", unet, unet_module.full_config(unet_cfg), dtype)
     _write_part(path, "decoder", decoder, decoder_module.full_config(dec_cfg), dtype)
     _write_json(os.path.join(path, "scheduler", "scheduler_config.json"), sched_cfg)
+
+
+def write_bf16_variant(part):
+    """Writes part/BF16_VARIANT_FILE from part/WEIGHTS_FILE (every float tensor rounded to bf16),
+    through a temporary file so that a failure leaves no partial variant. Returns its path."""
+    target = os.path.join(part, BF16_VARIANT_FILE)
+    temporary = target + ".partial"
+    tensors = load_file(os.path.join(part, WEIGHTS_FILE))
+    try:
+        save_file(temporary, tensors, {"format": "pt"}, dtype="BF16")
+        os.replace(temporary, target)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+    return target
 
 
 def read_json(path):
