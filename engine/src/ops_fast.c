@@ -7,20 +7,10 @@
 
 #include "error.h"
 #include "ops_internal.h"
+#include "vector_clones.h"
 
 /* Elementwise work is split into blocks of this many values across threads. */
 #define BLOCK 4096
-
-/* Hot loops compiled three times on x86-64, chosen at load by the CPU (GCC's function multi-
- * versioning): AVX-512, AVX2 and the SSE2 baseline a Debian build targets. Without it the
- * depthwise convolutions ran 4 floats at a time on CPUs that do 16. No FMA contraction in C11
- * mode, so the clones compute the same values. OpenMP bodies are outlined before cloning, so
- * the attribute goes on plain functions that the parallel loops call. */
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
-#define VECTOR_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define VECTOR_CLONES
-#endif
 
 void sg_fast_activate(float *v, int64_t n, sg_activation act) {
   switch (act) { /* the switch is outside the loops so that each loop vectorizes */
@@ -214,7 +204,7 @@ typedef float depthwise_lanes __attribute__((vector_size(DEPTHWISE_LANES * sizeo
 /* One output row of a channels-last depthwise convolution: input rows rows[ky] (NULL where the
  * row is padding), taps[tap][c], each pixel's channels accumulated a block at a time and stored
  * once. */
-VECTOR_CLONES
+SG_VECTOR_CLONES
 static void depthwise_row_nhwc(const float *const *rows, int64_t in_w, int64_t channels, int64_t kh,
                                int64_t kw, int stride, int padding, const float *taps,
                                const float *bias, int64_t out_w, float *out) {

@@ -119,16 +119,10 @@ static sg_status load_components(sg_context *ctx, sg_error *error) {
                      "takes %d and %d", ctx->model_dir, sg_conditioner_context_dim(ctx->conditioner),
                      sg_conditioner_pooled_dim(ctx->conditioner), ctx->unet_config.context_dim,
                      ctx->unet_config.pooled_dim);
-  /* The context's one backend runs both: their plain f32 copies go once it has packed them. In
-   * bf16 mode a UNet folder's bf16 variant (diffusion_pytorch_model.bf16.safetensors), where it
-   * has one, is read instead, and its matrices straight from the file's pages: no packed copies
-   * (731 MiB for the full-size UNet) and no packing at the first step. */
+  /* The context's one backend runs both: their plain f32 copies go once it has packed them. */
   if (status == SG_OK)
-    status = sg_weights_open_folder_variant(unet_dir, ctx->bf16_compute ? "bf16" : NULL, NULL,
-                                            &ctx->unet_weights, error);
-  if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->unet_weights);
-  if (status == SG_OK && ctx->int8_weights) sg_weights_store_linears_int8(ctx->unet_weights);
-  if (status == SG_OK && ctx->bf16_compute) sg_weights_keep_bf16_linears(ctx->unet_weights);
+    status = sg_unet_weights_open(unet_dir, ctx->bf16_compute, ctx->int8_weights,
+                                  &ctx->unet_weights, error);
   if (status == SG_OK) status = sg_unet_load(&ctx->unet_config, ctx->unet_weights, &ctx->unet, error);
   if (status == SG_OK) status = sg_weights_open_folder(decoder_dir, &ctx->decoder_weights, error);
   if (status == SG_OK) sg_weights_hand_off_to_backend(ctx->decoder_weights);

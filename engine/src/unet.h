@@ -52,6 +52,12 @@ double sg_unet_flops(const sg_unet_config *config, int h, int w, int ctx_tokens)
 
 typedef struct sg_unet sg_unet;
 
+/* A UNet folder's weights (MODEL/unet) as the pipeline reads them, for one backend (handed off):
+ * with bf16_compute, the folder's bf16 variant (diffusion_pytorch_model.bf16.safetensors) where
+ * it has one, its matrices left in the file's pages for the products to read in place (no packed
+ * copies, nothing packed at the first step); with int8_linears, int8 matrices. */
+sg_status sg_unet_weights_open(const char *folder, int bf16_compute, int int8_linears,
+                               sg_weights **out, sg_error *error);
 /* Fetches every tensor from weights (names in weights/README.md) with shape checks. */
 sg_status sg_unet_load(const sg_unet_config *config, sg_weights *weights, sg_unet **out,
                        sg_error *error);

@@ -10,6 +10,7 @@
 
 #include "error.h"
 #include "rng.h"
+#include "vector_clones.h"
 
 /* Random weights use Philox stream 1 (stream 0 is the initial latent) with the key
  * seed XOR fnv1a64(name), so each tensor's values depend only on the seed and its name. */
@@ -398,16 +399,28 @@ static sg_status quantize_fetched(sg_weights *weights, const char *where, const 
   return SG_OK;
 }
 
-/* Whether every bf16 value is finite (exponent not all ones), in one pass on all cores. */
-static int bf16_all_finite(const uint8_t *bytes, int64_t numel) {
-  int64_t nonfinite = 0;
-#pragma omp parallel for reduction(+ : nonfinite) schedule(static) if (numel >= (1 << 20))
-  for (int64_t i = 0; i < numel; i++) {
+/* Nonzero when one of n bf16 values is NaN/Inf. An OR of 16-bit flags, which vectorizes as it
+ * is (a count widened every flag to 64 bits: 0.091 against 0.019 s for a 768 MB file). */
+SG_VECTOR_CLONES
+static unsigned bf16_any_nonfinite(const uint8_t *bytes, int64_t n) {
+  uint16_t any = 0;
+  for (int64_t i = 0; i < n; i++) {
     uint16_t half;
     memcpy(&half, bytes + 2 * i, 2);
-    nonfinite += sg_bf16_is_nonfinite(half);
+    any |= (uint16_t)sg_bf16_is_nonfinite(half);
   }
-  return nonfinite == 0;
+  return any;
+}
+
+/* Whether every bf16 value is finite (exponent not all ones), in one pass on all cores: the
+ * full-size text encoders and UNet are 7.3 GB of them, checked at each load. */
+static int bf16_all_finite(const uint8_t *bytes, int64_t numel) {
+  const int64_t chunk = (int64_t)1 << 16;
+  unsigned any = 0;
+#pragma omp parallel for reduction(| : any) schedule(static) if (numel >= (1 << 20))
+  for (int64_t first = 0; first < numel; first += chunk)
+    any |= bf16_any_nonfinite(bytes + 2 * first, numel - first < chunk ? numel - first : chunk);
+  return any == 0;
 }
 
 /* A bf16 file tensor left in the file mapping (FORM_FILE_BF16), once checked for NaN/Inf. */

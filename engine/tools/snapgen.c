@@ -543,13 +543,20 @@ static sg_status bench_weights(const runner_args *a, const char *component, uint
   if (!a->model) {
     *out = sg_weights_new_random(seed);
   } else {
+    /* as the pipeline reads them (the UNet's bf16 variant in bf16 mode) */
     char *folder = g_build_filename(a->model, component, NULL);
-    status = sg_weights_open_folder(folder, out, error);
+    if (!strcmp(component, "unet")) {
+      status = sg_unet_weights_open(folder, a->bf16, a->int8, out, error);
+    } else {
+      status = sg_weights_open_folder(folder, out, error);
+      if (status == SG_OK) sg_weights_hand_off_to_backend(*out);
+    }
     g_free(folder);
+    return status;
   }
   /* One backend runs it: the plain copies go once packed (no weights held twice). */
-  if (status == SG_OK) sg_weights_hand_off_to_backend(*out);
-  if (status == SG_OK && a->int8 && !strcmp(component, "unet")) sg_weights_store_linears_int8(*out);
+  sg_weights_hand_off_to_backend(*out);
+  if (a->int8 && !strcmp(component, "unet")) sg_weights_store_linears_int8(*out);
   return status;
 }
 

@@ -277,9 +277,19 @@ def test_bf16_variant(tmp):
     check("f32 runs ignore the bf16 variant (byte-identical image)",
           before is not None and after is not None and np.array_equal(before, after))
 
+    # a NaN in the last value of the largest matrix: the scan of bf16 files must reach it
+    tensors = load_file(variant, keep_dtype=True)
+    largest = max((k for k in tensors if tensors[k].ndim == 2), key=lambda k: tensors[k].size)
+    tensors[largest] = tensors[largest].copy()
+    tensors[largest].reshape(-1)[-1] = 0x7fc0  # a bf16 NaN
+    save_file(variant, {k: torch.from_numpy(v.view(np.int16)).view(torch.bfloat16)
+                        for k, v in tensors.items()})
+    out = os.path.join(tmp, "err-bf16.png")
+    expect_error("a NaN in a bf16 variant matrix is named when --bf16 reads it",
+                 ["generate", "--model", model, "--width", "64", "--height", "64", "--quiet",
+                  "--bf16", "--output", out], 3, f"{largest}' contains NaN/Inf", out)
     with open(variant, "r+b") as f:
         f.truncate(os.path.getsize(variant) // 2)
-    out = os.path.join(tmp, "err-bf16.png")
     expect_error("a truncated bf16 variant is named when --bf16 reads it",
                  ["generate", "--model", model, "--width", "64", "--height", "64", "--quiet",
                   "--bf16", "--output", out], 3, variant, out)
