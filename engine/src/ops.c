@@ -44,8 +44,8 @@ sg_backend *sg_backend_new(sg_backend_kind kind, int threads, sg_error *error) {
 void sg_backend_free(sg_backend *backend) {
   if (!backend) return;
   sg_dnnl_free(backend->dnnl);
-  free(backend->widened);
-  free(backend->block_out);
+  sg_pages_free(backend->widened, (size_t)backend->widened_capacity * sizeof(float));
+  sg_pages_free(backend->block_out, (size_t)backend->block_out_capacity * sizeof(float));
   free(backend);
 }
 
@@ -392,12 +392,16 @@ static sg_status linear_f32(sg_backend *be, const sg_tensor *x, const sg_tensor 
 }
 
 /* ---- linear layers with compressed weights: SG_I8 codes, SG_BF16 values in the file ----
- * The matrix is widened to f32 a block of rows at a time, and each block's product runs as for
- * f32 weights while the block is still in cache: the weights are read from memory in their small
- * form only (a whole widened Gemma-2 matrix, 85 MB, would go out to memory and back). */
+ * The matrix is widened to f32 a block of rows at a time (the whole matrix when it fits in a
+ * block), and each block's product runs as for f32 weights. On the AVX2 machine of sessions 1-10
+ * blocks of 4 MiB, which stay in cache, were the fastest; on the AVX-512 one of sessions 11-12
+ * one product over the whole widened matrix is: f32 text encoders with 4 MiB blocks against
+ * whole matrices, alternating (`snapgen bench --model /tmp/full --size 128`): CLIP-L 0.111-0.134
+ * vs 0.097-0.098 s, bigG 0.92-1.01 vs 0.56-0.62 s, Gemma-2-2b 1.95-2.23 vs 1.75-1.82 s. The
+ * widened matrix is kept for the next one: 85 MB for Gemma-2-2b's largest. */
 
 /* Bytes of f32 rows widened at a time (SNAPGEN_WIDEN_BLOCK_KB overrides, for measurements). */
-#define WIDEN_BLOCK_BYTES ((int64_t)4 << 20)
+#define WIDEN_BLOCK_BYTES ((int64_t)128 << 20)
 
 static int64_t widen_block_bytes(void) {
   const char *kb = getenv("SNAPGEN_WIDEN_BLOCK_KB");
@@ -407,9 +411,9 @@ static int64_t widen_block_bytes(void) {
 /* A scratch buffer of at least count floats, grown as needed; NULL when out of memory. */
 static float *scratch_floats(float **buffer, int64_t *capacity, int64_t count) {
   if (count > *capacity) {
-    float *grown = malloc((size_t)count * sizeof(float));
+    float *grown = sg_pages_alloc((size_t)count * sizeof(float));
     if (!grown) return NULL;
-    free(*buffer);
+    sg_pages_free(*buffer, (size_t)*capacity * sizeof(float));
     *buffer = grown;
     *capacity = count;
   }
