@@ -612,7 +612,7 @@ sg_status sg_unet_weights_open(const char *folder, int bf16_compute, int int8_li
                                sg_weights **out, sg_error *error) {
   /* The full-size UNet's packed bf16 copies were 731 MiB of anonymous memory and took about 3 s
    * to make at the first step; reading bf16 weights in place costs 10-17% per product. */
-  SG_TRY(sg_weights_open_folder_variant(folder, bf16_compute ? "bf16" : NULL, NULL, out, error));
+  SG_TRY(sg_weights_open_folder_variant(folder, bf16_compute ? "bf16" : NULL, out, error));
   sg_weights_hand_off_to_backend(*out);
   if (int8_linears) sg_weights_store_linears_int8(*out);
   if (bf16_compute) sg_weights_keep_bf16_linears(*out);

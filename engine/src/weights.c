@@ -94,13 +94,12 @@ static const char *file_variant(const char *name) {
 }
 
 sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error) {
-  return sg_weights_open_folder_variant(folder, NULL, NULL, out, error);
+  return sg_weights_open_folder_variant(folder, NULL, out, error);
 }
 
-sg_status sg_weights_open_folder_variant(const char *folder, const char *variant, int *used,
-                                         sg_weights **out, sg_error *error) {
+sg_status sg_weights_open_folder_variant(const char *folder, const char *variant, sg_weights **out,
+                                         sg_error *error) {
   *out = NULL;
-  if (used) *used = 0;
   GError *gerror = NULL;
   GDir *dir = g_dir_open(folder, 0, &gerror);
   if (!dir) {
@@ -124,7 +123,6 @@ sg_status sg_weights_open_folder_variant(const char *folder, const char *variant
     GPtrArray *plain = names;
     names = variant_names;
     variant_names = plain;
-    if (used) *used = 1;
   }
   g_ptr_array_free(variant_names, TRUE);
   if (names->len == 0) {

@@ -12,9 +12,9 @@ typedef struct sg_weights sg_weights;
  * component's copies in another precision) are left out. */
 sg_status sg_weights_open_folder(const char *folder, sg_weights **out, sg_error *error);
 /* Opens the folder's files of that variant ("bf16": *.bf16.safetensors) if it has any, else the
- * files sg_weights_open_folder opens. *used (may be NULL) says which: 1 for the variant. */
-sg_status sg_weights_open_folder_variant(const char *folder, const char *variant, int *used,
-                                         sg_weights **out, sg_error *error);
+ * files sg_weights_open_folder opens (variant NULL: those). */
+sg_status sg_weights_open_folder_variant(const char *folder, const char *variant, sg_weights **out,
+                                         sg_error *error);
 /* Random weights from a seed: uniform in ±1/sqrt(fan_in) (fan_in = numel/dims[0] for ≥2-D,
  * ones for 1-D tensors whose name ends in "norm*.weight"/"gamma", zeros for other 1-D).
  * The uniform values are sg_uniform_fill(seed ^ fnv1a64(name), stream 1, ...). Every name asked

@@ -713,7 +713,8 @@ static int run_bench(const runner_args *a) {
       status = sg_unet_forward_kv(unet, be, arena, &x, 500.0f, kv, mask,
                                   config.pooled_dim > 0 ? &pooled : NULL, &out, &error);
     sg_arena_settle(arena);
-    printf("unet first step (packs weights): %.3f s\n", (g_get_monotonic_time() - start) / 1e6);
+    printf("unet first step (makes primitives, packs weights): %.3f s\n",
+           (g_get_monotonic_time() - start) / 1e6);
   }
   for (int r = 0; r < a->repeat && status == SG_OK; r++)
     TIME_RUN(&unet_row, sg_unet_forward_kv(unet, be, arena, &x, 500.0f, kv, mask,
