@@ -34,8 +34,11 @@ WIDTH, HEIGHT = 64, 64
 BIG_W, BIG_H = 96, 80      # canvas larger than the layer: centred at (16, 8)
 SMALL_W, SMALL_H = 48, 40  # canvas smaller than the layer: centred at (-8, -12), not scaled
 MISSING_MODEL = "/nonexistent/snapgen-model"
-TERM_SIDE, TERM_STEPS = 128, 200  # a generation of a minute or more, stopped by SIGTERM
-TERM_DELAY = 1.5                  # seconds after the engine thread starts: usually denoising
+# A generation that lasts long past TERM_DELAY, stopped by SIGTERM. 128² and 200 steps took a
+# minute on the AVX2 machine of sessions 1-10; on the AVX-512 one of session 12, 512² reached
+# step 19 of 200 in 0.2 s, and with a 1.5 s delay the generation had ended before the signal.
+TERM_SIDE, TERM_STEPS = 1024, 200
+TERM_DELAY = 0.2                  # seconds after the engine thread starts (signals are guarded then)
 TERM_STOP_SECONDS = 60            # SIGTERM to the plug-in's end (a step, and room for a busy CPU)
 
 
